@@ -1,0 +1,43 @@
+"""Ground truth: BPTT through the same T1 discrete free steps (ALGORITHMS.md §1 "Reference", §5.2).
+
+L = batch mean of 1/2 ||s_N(T1) - y||^2, states from zero, differentiated by autograd through `relax`.
+"""
+from __future__ import annotations
+
+import torch
+
+from cluster.reference import relax
+from nodes.dynamics import cost
+
+
+def bptt_grad(model, params: dict, x, y, T1: int, with_output: bool = False):
+    """dL/dtheta for L = cost(s_N after T1 free steps) (and s_N itself when `with_output`)."""
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    with torch.enable_grad():
+        s = relax(model, leaves, x, T1)
+        L = cost(s[-1], y)
+        grads = torch.autograd.grad(L, list(leaves.values()))
+    g = dict(zip(leaves, (g.detach() for g in grads)))
+    return (g, s[-1].detach()) if with_output else g
+
+
+def bptt_steps(model, params: dict, x, y, T1: int, T2: int) -> dict:
+    """Per-transition BPTT contributions, `bptt_steps[t]` = dL/dtheta of the transition producing s_{T1-t},
+    t = 0..T2-1 (§5.2 pairing), by one leaf copy of theta per transition."""
+    base = {k: v.detach() for k, v in params.items()}
+    with torch.enable_grad():
+        copies = [{k: v.clone().requires_grad_(True) for k, v in base.items()} for _ in range(T2)]
+
+        def params_at(t):  # transition t produces s_{t+1}; the last T2 transitions get their own copy
+            k = T1 - 1 - t
+            return copies[k] if 0 <= k < T2 else base
+
+        s = relax(model, base, x, T1, params_at=params_at)
+        L = cost(s[-1], y)
+        flat = [v for c in copies for v in c.values()]
+        grads = torch.autograd.grad(L, flat, allow_unused=True)
+    names = list(base)
+    out = {k: [] for k in names}
+    for i, g in enumerate(grads):
+        out[names[i % len(names)]].append(torch.zeros_like(flat[i]) if g is None else g.detach())
+    return {k: torch.stack(v) for k, v in out.items()}

@@ -1,0 +1,114 @@
+"""Building and tearing down the fabric on Ray: one actor per block, connected to its graph neighbours only.
+
+`NodeActor` (nodes/node.py) is a plain class wrapped here with `ray.remote` (threaded, so `deliver` and
+`abort` run beside `run_phase`). `call` issues one call per node and gathers once; a failure is mapped to
+its node and the other nodes are aborted, so a failed phase never hangs.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import ray
+
+from nodes.node import NodeActor, NodeSpec
+
+
+class FabricError(RuntimeError):
+    """A fabric phase failed; the message names the node (and phase and step when known)."""
+
+
+def _cause(err) -> str:
+    cause = getattr(err, "cause", None)
+    if cause is not None:
+        return f"{type(cause).__name__}: {cause}"
+    text = str(err).strip().splitlines()
+    return text[-1] if text else repr(err)
+
+
+class Fabric:
+    def __init__(self, specs: list, actor_cpus: float = 0.0, timeout_s: float = 60.0, local: bool = False):
+        """Start one node per spec (a Ray actor, or in-process objects when `local`), then connect neighbours."""
+        self.specs = {s.block.node_id: s for s in specs}
+        self.timeout_s = timeout_s
+        self.local = local
+        t0 = time.perf_counter()
+        if local:
+            self.nodes = {i: NodeActor(s) for i, s in self.specs.items()}
+        else:
+            Actor = ray.remote(NodeActor).options(num_cpus=actor_cpus, max_concurrency=4, max_restarts=0)
+            self.nodes = {i: Actor.remote(s) for i, s in self.specs.items()}
+        endpoints = self.call("endpoint")
+        self.start_s = time.perf_counter() - t0
+        self.endpoints = {i: (self.nodes[i] if e is None else e) for i, e in endpoints.items()}
+        self.call("connect", per_node={i: ({p: self.endpoints[p] for p, _ in s.pre + s.post},)
+                                       for i, s in self.specs.items()})
+
+    def call(self, method: str, *args, per_node: dict | None = None, nodes=None, timeout_s=None) -> dict:
+        """Call `method` on every node (or on `nodes`) once, gather once; {node id: result}."""
+        ids = list(per_node) if per_node is not None else list(nodes or self.nodes)
+        argv = {i: (per_node[i] if per_node is not None else args) for i in ids}
+        if self.local:  # in-process nodes, one thread each (tests and debugging without Ray)
+            with ThreadPoolExecutor(max_workers=len(ids)) as pool:
+                futures = {i: pool.submit(getattr(self.nodes[i], method), *argv[i]) for i in ids}
+                try:
+                    return {i: f.result() for i, f in futures.items()}
+                except Exception as err:
+                    for n in self.nodes.values():
+                        n.abort()
+                    raise FabricError(f"{method} failed: {type(err).__name__}: {err}") from None
+        refs = {getattr(self.nodes[i], method).remote(*argv[i]): i for i in ids}
+        timeout = timeout_s or self.timeout_s + 30.0
+        results, pending, deadline = {}, list(refs), time.monotonic() + timeout
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                self.abort()
+                raise FabricError(f"{method}: no answer from nodes {sorted(refs[r] for r in pending)} "
+                                  f"within {timeout:g} s")
+            ref = ready[0]
+            try:
+                results[refs[ref]] = ray.get(ref)
+            except Exception as err:  # map the failure to its node, stop the others
+                self.abort()
+                ray.wait(pending, num_returns=len(pending), timeout=10.0)
+                raise FabricError(f"node {refs[ref]}: {method} failed: {_cause(err)}") from None
+        return results
+
+    def abort(self) -> None:
+        if not self.local:
+            for n in self.nodes.values():
+                n.abort.remote()
+
+    def close(self) -> None:
+        try:
+            if self.local:
+                for n in self.nodes.values():
+                    n.close()
+            else:
+                ray.wait([n.close.remote() for n in self.nodes.values()], num_returns=len(self.nodes), timeout=10)
+                for n in self.nodes.values():
+                    ray.kill(n)
+        finally:
+            self.nodes = {}
+
+
+def make_specs(model, cfg_fabric: dict) -> list:
+    """NodeSpecs for every block of the partition, with neighbour widths and per-tensor learning rates."""
+    blocks = model.partition(cfg_fabric["granularity"], cfg_fabric.get("split", 1))
+    by_id = {b.node_id: b for b in blocks}
+    nbrs = model.neighbours(blocks)
+    lr = cfg_fabric["lr"]
+    specs = []
+    for b in blocks:
+        pre = tuple((i, by_id[i].width) for i in nbrs[b.node_id] if by_id[i].layer == b.layer - 1)
+        post = tuple((i, by_id[i].width) for i in nbrs[b.node_id] if by_id[i].layer == b.layer + 1)
+        lrs = {"W_in": lr[b.layer - 1], "b_in": lr[b.layer - 1]}
+        if b.layer < model.N:
+            lrs["W_out"] = lr[b.layer]
+        specs.append(NodeSpec(
+            model=model, block=b, pre=pre, post=post, protocol=cfg_fabric["protocol"], dtype=cfg_fabric["dtype"],
+            lrs=lrs, optimizer=cfg_fabric.get("optimizer", "sgd"), momentum=cfg_fabric.get("momentum", 0.0),
+            transport=cfg_fabric.get("transport", "zmq"), host=cfg_fabric.get("host", "127.0.0.1"),
+            log_mode=cfg_fabric.get("log", "counters"), timeout_s=cfg_fabric.get("timeout_s", 60.0)))
+    return specs

@@ -1,0 +1,32 @@
+"""Record of every delivered message: (src, dst, kind, phase, step, bytes), or counters per edge/kind/phase."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+
+class MessageLog:
+    """`mode='full'` keeps one record per message; `mode='counters'` keeps [count, bytes] per
+    (src, dst, kind, phase), which is all the locality report needs and costs a dict update."""
+
+    def __init__(self, mode: str = "counters"):
+        if mode not in ("full", "counters"):
+            raise ValueError(f"fabric.log: expected 'full' or 'counters', got {mode!r}")
+        self.mode = mode
+        self.records = []
+        self.counters = defaultdict(lambda: [0, 0])
+
+    def record(self, src: str, dst: str, kind: str, phase: str, step: int, nbytes: int) -> None:
+        c = self.counters[(src, dst, kind, phase)]
+        c[0] += 1
+        c[1] += nbytes
+        if self.mode == "full":
+            self.records.append((src, dst, kind, phase, step, nbytes))
+
+    def export(self) -> dict:
+        return {"mode": self.mode,
+                "counters": [[*k, v[0], v[1]] for k, v in self.counters.items()],
+                "records": [list(r) for r in self.records]}
+
+    def clear(self) -> None:
+        self.records.clear()
+        self.counters.clear()

@@ -1,0 +1,80 @@
+"""Wire format: msgpack headers and raw array bytes; never pickle (DESIGN.md "Time and messages").
+
+A data-plane message is two frames: a msgpack header [src, kind, phase, serial, step, dtype, shape] and the
+array's raw bytes (C order). Dtypes travel by name, complex ones included. `pack_arrays` encodes a dict of
+arrays as one msgpack map {name: [dtype, shape, bytes]} for control-plane calls and checkpoints.
+"""
+from __future__ import annotations
+
+import warnings
+
+import msgpack
+import numpy as np
+import torch
+
+warnings.filterwarnings("ignore", message="The given buffer is not writable")
+
+KINDS = ("state", "boundary", "control")
+DTYPES = ("float32", "float64", "complex64", "complex128")
+_TORCH = {"float32": torch.float32, "float64": torch.float64,
+          "complex64": torch.complex64, "complex128": torch.complex128}
+
+
+class MessageError(RuntimeError):
+    """A malformed message: wrong kind, dtype or shape. The text names node, phase and step."""
+
+
+def dtype_name(t) -> str:
+    return str(t.dtype).replace("torch.", "")
+
+
+def torch_dtype(name: str):
+    if name not in _TORCH:
+        raise MessageError(f"unsupported dtype {name!r}; expected one of {DTYPES}")
+    return _TORCH[name]
+
+
+def encode_header(src: str, kind: str, phase: str, serial: int, step: int, t) -> bytes:
+    return msgpack.packb([src, kind, phase, serial, step, dtype_name(t), list(t.shape)])
+
+
+def decode_header(frame) -> list:
+    h = msgpack.unpackb(frame)
+    if not (isinstance(h, list) and len(h) == 7):
+        raise MessageError(f"malformed header {h!r}")
+    return h
+
+
+def array_bytes(t):
+    """The raw buffer of a tensor (contiguous, CPU), zero-copy where possible."""
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    return memoryview(t.contiguous().numpy()).cast("B")
+
+
+def array_from(buf, dtype: str, shape) -> torch.Tensor:
+    """Tensor view over a received buffer (no copy); checks that the byte count matches dtype and shape."""
+    td = torch_dtype(dtype)
+    n = int(np.prod(shape)) if len(shape) else 1
+    itemsize = torch.empty((), dtype=td).element_size()
+    mv = memoryview(buf)
+    if mv.nbytes != n * itemsize:
+        raise MessageError(f"payload has {mv.nbytes} bytes, expected {n * itemsize} for {dtype}{list(shape)}")
+    if n == 0:
+        return torch.empty(tuple(shape), dtype=td)
+    return torch.frombuffer(mv, dtype=td).reshape(tuple(shape))
+
+
+def pack_arrays(arrays: dict) -> bytes:
+    """{name: tensor|ndarray} -> msgpack bytes {name: [dtype, shape, raw]}."""
+    out = {}
+    for k, v in arrays.items():
+        t = torch.as_tensor(v)
+        out[k] = [dtype_name(t), list(t.shape), bytes(array_bytes(t))]
+    return msgpack.packb(out)
+
+
+def unpack_arrays(data: bytes) -> dict:
+    """Inverse of pack_arrays; the tensors own their memory."""
+    return {k: array_from(raw, dt, shape).clone() for k, (dt, shape, raw) in msgpack.unpackb(data).items()}

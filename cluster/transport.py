@@ -1,0 +1,127 @@
+"""The neighbour data plane behind one small interface: `connect`, `send`, `recv`, `close`.
+
+`ZmqTransport`: one PULL socket bound per node (loopback by default) and one persistent PUSH socket per
+neighbour; a message is two frames (msgpack header, raw array bytes), large payloads sent zero-copy.
+`RayTransport`: the baseline; `send` is a fire-and-forget actor call `deliver(header, payload)` on the
+neighbour (never waited on, so no actor blocks on another's method), `recv` reads the inbox queue that
+`deliver` fills from the actor's second thread.
+"""
+from __future__ import annotations
+
+import queue
+import time
+
+import zmq
+
+ZERO_COPY_BYTES = 64 * 1024  # below this, copying is cheaper than zmq's zero-copy bookkeeping
+
+
+class ZmqTransport:
+    kind = "zmq"
+
+    def __init__(self, host: str = "127.0.0.1"):
+        self.ctx = zmq.Context()
+        self.pull = self.ctx.socket(zmq.PULL)
+        self.pull.setsockopt(zmq.LINGER, 0)
+        self.pull.setsockopt(zmq.RCVHWM, 0)
+        port = self.pull.bind_to_random_port(f"tcp://{host}")
+        self.address = f"tcp://{host}:{port}"
+        self.push = {}
+        self.poller = zmq.Poller()
+        self.poller.register(self.pull, zmq.POLLIN)
+
+    def connect(self, peer: str, address) -> None:
+        sock = self.ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.connect(address)
+        self.push[peer] = sock
+
+    def send(self, peer: str, header: bytes, payload) -> None:
+        self.push[peer].send_multipart([header, payload], copy=len(payload) < ZERO_COPY_BYTES)
+
+    def recv(self, timeout_s: float):
+        """One message as (header, payload buffer), or None after timeout_s."""
+        try:
+            h, p = self.pull.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            return h.bytes, p.buffer
+        except zmq.Again:
+            pass
+        if self.poller.poll(int(timeout_s * 1000)):
+            h, p = self.pull.recv_multipart(copy=False)
+            return h.bytes, p.buffer
+        return None
+
+    def close(self) -> None:
+        for s in self.push.values():
+            s.close(0)
+        self.pull.close(0)
+        self.ctx.term()
+
+
+class RayTransport:
+    kind = "ray"
+
+    def __init__(self, host: str = "127.0.0.1"):
+        self.address = None  # the fabric passes actor handles instead
+        self.inbox = queue.SimpleQueue()
+        self.handles = {}
+
+    def connect(self, peer: str, handle) -> None:
+        self.handles[peer] = handle
+
+    def send(self, peer: str, header: bytes, payload) -> None:
+        self.handles[peer].deliver.remote(header, bytes(payload))
+
+    def deliver(self, header: bytes, payload: bytes) -> None:
+        self.inbox.put((header, payload))
+
+    def recv(self, timeout_s: float):
+        try:
+            return self.inbox.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        self.handles.clear()
+
+
+class LocalTransport:
+    """In-process queues, for running nodes without Ray (unit tests of the node behaviour)."""
+
+    kind = "local"
+    registry: dict = {}
+
+    def __init__(self, host: str = "127.0.0.1"):
+        self.inbox = queue.SimpleQueue()
+        self.address = f"local:{id(self)}"
+        LocalTransport.registry[self.address] = self
+        self.peers = {}
+
+    def connect(self, peer: str, address) -> None:
+        self.peers[peer] = LocalTransport.registry[address]
+
+    def send(self, peer: str, header: bytes, payload) -> None:
+        self.peers[peer].inbox.put((header, bytes(payload)))
+
+    def recv(self, timeout_s: float):
+        try:
+            return self.inbox.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        LocalTransport.registry.pop(self.address, None)
+
+
+TRANSPORTS = {"zmq": ZmqTransport, "ray": RayTransport, "local": LocalTransport}
+
+
+def make_transport(kind: str, host: str = "127.0.0.1"):
+    if kind not in TRANSPORTS:
+        raise ValueError(f"transport: expected one of {tuple(TRANSPORTS)}, got {kind!r}")
+    return TRANSPORTS[kind](host)
+
+
+def monotonic() -> float:
+    return time.monotonic()

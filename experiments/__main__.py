@@ -1,0 +1,71 @@
+"""python -m experiments COMMAND [CONFIG] [--set key=value ...] [--out DIR]   (DESIGN.md "Command line").
+
+Exit status: 0 done; 1 the run failed (divergence, fault); 2 invalid config or input, named on stderr,
+before any actor starts and with nothing written.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+COMMANDS = ("train", "audit", "bench", "sweep")
+DEFAULT_CONFIG = {"train": "train", "audit": "audit", "bench": "bench", "sweep": "sweep"}
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m experiments", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=COMMANDS)
+    p.add_argument("config", nargs="?", help="YAML file or name in experiments/configs/ (default: per command)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (YAML value; dotted keys reach sections); repeatable")
+    p.add_argument("--out", help="results folder (default results/<command>-<timestamp>/)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="sweep grid; repeatable")
+    p.add_argument("--resume", metavar="DIR", help="train: continue the run in DIR from its last checkpoint")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from experiments.config import ConfigError, load_config
+    from experiments.datasets import DatasetError
+    try:
+        if args.command == "train" and args.resume:
+            from experiments.train import resume_config
+            cfg, out = resume_config(args.resume, args.sets)
+        else:
+            cfg = load_config(args.config or DEFAULT_CONFIG[args.command], args.sets)
+            out = args.out or f"results/{args.command}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if args.command == "train":
+            from experiments.train import run_train
+
+            def run(cfg, out):
+                return run_train(cfg, out, resume=bool(args.resume))
+        elif args.command == "audit":
+            from experiments.audit import run_audit
+
+            def run(cfg, out):
+                return run_audit(cfg, out, args.sets)
+        elif args.command == "bench":
+            from experiments.bench import run_bench as run
+        else:
+            from experiments.sweep import run_sweep
+
+            def run(cfg, out):
+                return run_sweep(cfg, out, args.grid, args.sets)
+        run(cfg, out)
+        return 0
+    except (ConfigError, DatasetError) as err:
+        print(f"error: invalid {'config' if isinstance(err, ConfigError) else 'input'}: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 1
+    except (RuntimeError, FloatingPointError, OSError) as err:
+        print(f"error: run failed: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

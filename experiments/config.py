@@ -1,0 +1,223 @@
+"""Run configuration: frozen, typed, validated on load; every error names its field (exit status 2).
+
+`load_config(name_or_path, sets)` reads a YAML file (or `experiments/configs/<name>.yaml`), applies
+`--set key=value` overrides (values parsed as YAML; `1e-3` is a float; dotted keys reach sections) and
+validates everything before any actor starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+
+import yaml
+
+from nodes.activations import ACTIVATIONS
+from nodes.model import MODELS
+from nodes.optim import OPTIMIZERS
+from protocols import PROTOCOLS
+
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)$")
+
+
+class ConfigError(ValueError):
+    def __init__(self, field_name: str, msg: str):
+        super().__init__(f"{field_name}: {msg}")
+        self.field = field_name
+
+
+@dataclass(frozen=True)
+class FabricSection:
+    split: int = 1                 # blocks per layer with granularity=layer
+    log: str = "counters"          # message log: "full" records or "counters"
+    timeout_s: float = 60.0        # every wait for a neighbour's message
+    actor_cpus: float = 0.0        # Ray CPUs reserved per node actor
+    host: str = "127.0.0.1"        # data-plane bind address (loopback by default)
+
+
+@dataclass(frozen=True)
+class BenchSection:
+    sizes: list = field(default_factory=lambda: [[784, 512, 10], [784, 512, 512, 10]])
+    batches: list = field(default_factory=lambda: [32, 128, 512])
+    dtypes: list = field(default_factory=lambda: ["float32", "float64"])
+    neurons: list = field(default_factory=lambda: [8, 16, 32, 64])
+    steps: int = 30
+    repeats: int = 3
+
+
+@dataclass(frozen=True)
+class Config:
+    model: str = "prototypical"
+    sizes: list = field(default_factory=lambda: [64, 64, 10])
+    activation: str = "sigmoid4"
+    protocol: str = "ep-symmetric"
+    beta: float = 0.1
+    T1: int = 30
+    T2: int = 10
+    dt: float = 1.0
+    N: int = 2
+    batch: int = 32
+    seed: int = 0
+    granularity: str = "layer"
+    transport: str = "zmq"
+    engine: str = "fabric"
+    dtype: str = "float32"
+    lr: typing.Any = 0.1           # one float, or one per layer pair (W0/b0, W1/b1, ...)
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    epochs: int = 10
+    dataset: str = "digits"
+    data_dir: typing.Optional[str] = None
+    data_path: typing.Optional[str] = None
+    test_fraction: float = 0.2
+    steps: bool = False
+    replay: typing.Optional[str] = None
+    address: typing.Optional[str] = None
+    bptt_baseline: bool = False
+    eval_batch: int = 1000
+    quick: bool = False
+    device: str = "cpu"
+    fabric: FabricSection = field(default_factory=FabricSection)
+    bench: BenchSection = field(default_factory=BenchSection)
+
+    @property
+    def lrs(self) -> list:
+        n = len(self.sizes) - 1
+        return [float(self.lr)] * n if isinstance(self.lr, (int, float)) else [float(v) for v in self.lr]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "model": MODELS, "activation": tuple(ACTIVATIONS), "protocol": tuple(PROTOCOLS),
+    "granularity": ("layer", "neuron"), "transport": ("zmq", "ray"), "engine": ("fabric", "reference"),
+    "dtype": ("float32", "float64"), "optimizer": OPTIMIZERS, "fabric.log": ("full", "counters"),
+}
+
+
+def parse_value(text: str):
+    """--set values are YAML; a number in exponent form (1e-3) is a float."""
+    if _FLOAT.match(text.strip()):
+        return float(text)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError("--set", f"cannot parse value {text!r}: {err}") from None
+
+
+def _check_type(name: str, value, typ):
+    if typ is bool:
+        ok = isinstance(value, bool)
+    elif typ is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif typ is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif typ is str:
+        ok = isinstance(value, str)
+    elif typ is list:
+        ok = isinstance(value, list)
+    elif typ == typing.Optional[str]:
+        ok = value is None or isinstance(value, str)
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(name, f"expected {getattr(typ, '__name__', typ)}, got {value!r}")
+    return value
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    if not isinstance(data, dict):
+        raise ConfigError(prefix.rstrip(".") or "config", f"expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        if k not in known:
+            raise ConfigError(prefix + str(k), f"unknown key (known: {', '.join(sorted(known))})")
+        typ = hints[k]
+        if dataclasses.is_dataclass(typ):
+            kwargs[k] = _build(typ, v, prefix + k + ".")
+        else:
+            kwargs[k] = _check_type(prefix + k, v, typ)
+    return cls(**kwargs)
+
+
+def validate(cfg: Config) -> Config:
+    for key, allowed in CHOICES.items():
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value not in allowed:
+            raise ConfigError(key, f"{value!r} is not one of {list(allowed)}")
+    if len(cfg.sizes) < 2 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in cfg.sizes):
+        raise ConfigError("sizes", f"need a list of at least two positive integers, got {cfg.sizes!r}")
+    for k in ("T1", "T2", "batch", "eval_batch"):
+        if getattr(cfg, k) < 1:
+            raise ConfigError(k, f"must be >= 1, got {getattr(cfg, k)}")
+    if cfg.epochs < 0:
+        raise ConfigError("epochs", f"must be >= 0, got {cfg.epochs}")
+    if cfg.protocol.startswith("ep") and cfg.beta == 0:
+        raise ConfigError("beta", f"must be non-zero for protocol {cfg.protocol}")
+    if not cfg.dt > 0:
+        raise ConfigError("dt", f"must be > 0, got {cfg.dt}")
+    if cfg.N < 2:
+        raise ConfigError("N", f"must be >= 2, got {cfg.N}")
+    if not 0 <= cfg.momentum < 1:
+        raise ConfigError("momentum", f"must be in [0, 1), got {cfg.momentum}")
+    if not 0 < cfg.test_fraction < 1:
+        raise ConfigError("test_fraction", f"must be in (0, 1), got {cfg.test_fraction}")
+    lr = cfg.lr
+    if isinstance(lr, list):
+        if len(lr) != len(cfg.sizes) - 1 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                     for v in lr):
+            raise ConfigError("lr", f"expected one number or {len(cfg.sizes) - 1} numbers, got {lr!r}")
+    elif isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        raise ConfigError("lr", f"expected a number or a list of numbers, got {lr!r}")
+    if any(v < 0 for v in cfg.lrs):
+        raise ConfigError("lr", f"learning rates must be >= 0, got {lr!r}")
+    if cfg.fabric.split < 1:
+        raise ConfigError("fabric.split", f"must be >= 1, got {cfg.fabric.split}")
+    if not cfg.fabric.timeout_s > 0:
+        raise ConfigError("fabric.timeout_s", f"must be > 0, got {cfg.fabric.timeout_s}")
+    return cfg
+
+
+def _set_dotted(data: dict, key: str, value) -> None:
+    parts = key.split(".")
+    for p in parts[:-1]:
+        sub = data.setdefault(p, {})
+        if not isinstance(sub, dict):
+            raise ConfigError(key, f"{p} is not a section")
+        data = sub
+    data[parts[-1]] = value
+
+
+def config_path(name: str) -> str:
+    if os.path.isfile(name):
+        return name
+    path = os.path.join(CONFIG_DIR, name + ".yaml")
+    if not os.path.isfile(path):
+        known = sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml"))
+        raise ConfigError("CONFIG", f"no file {name!r} and no config named {name!r} (known: {', '.join(known)})")
+    return path
+
+
+def load_config(name: str, sets=(), overrides: dict | None = None) -> Config:
+    with open(config_path(name)) as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError("CONFIG", f"invalid YAML in {name}: {err}") from None
+    for k, v in (overrides or {}).items():
+        _set_dotted(data, k, v)
+    for item in sets:
+        if "=" not in item:
+            raise ConfigError("--set", f"expected key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        _set_dotted(data, k.strip(), parse_value(v))
+    return validate(_build(Config, data))

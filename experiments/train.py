@@ -1,0 +1,173 @@
+"""`train`: EP training through the fabric (or the in-process engine) with an optional paired BPTT baseline.
+
+Each batch: the coordinator feeds x and y, walks the protocol's phases and triggers the local update;
+accuracy comes from the free phase's output. Every epoch: test accuracy and loss, wall time, checkpoint.
+Writes config.yaml, metrics.json, metrics.csv, curves.png, confusion.png and checkpoint.npz.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from cluster.bptt import bptt_grad
+from cluster.reference import ReferenceEngine
+from cluster.runtime import DTYPES, make_engine, model_from
+from experiments import checkpoint
+from experiments.config import ConfigError, load_config
+from experiments.datasets import load_dataset, one_hot
+from experiments.plots import plot_confusion, plot_curves
+from experiments.results import prepare, write_csv, write_json
+from nodes.dynamics import cost
+from protocols import get_protocol
+from protocols.base import run_schedule
+
+
+def check_data(cfg, ds) -> None:
+    if ds.n_features != cfg.sizes[0] or ds.n_classes != cfg.sizes[-1]:
+        raise ConfigError("sizes", f"dataset {cfg.dataset} needs sizes[0] = {ds.n_features} and sizes[-1] = "
+                                   f"{ds.n_classes}, got {cfg.sizes}")
+
+
+class BPTTTrainer:
+    """The paired baseline: same initial weights, batches, optimiser and learning rates; gradient by BPTT
+    through the T1 free steps (Ernoult et al. 2019 `--benchmark`)."""
+
+    name = "bptt"
+
+    def __init__(self, cfg, model, params):
+        lrs = {f"{p}{n}": lr for n, lr in enumerate(cfg.lrs) for p in ("W", "b")}
+        self.engine = ReferenceEngine(model, cfg.protocol, DTYPES[cfg.dtype], lrs, cfg.optimizer, cfg.momentum,
+                                      cfg.device)
+        self.engine.set_params(params)
+        self.cfg, self.model = cfg, model
+
+    def train_batch(self, x, y) -> torch.Tensor:
+        e = self.engine
+        e.set_batch(x, y)
+        g, out = bptt_grad(self.model, e.params, e.x, e.y, self.cfg.T1, with_output=True)
+        e.opt.step(e.params, g, e.lrs)
+        return out
+
+
+def evaluate(engine, cfg, x, y, n_classes):
+    """Free phase on the test set in chunks; (accuracy, loss, predictions)."""
+    preds, losses = [], []
+    for i in range(0, len(x), cfg.eval_batch):
+        xb, yb = x[i:i + cfg.eval_batch], one_hot(y[i:i + cfg.eval_batch], n_classes)
+        engine.set_batch(torch.from_numpy(xb), torch.from_numpy(yb))
+        engine.run_phase("free", cfg.T1, 0.0, "zero")
+        out = engine.output("free").to(torch.float64)
+        preds.append(out.argmax(1).numpy())
+        losses.append(float(cost(out, torch.from_numpy(yb))) * len(xb))
+    pred = np.concatenate(preds)
+    return float((pred == y).mean()), sum(losses) / len(x), pred
+
+
+def resume_config(out_dir: str, sets=()):
+    path = os.path.join(out_dir, "config.yaml")
+    if not os.path.isfile(path) or not os.path.isfile(os.path.join(out_dir, checkpoint.FILE)):
+        raise ConfigError("--resume", f"{out_dir} holds no config.yaml and checkpoint.npz to resume from")
+    return load_config(path, sets), out_dir
+
+
+def run_train(cfg, out_dir: str, progress: bool = True, resume: bool = False) -> dict:
+    ds = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed, cfg.test_fraction, cfg.data_path)
+    check_data(cfg, ds)
+    if not resume and os.path.isfile(os.path.join(out_dir, checkpoint.FILE)):
+        raise ConfigError("--out", f"{out_dir} already holds a run (checkpoint.npz); continue it with "
+                                   f"--resume {out_dir} or choose another folder")
+    if resume:
+        start_epoch, metrics, state, base_state = checkpoint.load(out_dir)
+    else:
+        start_epoch, metrics, state, base_state = 0, {"epochs": [], "baseline": []}, None, None
+        prepare(out_dir, cfg)
+    model = model_from(cfg)
+    protocol = get_protocol(cfg.protocol)
+    params = model.init_params(cfg.seed, DTYPES[cfg.dtype])
+    engine = make_engine(cfg, model)
+    baseline = BPTTTrainer(cfg, model, params) if cfg.bptt_baseline else None
+    Y = one_hot(ds.y_train, ds.n_classes)
+    try:
+        engine.set_params(params)
+        if state:
+            checkpoint.set_engine_state(engine, state)
+            if baseline is not None:
+                checkpoint.set_engine_state(baseline.engine, base_state)
+        for epoch in range(start_epoch, cfg.epochs):
+            rng = np.random.default_rng([cfg.seed, epoch])
+            order = rng.permutation(len(ds.x_train))
+            t0 = time.perf_counter()
+            correct = correct_b = seen = 0
+            loss_sum = 0.0
+            batches = range(0, len(order), cfg.batch)
+            bar = _bar(batches, epoch, cfg, progress)
+            for i in bar:
+                idx = order[i:i + cfg.batch]
+                x, y = torch.from_numpy(ds.x_train[idx]), torch.from_numpy(Y[idx])
+                beta = protocol.batch_beta(cfg.beta, rng)
+                engine.set_batch(x, y)
+                run_schedule(protocol, engine, beta, cfg.T1, cfg.T2)
+                out = engine.output("free").to(torch.float64)
+                engine.update(beta, apply=True, gather=False)
+                correct += int((out.argmax(1).numpy() == ds.y_train[idx]).sum())
+                loss_sum += float(cost(out, y)) * len(idx)
+                seen += len(idx)
+                if baseline is not None:
+                    out_b = baseline.train_batch(x, y)
+                    correct_b += int((out_b.argmax(1).numpy() == ds.y_train[idx]).sum())
+                if progress and hasattr(bar, "set_postfix"):
+                    bar.set_postfix(acc=f"{correct / seen:.3f}")
+            train_s = time.perf_counter() - t0
+            acc, loss, pred = evaluate(engine, cfg, ds.x_test, ds.y_test, ds.n_classes)
+            row = {"epoch": epoch + 1, "train_accuracy": correct / seen, "train_loss": loss_sum / seen,
+                   "test_accuracy": acc, "test_loss": loss, "train_seconds": train_s,
+                   "seconds": time.perf_counter() - t0}
+            metrics["epochs"].append(row)
+            if baseline is not None:
+                bacc, bloss, _ = evaluate(baseline.engine, cfg, ds.x_test, ds.y_test, ds.n_classes)
+                metrics["baseline"].append({"epoch": epoch + 1, "train_accuracy": correct_b / seen,
+                                            "test_accuracy": bacc, "test_loss": bloss})
+            _log(row, metrics["baseline"][-1] if baseline is not None else None)
+            checkpoint.save(out_dir, epoch + 1, engine, metrics, baseline.engine if baseline else None)
+        final = checkpoint.params_of(engine)
+        if cfg.epochs and metrics["epochs"]:
+            _, _, pred = evaluate(engine, cfg, ds.x_test, ds.y_test, ds.n_classes)
+            plot_confusion(os.path.join(out_dir, "confusion.png"), ds.y_test, pred, ds.n_classes)
+    finally:
+        engine.close()
+    last = metrics["epochs"][-1] if metrics["epochs"] else {}
+    summary = {"test_accuracy": last.get("test_accuracy"), "train_accuracy": last.get("train_accuracy"),
+               "engine": cfg.engine, "protocol": cfg.protocol, "dataset": cfg.dataset, **metrics}
+    if metrics.get("baseline"):
+        summary["bptt_test_accuracy"] = metrics["baseline"][-1]["test_accuracy"]
+    write_json(os.path.join(out_dir, "metrics.json"), {k: v for k, v in summary.items() if k != "final_params"})
+    write_csv(os.path.join(out_dir, "metrics.csv"), [
+        {**r, **({f"bptt_{k}": v for k, v in b.items() if k != "epoch"} if b else {})}
+        for r, b in zip(metrics["epochs"], metrics.get("baseline") or [None] * len(metrics["epochs"]))])
+    if metrics["epochs"]:
+        plot_curves(os.path.join(out_dir, "curves.png"), metrics)
+    summary["final_params"] = final
+    if progress:
+        print(f"test accuracy {summary['test_accuracy']:.4f}" + (
+            f" (BPTT baseline {summary['bptt_test_accuracy']:.4f})" if "bptt_test_accuracy" in summary else "")
+              + f" -> {out_dir}")
+    return summary
+
+
+def _bar(batches, epoch, cfg, progress):
+    if not progress:
+        return batches
+    from tqdm import tqdm
+    return tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr, leave=False, mininterval=0.5)
+
+
+def _log(row, base) -> None:
+    text = (f"epoch {row['epoch']}: train {row['train_accuracy']:.4f}  test {row['test_accuracy']:.4f}  "
+            f"loss {row['test_loss']:.4f}  {row['seconds']:.1f} s")
+    if base:
+        text += f"  | BPTT test {base['test_accuracy']:.4f}"
+    print(text, file=sys.stderr)

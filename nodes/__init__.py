@@ -1,0 +1,1 @@
+"""The local physics: model declaration, pure step functions, node behaviour."""

@@ -1,0 +1,50 @@
+"""Activation functions rho and their derivatives (ALGORITHMS.md §1, "Activations").
+
+Each entry is (rho, rho_prime). Names are the config values of `activation`.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _sigmoid(x):
+    return torch.sigmoid(x)
+
+
+def _sigmoid_prime(x):
+    s = torch.sigmoid(x)
+    return s * (1 - s)
+
+
+def _sigmoid4(x):
+    """sigmoid4(x) = 1 / (1 + exp(-4 (x - 1/2)))."""
+    return torch.sigmoid(4 * (x - 0.5))
+
+
+def _sigmoid4_prime(x):
+    s = torch.sigmoid(4 * (x - 0.5))
+    return 4 * s * (1 - s)
+
+
+def _tanh_prime(x):
+    t = torch.tanh(x)
+    return 1 - t * t
+
+
+def _hardsigmoid(x):
+    """clip(x, 0, 1)."""
+    return torch.clamp(x, 0.0, 1.0)
+
+
+def _hardsigmoid_prime(x):
+    """1 on the closed interval [0, 1], 0 outside (the torch.clamp autograd convention, §1)."""
+    return ((x >= 0) & (x <= 1)).to(x.dtype)
+
+
+ACTIVATIONS = {
+    "tanh": (torch.tanh, _tanh_prime),
+    "sigmoid": (_sigmoid, _sigmoid_prime),
+    "sigmoid4": (_sigmoid4, _sigmoid4_prime),
+    "hardsigmoid": (_hardsigmoid, _hardsigmoid_prime),
+}
+HOLOMORPHIC = ("tanh", "sigmoid", "sigmoid4")

@@ -1,0 +1,196 @@
+"""A fabric node: a block of units, the synapses it holds, and its local rules for every phase.
+
+`NodeSpec` is plain data (the interface: its block, its neighbours and their widths, what it holds);
+`NodeActor` is a plain class running the behaviour on it. `cluster/fabric.py` wraps it in a Ray actor at
+build time; a test can run it in-process. A node reads only: its own state, the tensors it holds, its
+neighbours' messages, and the boundary signals (x at layer 1, y and beta at the output, batch size, phase).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cluster.channel import NodeChannel, PhaseError
+from cluster.message_log import MessageLog
+from cluster.messages import pack_arrays, torch_dtype, unpack_arrays
+from cluster.transport import make_transport
+from nodes.dynamics import const_drive, field, local_grads, signal, step
+from nodes.model import COORDINATOR, Block, LayeredModel
+from nodes.optim import Optimizer
+from protocols import get_protocol
+from protocols.base import combine
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    model: LayeredModel
+    block: Block
+    pre: tuple            # ((node id, width), ...) of layer n-1, in unit order
+    post: tuple           # the same for layer n+1
+    protocol: str
+    dtype: str
+    lrs: dict             # held tensor -> learning rate
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    transport: str = "zmq"
+    host: str = "127.0.0.1"
+    log_mode: str = "counters"
+    timeout_s: float = 60.0
+    diverge_limit: float = 1e6
+
+
+class NodeActor:
+    def __init__(self, spec: NodeSpec, threads: int = 1):
+        torch.set_num_threads(threads)
+        self.spec = spec
+        m, b = spec.model, spec.block
+        self.id = b.node_id
+        self.kind, self.act, self.dt = m.kind, m.activation, m.dt
+        self.is_input, self.is_output = b.layer == 1, b.layer == m.N
+        self.tdtype = torch_dtype(spec.dtype)
+        self.log = MessageLog(spec.log_mode)
+        self.transport = make_transport(spec.transport, spec.host)
+        widths = dict(spec.pre + spec.post)
+        self.chan = NodeChannel(self.id, self.transport, widths, spec.dtype, self.log, spec.timeout_s)
+        self.pre_ids = [i for i, _ in spec.pre]
+        self.post_ids = [i for i, _ in spec.post]
+        self.targets = list(widths)
+        self.sources = list(widths)
+        shapes = m.param_shapes()
+        self.params = {}
+        for local, (name, rows, cols, _) in m.held(b).items():
+            full = torch.zeros(shapes[name], dtype=self.tdtype)
+            self.params[local] = (full[rows] if cols is None else full[rows, cols]).clone().contiguous()
+        self.opt = Optimizer(spec.optimizer, spec.momentum)
+        self.saved = {}
+        self.B = 0
+        self.x = self.y = self.const = None
+
+    # ---- control plane ---------------------------------------------------------------------------
+    def endpoint(self):
+        return self.transport.address
+
+    def connect(self, peers: dict) -> None:
+        self.chan.connect(peers)
+
+    def inject_link(self, peer: str, address=None, receive: bool = False) -> None:
+        """Fault injection for the locality audit: an unchecked extra link to a non-neighbour."""
+        if receive:
+            self.sources.append(peer)
+            self.chan.extra.add(peer)
+        else:
+            self.chan.connect({peer: address}, unchecked=(peer,))
+            self.targets.append(peer)
+
+    def set_params(self, packed: bytes) -> None:
+        for k, v in unpack_arrays(packed).items():
+            self.params[k] = v.to(self.tdtype).contiguous()
+        self.const = None
+
+    def get_params(self) -> bytes:
+        return pack_arrays(self.params)
+
+    def set_boundary(self, batch: int, packed: bytes = b"") -> None:
+        """Boundary signals: the batch size to all; x to the input layer's nodes, y to the output's."""
+        self.B = int(batch)
+        self.log.record(COORDINATOR, self.id, "control", "batch", -1, 8)
+        for k, v in (unpack_arrays(packed) if packed else {}).items():
+            self.log.record(COORDINATOR, self.id, "boundary", k, -1, v.numel() * v.element_size())
+            setattr(self, k, v.to(self.tdtype))
+        self.const = None
+
+    def deliver(self, header: bytes, payload: bytes) -> None:
+        self.transport.deliver(header, payload)
+
+    def abort(self) -> None:
+        self.chan.abort_event.set()
+
+    def message_log(self, clear: bool = False) -> dict:
+        out = self.log.export()
+        if clear:
+            self.log.clear()
+        return out
+
+    def get_state(self) -> bytes:
+        return pack_arrays({**{f"param/{k}": v for k, v in self.params.items()},
+                            **{f"opt/{k}": v for k, v in self.opt.get_state().items()}})
+
+    def set_state(self, packed: bytes) -> None:
+        flat = unpack_arrays(packed)
+        self.set_params(pack_arrays({k[6:]: v for k, v in flat.items() if k.startswith("param/")}))
+        self.opt.set_state({k[4:]: v for k, v in flat.items() if k.startswith("opt/")})
+
+    def close(self) -> None:
+        self.chan.close()
+
+    # ---- one phase: the local relaxation rule ----------------------------------------------------
+    def _assemble(self, inbox: dict):
+        def cat(ids):
+            if not ids:
+                return None
+            return inbox[ids[0]] if len(ids) == 1 else torch.cat([inbox[i] for i in ids], dim=1)
+        return cat(self.pre_ids), cat(self.post_ids)
+
+    def _exchange(self, name: str, serial: int, t: int, a):
+        self.chan.broadcast(name, serial, t, a, self.targets)
+        return self._assemble(self.chan.gather(name, serial, t, self.sources))
+
+    @torch.no_grad()
+    def run_phase(self, serial: int, name: str, steps: int, beta: float, start: str,
+                  record_states: bool = False, record_grads: bool = False) -> dict:
+        """`steps` synchronous steps: send a(s_t), receive the neighbours' a_t, compute s_{t+1}
+        (nodes/dynamics.step); then one more exchange so the saved state has its neighbours' a_T."""
+        self.chan.abort_event.clear()
+        self.log.record(COORDINATOR, self.id, "control", name, -1, 0)
+        if self.is_output and beta != 0:
+            self.log.record(COORDINATOR, self.id, "boundary", "beta", -1, 8)
+        p = self.params
+        if self.const is None:
+            self.const = const_drive(p["b_in"], p["W_in"], self.x if self.is_input else None)
+        y = self.y if self.is_output else None
+        s = (torch.zeros(self.B, self.spec.block.width, dtype=self.tdtype) if start == "zero"
+             else self.saved[start][0].clone())
+        a = signal(self.kind, self.act, s)
+        states, grads = [s] if record_states else None, [] if record_grads else None
+        W_out = p.get("W_out")
+        for t in range(steps):
+            a_pre, a_post = self._exchange(name, serial, t, a)
+            if record_grads:
+                grads.append(local_grads(self.x if self.is_input else a_pre, a, a_post))
+            h = field(self.const, p["W_in"], a_pre, W_out, a_post)
+            s_prev, s = s, step(self.kind, self.act, self.dt, s, h, beta, y)
+            m = float(s.abs().max()) if s.numel() else 0.0
+            if not m <= self.spec.diverge_limit:
+                raise PhaseError(f"node {self.id}, phase {name}, step {t + 1}: state "
+                                 f"{'is NaN' if m != m else f'diverged (max |s| = {m:.3g})'}")
+            a = signal(self.kind, self.act, s)
+            if record_states:
+                states.append(s)
+        a_pre, a_post = self._exchange(name, serial, steps, a)
+        self.saved[name] = (s, a, self.x if self.is_input else a_pre, a_post)
+        out = {"residual": float((s - s_prev).abs().max()) if steps and s.numel() else 0.0}
+        if record_states:
+            out["states"] = pack_arrays({"s": torch.stack(states)})
+        if record_grads:
+            grads.append(local_grads(self.x if self.is_input else a_pre, a, a_post))
+            out["grad_steps"] = pack_arrays({k: (torch.stack([g[k] for g in grads[1:]])
+                                                 - torch.stack([g[k] for g in grads[:-1]])) / beta
+                                             for k in grads[0]})
+        return out
+
+    def output(self, name: str = "free") -> bytes:
+        """Readout of a saved state (the coordinator reads the output layer's prediction)."""
+        return pack_arrays({"s": self.saved[name][0]})
+
+    # ---- the local learning rule -------------------------------------------------------------------
+    @torch.no_grad()
+    def update(self, beta: float, apply: bool = True, gather: bool = False):
+        """g_hat = sum_k c_k(beta) G(s_k) on the held tensors (protocols/), then the optimiser step."""
+        coefs = get_protocol(self.spec.protocol).coefficients(beta)
+        g = combine(coefs, {k: local_grads(self.saved[k][2], self.saved[k][1], self.saved[k][3])
+                            for k in coefs})
+        if apply:
+            self.opt.step(self.params, g, self.spec.lrs)
+            self.const = None
+        return pack_arrays(g) if gather else None
