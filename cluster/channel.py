@@ -75,6 +75,8 @@ class NodeChannel:
         elif src in self.widths and (len(shape) != 2 or shape[1] != self.widths[src]):
             raise MessageError(f"{where}: shape {shape}, expected (B, {self.widths[src]})")
         t = array_from(payload, dtype, shape)
+        if t.data_ptr() % 64:  # BLAS kernels round differently on misaligned buffers: keep runs deterministic
+            t = t.clone()
         self.log.record(src, self.node_id, kind, ph, step, len(header) + t.numel() * t.element_size())
         self.buffer[(src, serial, step)] = t
 

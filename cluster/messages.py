@@ -15,9 +15,9 @@ import torch
 warnings.filterwarnings("ignore", message="The given buffer is not writable")
 
 KINDS = ("state", "boundary", "control")
-DTYPES = ("float32", "float64", "complex64", "complex128")
+DTYPES = ("float32", "float64", "complex64", "complex128", "int64")
 _TORCH = {"float32": torch.float32, "float64": torch.float64,
-          "complex64": torch.complex64, "complex128": torch.complex128}
+          "complex64": torch.complex64, "complex128": torch.complex128, "int64": torch.int64}
 
 
 class MessageError(RuntimeError):

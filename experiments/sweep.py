@@ -1,0 +1,98 @@
+"""`sweep CONFIG --grid key=v1,v2,... [--grid ...]`: `audit` at every point of the grid product.
+
+Writes sweep.json: `points` (grid values, rel_l2, cosine, diverged) and `slopes`, the least-squares slope
+of log rel_l2 against log beta (or eps) for each value of the other grid keys, with the range fitted; and
+sweep.png, the log-log plot.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+from experiments.audit import run_audit
+from experiments.config import ConfigError, _build, _set_dotted, parse_value, validate
+from experiments.results import prepare, pyplot, write_json
+
+
+def parse_grid(items) -> dict:
+    grid = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError("--grid", f"expected key=v1,v2,..., got {item!r}")
+        k, vals = item.split("=", 1)
+        grid[k.strip()] = [parse_value(v) for v in vals.split(",") if v.strip()]
+        if not grid[k.strip()]:
+            raise ConfigError("--grid", f"no values for {k!r}")
+    if not grid:
+        raise ConfigError("--grid", "give at least one --grid key=v1,v2,...")
+    return grid
+
+
+def run_sweep(cfg, out_dir: str, grid_items, sets=()) -> dict:
+    grid = parse_grid(grid_items)
+    configs = []
+    for values in itertools.product(*grid.values()):
+        data = cfg.to_dict()
+        for k, v in zip(grid, values):
+            _set_dotted(data, k, v)
+        configs.append((dict(zip(grid, values)), validate(_build(type(cfg), data))))  # all validated first
+    prepare(out_dir, cfg)
+    points = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (values, c) in enumerate(configs):
+            print(f"sweep point {i + 1}/{len(configs)}: {values}", file=sys.stderr)
+            try:
+                rep = run_audit(dataclasses.replace(c, replay=None), os.path.join(tmp, str(i)), quiet=True)
+                t = rep["total"]
+                points.append({**values, "rel_l2": t["rel_l2"], "cosine": t["cosine"], "diverged": False})
+            except (RuntimeError, FloatingPointError) as err:
+                points.append({**values, "rel_l2": None, "cosine": None, "diverged": True, "error": str(err)})
+    x_key = "beta" if "beta" in grid else ("eps" if "eps" in grid else None)
+    slopes = fit_slopes(points, x_key, [k for k in grid if k != x_key]) if x_key else []
+    result = {"grid": grid, "points": points, "slopes": slopes}
+    write_json(os.path.join(out_dir, "sweep.json"), result)
+    if x_key:
+        plot_sweep(os.path.join(out_dir, "sweep.png"), points, x_key, [k for k in grid if k != x_key])
+    for s in slopes:
+        print(f"slope {s['slope']:.3f} for {s['group']} over {x_key} in [{s['range'][0]:g}, {s['range'][1]:g}]")
+    return result
+
+
+def _groups(points, x_key, others):
+    groups = {}
+    for p in points:
+        groups.setdefault(tuple((k, p[k]) for k in others), []).append(p)
+    return groups
+
+
+def fit_slopes(points, x_key, others) -> list:
+    out = []
+    for key, pts in _groups(points, x_key, others).items():
+        ok = [p for p in pts if not p["diverged"] and p["rel_l2"] and p["rel_l2"] > 0]
+        if len(ok) < 2:
+            continue
+        lx = np.log10([abs(p[x_key]) for p in ok])
+        ly = np.log10([p["rel_l2"] for p in ok])
+        out.append({"group": dict(key), "slope": float(np.polyfit(lx, ly, 1)[0]),
+                    "range": [float(min(abs(p[x_key]) for p in ok)), float(max(abs(p[x_key]) for p in ok))],
+                    "points": len(ok)})
+    return out
+
+
+def plot_sweep(path, points, x_key, others) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for key, pts in _groups(points, x_key, others).items():
+        ok = sorted((p for p in pts if not p["diverged"]), key=lambda p: abs(p[x_key]))
+        ax.loglog([abs(p[x_key]) for p in ok], [p["rel_l2"] for p in ok], "o-",
+                  label=", ".join(f"{k}={v}" for k, v in key) or "rel_l2")
+    ax.set_xlabel(f"|{x_key}|"), ax.set_ylabel("relative L2 error vs BPTT"), ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

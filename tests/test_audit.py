@@ -1,0 +1,127 @@
+"""`audit`, `sweep` and replay through the CLI; the bundle re-verifies from the pinned conventions alone."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import run_cli
+
+
+def load_bundle(path):
+    z = np.load(path, allow_pickle=False)
+    meta = json.loads(str(z["meta"]))
+    group = lambda p: {k.split("/", 1)[1]: torch.from_numpy(z[k]) for k in z.files if k.startswith(p + "/")}
+    return meta, torch.from_numpy(z["x"]), torch.from_numpy(z["y"]), group("param"), group("estimate"), \
+        group("bptt"), z
+
+
+def independent_check(meta, x, y, params):
+    """ALGORITHMS.md §1 written out again, independently of the project's code: the `energy` model's
+    Euler steps, BPTT by autograd through T1 steps, and the ep-symmetric estimator."""
+    assert meta["model"] == "energy" and meta["activation"] == "sigmoid"
+    rho = torch.sigmoid
+    N, dt, T1, T2, beta = len(meta["sizes"]) - 1, meta["dt"], meta["T1"], meta["T2"], meta["beta_used"]
+
+    def E(s, p):
+        a = [x] + [rho(v) for v in s]
+        return sum(0.5 * (v ** 2).sum() for v in s) - sum(
+            (a[n + 1] * (a[n] @ p[f"W{n}"].T + p[f"b{n}"])).sum() for n in range(N))
+
+    def run(p, s, steps, b):
+        for _ in range(steps):
+            s = [v.detach().requires_grad_(True) if not v.requires_grad else v for v in s]
+            F = E(s, p) + b * 0.5 * ((s[-1] - y) ** 2).sum()
+            g = torch.autograd.grad(F, s, create_graph=True)
+            s = [v - dt * gv for v, gv in zip(s, g)]
+        return s
+
+    p = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    zero = [torch.zeros(x.shape[0], d, dtype=torch.float64) for d in meta["sizes"][1:]]
+    s0 = run(p, zero, T1, 0.0)
+    L = 0.5 * ((s0[-1] - y) ** 2).sum(1).mean()
+    bptt = dict(zip(p, torch.autograd.grad(L, list(p.values()))))
+    free = [v.detach() for v in s0]
+    plain = {k: v.detach() for k, v in params.items()}
+    sp = [v.detach() for v in run(plain, free, T2, beta)]
+    sm = [v.detach() for v in run(plain, free, T2, -beta)]
+
+    def G(s):
+        q = {k: v.clone().requires_grad_(True) for k, v in plain.items()}
+        return dict(zip(q, torch.autograd.grad(E(s, q) / x.shape[0], list(q.values()))))
+    gp, gm = G(sp), G(sm)
+    return bptt, {k: (gp[k] - gm[k]) / (2 * beta) for k in gp}
+
+
+def test_audit_meets_cosine_and_bundle_reverifies(tmp_path, ray_session):
+    out = tmp_path / "a"
+    r = run_cli("audit", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((out / "audit.json").read_text())
+    assert rep["total"]["cosine"] >= 0.9999
+    assert rep["locality"]["violations"] == [] and rep["locality"]["messages"] > 0
+    assert set(rep["per_tensor"]) == {"W0", "b0", "W1", "b1"}
+    meta, x, y, params, est, bptt, z = load_bundle(out / "audit.npz")
+    assert meta["beta"] == 1e-3 and meta["granularity"] == "layer" and meta["transport"] == "zmq"
+    want_bptt, want_est = independent_check(meta, x, y, params)
+    for k in params:
+        torch.testing.assert_close(bptt[k], want_bptt[k], rtol=1e-10, atol=1e-14)
+        torch.testing.assert_close(est[k], want_est[k], rtol=1e-7, atol=1e-12)
+
+
+def test_replay_reproduces_bundle_on_every_granularity(tmp_path, ray_session):
+    src = tmp_path / "src"
+    assert run_cli("audit", "--set", "beta=1e-1", "--set", "sizes=[64,4,10]", "--set", "T1=80",
+                   "--set", "T2=30", "--out", str(src)).returncode == 0
+    _, _, _, _, est0, bptt0, _ = load_bundle(src / "audit.npz")
+    for gran in ("layer", "neuron"):
+        out = tmp_path / gran
+        r = run_cli("audit", "--set", f"replay={src / 'audit.npz'}", "--set", f"granularity={gran}",
+                    "--out", str(out))
+        assert r.returncode == 0, r.stderr
+        meta, _, _, _, est, bptt, _ = load_bundle(out / "audit.npz")
+        assert meta["granularity"] == gran and meta["beta"] == 1e-1
+        for k in est0:
+            assert float((est[k] - est0[k]).norm() / est0[k].norm()) <= 1e-12, (gran, k)
+            assert torch.equal(bptt[k], bptt0[k])
+
+
+def test_stepwise_audit_matches_bptt_per_step_to_order_beta(tmp_path, ray_session):
+    rmse = {}
+    for beta in ("1e-2", "1e-3"):
+        out = tmp_path / beta
+        r = run_cli("audit", "--set", "steps=true", "--set", f"beta={beta}", "--set", "protocol=ep",
+                    "--set", "T1=300", "--set", "T2=20", "--set", "sizes=[64,8,10]", "--out", str(out))
+        assert r.returncode == 0, r.stderr
+        rep = json.loads((out / "audit.json").read_text())
+        rmse[beta] = {k: v["rmse"] for k, v in rep["steps"].items()}
+        _, _, _, _, _, _, z = load_bundle(out / "audit.npz")
+        assert z["estimate_steps/W0"].shape == (20, 8, 64) and z["bptt_steps/W0"].shape == (20, 8, 64)
+        assert os.path.getsize(out / "gdu.png") > 1000
+    for k in rmse["1e-2"]:  # O(beta): ten times smaller beta, about ten times smaller error
+        assert 7 < rmse["1e-2"][k] / rmse["1e-3"][k] < 13, (k, rmse)
+
+
+def test_beta_sweep_slopes(tmp_path):
+    out = tmp_path / "sw"
+    r = run_cli("sweep", "--grid", "beta=1e-1,1e-2,1e-3,1e-4", "--grid", "protocol=ep,ep-symmetric",
+                "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "sweep.json").read_text())
+    slopes = {s["group"]["protocol"]: s["slope"] for s in res["slopes"]}
+    assert abs(slopes["ep"] - 1) < 0.1 and abs(slopes["ep-symmetric"] - 2) < 0.1, slopes
+    assert len(res["points"]) == 8 and not any(p["diverged"] for p in res["points"])
+    assert (out / "sweep.png").exists()
+
+
+@pytest.mark.parametrize("setting,field", [
+    ("colour=red", "colour"), ("T1=-3", "T1"), ("beta=0", "beta"), ("activation=relu", "activation"),
+    ("sizes=[64,0,10]", "sizes"), ("batch=2.5", "batch"), ("granularity=column", "granularity"),
+    ("fabric.timeout_s=0", "fabric.timeout_s"), ("lr=[0.1]", "lr"), ("replay=/nonexistent.npz", "replay")])
+def test_invalid_config_exits_2_naming_the_field_and_writes_nothing(tmp_path, setting, field):
+    out = tmp_path / "never"
+    r = run_cli("audit", "--set", setting, "--out", str(out), timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert field in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()

@@ -1,0 +1,30 @@
+"""`python -m experiments bench --set quick=true` runs end to end and reports every ratio of the performance issue."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RATIOS = ("layer_fabric_over_inprocess", "neuron_msg_rate_over_raw_zmq", "zmq_over_ray_transport",
+          "explicit_over_autograd", "inprocess_over_matmuls", "max_neuron_actors")
+
+
+def test_bench_quick(tmp_path):
+    out = tmp_path / "bench"
+    proc = subprocess.run([sys.executable, "-m", "experiments", "bench", "--set", "quick=true", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out / "bench.json") as f:
+        bench = json.load(f)
+    keys = RATIOS + (("cuda_step_us",) if torch.cuda.is_available() else ())
+    ratios = bench["ratios"]
+    for k in keys:
+        assert k in ratios, f"missing ratio {k}"
+    for k, v in ratios.items():
+        assert isinstance(v, (int, float)) and math.isfinite(v) and v > 0, f"{k} = {v!r}"
+        assert k in bench["targets"] and isinstance(bench["met"][k], bool)
+    assert (out / "bench.png").stat().st_size > 0
+    assert (out / "config.yaml").exists()

@@ -1,0 +1,51 @@
+"""`train` end to end: results folder contract, resume is exact, nothing saved is overwritten."""
+import json
+
+import numpy as np
+import torch
+
+from experiments.config import load_config
+from experiments.train import run_train
+from tests.conftest import run_cli
+
+SMALL = ["sizes=[64,16,10]", "epochs=2", "T1=15", "T2=5", "batch=32", "dtype=float64"]
+
+
+def test_train_cli_writes_the_results_folder(tmp_path, ray_session):
+    out = tmp_path / "run"
+    r = run_cli("train", *sum((["--set", s] for s in SMALL), []), "--set", "bptt_baseline=true",
+                "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert 0 <= m["test_accuracy"] <= 1 and len(m["epochs"]) == 2 and m["epochs"][-1]["seconds"] > 0
+    assert m["test_accuracy"] > 0.5 and "bptt_test_accuracy" in m  # two epochs of real learning on digits
+    rows = (out / "metrics.csv").read_text().strip().splitlines()
+    assert len(rows) == 3 and "test_accuracy" in rows[0] and "bptt_test_accuracy" in rows[0]
+    for f in ("config.yaml", "curves.png", "confusion.png", "checkpoint.npz"):
+        assert (out / f).stat().st_size > 0
+    before = (out / "checkpoint.npz").read_bytes()
+    again = run_cli("train", "--out", str(out), timeout=120)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    assert (out / "checkpoint.npz").read_bytes() == before
+
+
+def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, ray_session):
+    sets = SMALL[:1] + ["T1=15", "T2=5", "batch=64", "dtype=float64", "optimizer=adam", "lr=[0.002,0.001]",
+                        "protocol=ep-random-sign"]
+    for engine in ("reference", "fabric"):
+        full = run_train(load_config("train", sets + ["epochs=3", f"engine={engine}"]), str(tmp_path / f"f{engine}"),
+                         progress=False)
+        part = tmp_path / f"p{engine}"
+        run_train(load_config("train", sets + ["epochs=1", f"engine={engine}"]), str(part), progress=False)
+        resumed = run_train(load_config(str(part / "config.yaml"), ["epochs=3"]), str(part), progress=False,
+                            resume=True)
+        for k, v in full["final_params"].items():
+            assert torch.equal(resumed["final_params"][k], v), (engine, k)
+        assert [e["epoch"] for e in resumed["epochs"]] == [1, 2, 3]
+        assert np.isclose(resumed["test_accuracy"], full["test_accuracy"])
+
+
+def test_missing_data_file_is_a_clear_error(tmp_path):
+    r = run_cli("train", "--set", "dataset=mnist", "--set", f"data_dir={tmp_path}", "--set", "sizes=[784,10]", "--set", "lr=0.1",
+                "--out", str(tmp_path / "x"), timeout=60)
+    assert r.returncode == 2 and "train-images-idx3-ubyte" in r.stderr and not (tmp_path / "x").exists()
