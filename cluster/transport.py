@@ -25,6 +25,9 @@ class ZmqTransport:
         self.pull.setsockopt(zmq.LINGER, 0)
         self.pull.setsockopt(zmq.RCVHWM, 0)
         port = self.pull.bind_to_random_port(f"tcp://{host}")
+        if host in ("0.0.0.0", "*"):  # bound on every interface (a cluster): advertise this node's address
+            import ray
+            host = ray.util.get_node_ip_address()
         self.address = f"tcp://{host}:{port}"
         self.push = {}
         self.poller = zmq.Poller()
