@@ -1,0 +1,465 @@
+"""`python -m experiments bench`: side-by-side timings of the fabric, the in-process engine and raw transports.
+
+Everything is measured in one run on one machine, so the ratios (not the absolute times) are the result.
+Writes bench.json (`ratios`, `targets`, `met`, raw timings, machine), config.yaml and bench.png; prints a table
+to stdout and progress to stderr. `quick=true` shrinks the grid, the step counts and the neuron fabric (listed
+under `shrunk`) but keeps every ratio key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+import yaml
+
+from cluster.reference import ReferenceEngine
+from cluster.runtime import DTYPES, init_ray, make_engine, model_from
+from experiments import bench_raw
+from nodes.activations import ACTIVATIONS
+from protocols import get_protocol
+from protocols.base import run_schedule
+
+TARGETS = {  # ratio key -> (comparison, target)
+    "layer_fabric_over_inprocess": ("<=", 1.0),
+    "neuron_msg_rate_over_raw_zmq": (">=", 0.5),
+    "zmq_over_ray_transport": ("<=", 0.2),
+    "explicit_over_autograd": ("<=", 0.2),
+    "inprocess_over_matmuls": ("<=", 1.3),
+    "max_neuron_actors": (">=", 64),
+    "cuda_step_us": ("<=", 100.0),
+}
+SETTLE_S = 0.1
+PUBLISHED = dict(sizes=[784, 512, 10], batch=50, T1=30, T2=10, beta=0.1, protocol="ep-symmetric",
+                 model="prototypical", activation="sigmoid4")  # Laborieux et al. 2021, check/*.sh (MNIST MLP)
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _batch(cfg, sizes, batch, dtype):
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x = torch.rand(batch, sizes[0], generator=gen, dtype=torch.float64).to(dtype)
+    y = torch.nn.functional.one_hot(torch.randint(0, sizes[-1], (batch,), generator=gen), sizes[-1]).to(dtype)
+    return x, y
+
+
+def _engine(cfg, **changes):
+    """An engine with its parameters set; returns (cfg', engine)."""
+    c = dataclasses.replace(cfg, **changes)
+    eng = make_engine(c)
+    try:
+        eng.set_params(model_from(c).init_params(c.seed, DTYPES[c.dtype]))
+    except BaseException:
+        eng.close()
+        raise
+    return c, eng
+
+
+def per_step(engines: dict, steps: int, repeats: int) -> dict:
+    """One warm-up free phase each, then `repeats` rounds of one timed free phase of `steps` steps per engine,
+    interleaved so that load from elsewhere hits every engine alike: {name: median seconds per step}.
+    A short pause before each timing lets the previous engine's background work (Ray's clean-up of
+    fire-and-forget calls, zmq I/O threads) finish."""
+    for eng in engines.values():
+        eng.run_phase("free", steps, 0.0, "zero")
+    times = {k: [] for k in engines}
+    for _ in range(repeats):
+        for k, eng in engines.items():
+            time.sleep(SETTLE_S)
+            t0 = time.perf_counter()
+            eng.run_phase("free", steps, 0.0, "zero")
+            times[k].append((time.perf_counter() - t0) / steps)
+    return {k: statistics.median(v) for k, v in times.items()} | {k + "_min": min(v) for k, v in times.items()}
+
+
+def phase_call_us(eng, repeats: int) -> float:
+    """A zero-step phase: the coordinator's call to every node plus one exchange (the per-phase overhead)."""
+    eng.run_phase("free", 0, 0.0, "zero")
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        eng.run_phase("free", 0, 0.0, "zero")
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e6
+
+
+def state_messages(logs: dict) -> int:
+    """Data messages (kind "state") in message_logs() counters: [src, dst, kind, phase, count, bytes]."""
+    return sum(c[4] for node in logs.values() for c in node["counters"] if c[2] == "state")
+
+
+# ---- layer fabric vs in-process (and vs the Ray transport on the main net) -------------------------------
+def layer_grid(cfg, main, grid, steps, repeats, rt_bytes, rt_iters) -> tuple:
+    """Rows of per-step times over sizes x dtypes x batches; on the main net a transport=ray fabric is timed
+    in the same rounds. Returns (rows, ray transport results)."""
+    rows, ray_out = [], None
+    for sizes in grid["sizes"]:
+        for dtype in grid["dtypes"]:
+            is_main = list(sizes) == main["sizes"] and dtype == main["dtype"]
+            fabs = {}
+            try:
+                _, ref = _engine(cfg, engine="reference", sizes=list(sizes), dtype=dtype)
+                for tr in ("zmq", "ray") if is_main else ("zmq",):
+                    c, fabs[tr] = _engine(cfg, engine="fabric", granularity="layer", transport=tr,
+                                          sizes=list(sizes), dtype=dtype)
+                for batch in grid["batches"]:
+                    x, y = _batch(c, sizes, batch, DTYPES[dtype])
+                    engines = {"ref": ref}
+                    if is_main and batch == main["batch"]:
+                        engines["mm"] = Products(cfg, sizes, batch, DTYPES[dtype])
+                    engines["zmq"] = fabs["zmq"]
+                    if is_main and batch == main["batch"]:
+                        engines["ray"] = fabs["ray"]
+                    for eng in engines.values():
+                        eng.set_batch(x, y)
+                    t = per_step(engines, steps, repeats)
+                    rows.append({"sizes": list(sizes), "batch": batch, "dtype": dtype, "steps": steps,
+                                 "inprocess_step_us": t["ref"] * 1e6, "fabric_step_us": t["zmq"] * 1e6,
+                                 "ratio": t["zmq"] / t["ref"], "fabric_start_s": fabs["zmq"].fabric.start_s,
+                                 "fabric_phase_call_us": phase_call_us(fabs["zmq"], repeats),
+                                 "min_us": {k: v * 1e6 for k, v in t.items() if k.endswith("_min")}}
+                                | ({"matmul_step_us": t["mm"] * 1e6} if "mm" in t else {}))
+                    log(f"layer {sizes} B={batch} {dtype}: in-process {rows[-1]['inprocess_step_us']:.0f} µs, "
+                        f"fabric {rows[-1]['fabric_step_us']:.0f} µs/step"
+                        + (f", ray transport {t['ray'] * 1e6:.0f} µs/step" if "ray" in t else ""))
+                    if "ray" in t:
+                        handle = next(iter(fabs["ray"].fabric.nodes.values()))
+                        ray_out = {"sizes": list(sizes), "batch": batch, "dtype": dtype, "steps": steps,
+                                   "step_us": t["ray"] * 1e6, "zmq_step_us": t["zmq"] * 1e6,
+                                   "fabric_start_s": fabs["ray"].fabric.start_s,
+                                   "ray_round_trip": [bench_raw.ray_round_trip(handle, n, rt_iters)
+                                                      for n in rt_bytes]}
+            finally:
+                for f in fabs.values():
+                    f.close()
+    return rows, ray_out
+
+
+# ---- neuron fabric ---------------------------------------------------------------------------------------
+def neuron_fabric(cfg, n: int, steps: int, repeats: int, memory: bool) -> dict:
+    """A fabric of n neuron actors: sizes [d0, n//2, n - n//2] (layer 0 is the input, not a node)."""
+    sizes = [cfg.sizes[0], n // 2, n - n // 2]
+    fab_cfg = dataclasses.replace(cfg.fabric, timeout_s=max(cfg.fabric.timeout_s, 4.0 * n))
+    used0 = bench_raw.used_memory_mb()
+    c, fab = _engine(cfg, engine="fabric", granularity="neuron", transport="zmq", sizes=sizes, fabric=fab_cfg)
+    try:
+        out = {"actors": len(fab.fabric.nodes), "sizes": sizes, "batch": c.batch, "steps": steps,
+               "fabric_start_s": fab.fabric.start_s}
+        fab.set_batch(*_batch(c, sizes, c.batch, DTYPES[c.dtype]))
+        fab.run_phase("free", steps, 0.0, "zero")  # warm-up
+        fab.message_logs(clear=True)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fab.run_phase("free", steps, 0.0, "zero")
+            times.append(time.perf_counter() - t0)
+        msgs = state_messages(fab.message_logs(clear=True))
+        out.update(step_us=statistics.median(times) / steps * 1e6, state_messages=msgs,
+                   msgs_per_step=msgs / (repeats * (steps + 1)), msgs_per_s=msgs / sum(times),
+                   payload_bytes=c.batch * torch.empty((), dtype=DTYPES[c.dtype]).element_size())
+        if memory:
+            import ray
+            pids = ray.get([h.__ray_call__.remote(bench_raw.actor_pid) for h in fab.fabric.nodes.values()])
+            mem = [bench_raw.proc_memory_mb(p) for p in pids]
+            rss = [m["vmrss"] for m in mem if "vmrss" in m]
+            pss = [m["pss"] for m in mem if "pss" in m]
+            out["memory"] = {
+                "method": "VmRSS (and Pss) from /proc/<pid> of every actor process, pids from "
+                          "actor.__ray_call__(os.getpid); also (used after start - used before) / actors "
+                          "from /proc/meminfo",
+                "rss_mb_per_actor": statistics.mean(rss) if rss else None,
+                "pss_mb_per_actor": statistics.mean(pss) if pss else None,
+                "meminfo_delta_mb_per_actor": (bench_raw.used_memory_mb() - used0) / len(pids)}
+    finally:
+        fab.close()
+    log(f"neuron fabric {n} actors: start {out['fabric_start_s']:.1f} s, {out['step_us'] / 1e3:.1f} ms/step, "
+        f"{out['msgs_per_s']:.0f} msgs/s")
+    return out
+
+
+# ---- in-process: matmuls alone, research-code autograd EP ------------------------------------------------
+class Products:
+    """The matrix products of one in-process step, alone (input drive precomputed), behind `run_phase` so that
+    `per_step` times them in the same rounds as the engines. For 784-512-512-10: a2@W1 (layer 1), a1@W1.T and
+    a3@W2 (layer 2), a2@W2.T (layer 3), as the same torch.addmm calls nodes/dynamics.field makes."""
+
+    def __init__(self, cfg, sizes, batch, dtype, device="cpu"):
+        model = model_from(dataclasses.replace(cfg, sizes=list(sizes)))
+        self.p = {k: v.to(device) for k, v in model.init_params(cfg.seed, dtype).items()}
+        self.N, self.device = model.N, str(device)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        self.a = [None] + [torch.rand(batch, d, generator=gen, dtype=dtype).to(device) for d in sizes[1:]]
+        self.c1 = torch.rand(batch, sizes[1], generator=gen, dtype=dtype).to(device)
+
+    def run_phase(self, name, steps, beta, start):
+        a, p, N = self.a, self.p, self.N
+        for _ in range(steps):
+            for n in range(1, N + 1):
+                h = self.c1 if n == 1 else torch.addmm(p[f"b{n - 1}"], a[n - 1], p[f"W{n - 1}"].T)
+                if n < N:
+                    h = torch.addmm(h, a[n + 1], p[f"W{n}"])
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def set_batch(self, x, y=None):
+        pass
+
+    def close(self):
+        pass
+
+
+def _phi(x, y, s, W, b, beta):
+    """Phi(x, s, beta) per sample = sum_n s_{n+1}.(W_n s_n + b_n) - beta 1/2 ||s_N - y||^2 (as in P_MLP.Phi)."""
+    layers = [x] + s
+    phi = sum(torch.sum(torch.nn.functional.linear(layers[n], W[n], b[n]) * layers[n + 1], dim=1)
+              for n in range(len(W)))
+    if beta != 0:
+        phi = phi - beta * 0.5 * ((s[-1] - y) ** 2).sum(dim=1)
+    return phi
+
+
+def _relax_autograd(x, y, s, W, b, T, beta, rho):
+    """Research-code dynamics: s <- rho(dPhi/ds) by autograd, the input drive recomputed at every step."""
+    ones = torch.ones(x.shape[0], dtype=x.dtype, requires_grad=True)
+    for _ in range(T):
+        grads = torch.autograd.grad(_phi(x, y, s, W, b, beta), s, grad_outputs=ones)
+        s = [rho(g).requires_grad_() for g in grads]
+    return s
+
+
+def autograd_ep_batch(x, y, W, b, T1, T2, beta, rho, lrs):
+    """Free, +beta and -beta phases, then grads of (Phi(s+, +b) - Phi(s-, -b)).mean() / (-2 beta) wrt params."""
+    s = [torch.zeros(x.shape[0], w.shape[0], dtype=x.dtype, requires_grad=True) for w in W]
+    s0 = _relax_autograd(x, y, s, W, b, T1, 0.0, rho)
+    sp = _relax_autograd(x, y, [t.detach().requires_grad_() for t in s0], W, b, T2, beta, rho)
+    sm = _relax_autograd(x, y, [t.detach().requires_grad_() for t in s0], W, b, T2, -beta, rho)
+    delta = (_phi(x, y, sp, W, b, beta).mean() - _phi(x, y, sm, W, b, -beta).mean()) / (-2 * beta)
+    grads = torch.autograd.grad(delta, W + b)
+    with torch.no_grad():
+        for p, g, lr in zip(W + b, grads, lrs + lrs):
+            p -= lr * g
+    return grads
+
+
+def explicit_vs_autograd(cfg, repeats) -> dict:
+    c = dataclasses.replace(cfg, engine="reference", **PUBLISHED)
+    dtype = DTYPES[c.dtype]
+    model = model_from(c)
+    params = model.init_params(c.seed, dtype)
+    x, y = _batch(c, c.sizes, c.batch, dtype)
+    proto = get_protocol(c.protocol)
+    ref = make_engine(c)
+    ref.set_params(params)
+    ref.set_batch(x, y)
+
+    def explicit():
+        run_schedule(proto, ref, c.beta, c.T1, c.T2)
+        return ref.update(c.beta, apply=True)
+
+    N = model.N
+    W = [params[f"W{n}"].clone().requires_grad_() for n in range(N)]
+    b = [params[f"b{n}"].clone().requires_grad_() for n in range(N)]
+    rho = ACTIVATIONS[c.activation][0]
+
+    def research():
+        return autograd_ep_batch(x, y, W, b, c.T1, c.T2, c.beta, rho, c.lrs)
+
+    # correctness first: both estimates from the same initial parameters
+    ref.set_params(params)
+    g_ref, g_ag = explicit(), research()
+    diff = max(float((g_ref[f"{k}{n}"] - g.detach()).norm() / (g.norm() + 1e-30))
+               for n in range(N) for k, g in (("W", g_ag[n]), ("b", g_ag[N + n])))
+    out = {"setting": {k: c.to_dict()[k] for k in PUBLISHED} | {"dtype": c.dtype}, "max_rel_l2_update_diff": diff}
+    times = {"explicit": [], "autograd": []}
+    for _ in range(repeats):  # interleaved, like per_step
+        for name, fn in (("explicit", explicit), ("autograd", research)):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    for name, v in times.items():
+        out[f"{name}_batch_ms"], out[f"{name}_batch_min_ms"] = statistics.median(v) * 1e3, min(v) * 1e3
+    log(f"EP batch (published setting): explicit {out['explicit_batch_ms']:.1f} ms, research autograd "
+        f"{out['autograd_batch_ms']:.1f} ms (update rel diff {diff:.1e})")
+    return out
+
+
+def cuda_step(cfg, sizes, batch, steps, repeats) -> dict:
+    """The in-process step on cfg.device (or cuda:0 when the config says cpu)."""
+    dtype, device = DTYPES[cfg.dtype], cfg.device if cfg.device.startswith("cuda") else "cuda"
+    model = model_from(dataclasses.replace(cfg, sizes=list(sizes)))
+    eng = ReferenceEngine(model, cfg.protocol, dtype, device=device)
+    eng.set_params(model.init_params(cfg.seed, dtype))
+    eng.set_batch(*_batch(cfg, sizes, batch, dtype))
+    # both run_phases sync (the engine's divergence check reads the state at every step)
+    t = per_step({"cuda": eng, "mm": Products(cfg, sizes, batch, dtype, device)}, steps, repeats)
+    return {"step_us": t["cuda"] * 1e6, "matmul_step_us": t["mm"] * 1e6,
+            "device": torch.cuda.get_device_name(torch.device(device))}
+
+
+# ---- the command -----------------------------------------------------------------------------------------
+def plan(cfg) -> tuple:
+    """(main net, grid, settings, shrunk): what runs; quick shrinks it and says what."""
+    b = cfg.bench
+    main = {"sizes": list(cfg.sizes), "batch": cfg.batch, "dtype": cfg.dtype}
+    grid = {"sizes": [list(s) for s in b.sizes], "batches": list(b.batches), "dtypes": list(b.dtypes)}
+    st = {"steps": b.steps, "repeats": b.repeats, "neurons": sorted(set(b.neurons) | {max([64, *b.neurons])}),
+          "neuron_steps": max(2, b.steps // 3), "raw_msgs": 200_000, "rt_iters": 1000, "ray_rt_iters": 300,
+          "ep_repeats": max(3, b.repeats)}
+    shrunk = {}
+    if cfg.quick:
+        q = {"repeats": min(b.repeats, 3), "neurons": [4], "neuron_steps": 5, "raw_msgs": 30_000, "rt_iters": 200,
+             "ray_rt_iters": 50, "ep_repeats": 3}
+        shrunk = {k: {"from": st[k], "to": v} for k, v in q.items() if st[k] != v}
+        st.update(q)
+        qgrid = {"sizes": [main["sizes"]], "batches": [main["batch"]], "dtypes": [main["dtype"]]}
+        shrunk["grid"] = {"from": grid, "to": qgrid}
+        grid = qgrid
+        shrunk["note"] = ("quick: only the main net/batch/dtype, fewer repeats and raw messages, a 4-actor neuron "
+                          "fabric (so max_neuron_actors is 4 and neuron_msg_rate_over_raw_zmq is on 4 actors)")
+    for k, v in (("sizes", main["sizes"]), ("batches", main["batch"]), ("dtypes", main["dtype"])):
+        if v not in grid[k]:
+            grid[k].append(v)
+    return main, grid, st, shrunk
+
+
+def _ratio_met(key, value) -> bool:
+    op, target = TARGETS[key]
+    return bool(value <= target if op == "<=" else value >= target)
+
+
+def run_bench(cfg, out_dir) -> dict:
+    t_start = time.perf_counter()
+    main, grid, st, shrunk = plan(cfg)
+    init_ray(cfg.address)
+    log(f"plan: main {main}, grid {grid}, settings {st}")
+    res = {"main": main, "settings": st, "shrunk": shrunk, "loadavg_start": os.getloadavg()}
+    itemsize = torch.empty((), dtype=DTYPES[cfg.dtype]).element_size()
+
+    res["ep_batch"] = explicit_vs_autograd(cfg, st["ep_repeats"])
+    rt_bytes = [main["batch"] * itemsize, main["batch"] * max(main["sizes"][1:]) * itemsize]
+    res["layer"], res["ray_transport"] = layer_grid(cfg, main, grid, st["steps"], st["repeats"], rt_bytes,
+                                                    st["ray_rt_iters"])
+    row = next(r for r in res["layer"] if r["sizes"] == main["sizes"] and r["batch"] == main["batch"]
+               and r["dtype"] == main["dtype"])
+    res["matmul_step_us"] = row["matmul_step_us"]
+    res["zmq_round_trip"] = [bench_raw.zmq_round_trip(n, st["rt_iters"]) for n in rt_bytes]
+    res["neuron"] = []
+    for n in st["neurons"]:
+        try:
+            res["neuron"].append(neuron_fabric(cfg, n, st["neuron_steps"], st["repeats"], n == max(st["neurons"])))
+        except Exception as err:  # the largest fabric may not start on a small machine: record and go on
+            log(f"neuron fabric of {n} actors failed: {type(err).__name__}: {err}")
+            res["neuron"].append({"actors": n, "error": f"{type(err).__name__}: {err}"})
+    ran = [r for r in res["neuron"] if "error" not in r]
+    if not ran:
+        raise RuntimeError("bench: no neuron fabric ran")
+    big = max(ran, key=lambda r: r["actors"])
+    res["raw_zmq"] = bench_raw.zmq_msg_rate(big["payload_bytes"], st["raw_msgs"])
+    log(f"raw zmq: {res['raw_zmq']['msgs_per_s']:.0f} msgs/s of {big['payload_bytes']} B")
+
+    mins = row["min_us"]
+    res["ratios_from_min"] = {  # the same ratios from the fastest round (less sensitive to load from elsewhere)
+        "layer_fabric_over_inprocess": mins["zmq_min"] / mins["ref_min"],
+        "zmq_over_ray_transport": mins["zmq_min"] / mins["ray_min"],
+        "inprocess_over_matmuls": mins["ref_min"] / mins["mm_min"],
+        "explicit_over_autograd": res["ep_batch"]["explicit_batch_min_ms"] / res["ep_batch"]["autograd_batch_min_ms"]}
+    ratios = {
+        "layer_fabric_over_inprocess": row["ratio"],
+        "neuron_msg_rate_over_raw_zmq": big["msgs_per_s"] / res["raw_zmq"]["msgs_per_s"],
+        "zmq_over_ray_transport": res["ray_transport"]["zmq_step_us"] / res["ray_transport"]["step_us"],
+        "explicit_over_autograd": res["ep_batch"]["explicit_batch_ms"] / res["ep_batch"]["autograd_batch_ms"],
+        "inprocess_over_matmuls": row["inprocess_step_us"] / res["matmul_step_us"],
+        "max_neuron_actors": big["actors"],
+    }
+    res["rss_mb_per_actor"] = big.get("memory", {}).get("rss_mb_per_actor")
+    if torch.cuda.is_available():
+        res["cuda"] = cuda_step(cfg, main["sizes"], main["batch"], st["steps"], st["repeats"])
+        ratios["cuda_step_us"] = res["cuda"]["step_us"]
+    res["fabric_start_s"] = {"layer": [r["fabric_start_s"] for r in res["layer"]],
+                             "ray_transport": res["ray_transport"]["fabric_start_s"],
+                             "neuron": {r["actors"]: r.get("fabric_start_s") for r in res["neuron"]}}
+    out = {"ratios": ratios,
+           "targets": {k: {"op": TARGETS[k][0], "value": TARGETS[k][1]} for k in ratios},
+           "met": {k: _ratio_met(k, v) for k, v in ratios.items()},
+           "quick": cfg.quick, **res,
+           "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                       "python": platform.python_version(), "torch": torch.__version__,
+                       "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+                       "loadavg_end": os.getloadavg(),
+                       "note": "ratios come from interleaved rounds in one run; loadavg shows load from elsewhere"},
+           "wall_s": time.perf_counter() - t_start}
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "bench.json"), "w") as f:
+        json.dump(out, f, indent=1, default=float)
+    with open(os.path.join(out_dir, "config.yaml"), "w") as f:
+        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+    plot(out, os.path.join(out_dir, "bench.png"))
+    print(table(out))
+    log(f"done in {out['wall_s']:.0f} s; wrote {out_dir}/bench.json, bench.png, config.yaml")
+    return out
+
+
+def table(out) -> str:
+    lines = [f"{'ratio':32s} {'value':>10s} {'target':>10s}  met"]
+    for k, v in out["ratios"].items():
+        t = out["targets"][k]
+        lines.append(f"{k:32s} {v:10.3g} {t['op'] + ' ' + format(t['value'], 'g'):>10s}  "
+                     f"{'yes' if out['met'][k] else 'NO'}")
+    lines += ["", f"{'layer net':22s} {'B':>5s} {'dtype':8s} {'in-proc µs':>11s} {'fabric µs':>10s} {'ratio':>6s}"]
+    for r in out["layer"]:
+        lines.append(f"{'-'.join(map(str, r['sizes'])):22s} {r['batch']:5d} {r['dtype']:8s} "
+                     f"{r['inprocess_step_us']:11.0f} {r['fabric_step_us']:10.0f} {r['ratio']:6.2f}")
+    lines += ["", f"{'neuron actors':>13s} {'start s':>8s} {'ms/step':>8s} {'msgs/step':>10s} {'msgs/s':>9s}"]
+    for r in out["neuron"]:
+        if "error" in r:
+            lines.append(f"{r['actors']:13d}  failed: {r['error'][:60]}")
+        else:
+            lines.append(f"{r['actors']:13d} {r['fabric_start_s']:8.1f} {r['step_us'] / 1e3:8.2f} "
+                         f"{r['msgs_per_step']:10.0f} {r['msgs_per_s']:9.0f}")
+    lines.append(f"raw zmq {out['raw_zmq']['msgs_per_s']:.0f} msgs/s; round trip zmq "
+                 + ", ".join(f"{r['median_us']:.0f} µs ({r['payload_bytes']} B)" for r in out["zmq_round_trip"])
+                 + "; ray " + ", ".join(f"{r['median_us']:.0f} µs ({r['payload_bytes']} B)"
+                                        for r in out["ray_transport"]["ray_round_trip"]))
+    if out.get("rss_mb_per_actor"):
+        lines.append(f"RSS per neuron actor {out['rss_mb_per_actor']:.0f} MB")
+    return "\n".join(lines)
+
+
+def plot(out, path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    row = next(r for r in out["layer"] if r["sizes"] == out["main"]["sizes"] and r["batch"] == out["main"]["batch"]
+               and r["dtype"] == out["main"]["dtype"])
+    big = max((r for r in out["neuron"] if "error" not in r), key=lambda r: r["actors"])
+    bars = {"matmuls alone": out["matmul_step_us"], "in-process": row["inprocess_step_us"],
+            "layer fabric zmq": row["fabric_step_us"], "layer fabric ray": out["ray_transport"]["step_us"],
+            f"neuron fabric ({big['actors']})": big["step_us"]}
+    if "cuda" in out:
+        bars["in-process cuda"] = out["cuda"]["step_us"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    a1.barh(list(bars), list(bars.values()), color="tab:blue")
+    a1.set_xscale("log")
+    for i, v in enumerate(bars.values()):
+        a1.text(v, i, f" {v:.0f}", va="center", fontsize=8)
+    a1.set_xlabel("µs per step (median)")
+    a1.set_title(f"one step, {'-'.join(map(str, row['sizes']))}, B={row['batch']}, {row['dtype']}")
+    keys = list(out["ratios"])
+    vals = [out["ratios"][k] for k in keys]
+    a2.barh(keys, vals, color=["tab:green" if out["met"][k] else "tab:red" for k in keys])
+    a2.scatter([out["targets"][k]["value"] for k in keys], keys, marker="|", s=400, color="black", label="target")
+    a2.set_xscale("log")
+    for i, v in enumerate(vals):
+        a2.text(v, i, f" {v:.3g}", va="center", fontsize=8)
+    a2.set_title("ratios (green: target met)" + (" [quick]" if out["quick"] else ""))
+    a2.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,144 @@
+"""Raw transport baselines for `bench`: pyzmq between two processes, and a Ray actor call round trip.
+
+The peer process is this module run as a script (`python -m experiments.bench_raw ROLE ADDR ...`); it imports
+only zmq and msgpack, so it starts in a fraction of a second. Messages have the fabric's wire form: two frames,
+a small msgpack header and the raw payload bytes.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import msgpack
+import zmq
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def header(step: int = 0, batch: int = 128, width: int = 1, dtype: str = "float32") -> bytes:
+    """A header like cluster.messages.encode_header's: [src, kind, phase, serial, step, dtype, shape]."""
+    return msgpack.packb(["L1.0", "state", "free", 1, step, dtype, [batch, width]])
+
+
+def _peer(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "experiments.bench_raw", *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL)
+
+
+def zmq_msg_rate(nbytes: int, count: int, timeout_s: float = 60.0) -> dict:
+    """Messages/s from a PUSH in a child process to a PULL here (tcp loopback), timed first to last message."""
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.LINGER, 0)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    proc = _peer("push", f"tcp://127.0.0.1:{port}", count, nbytes)
+    try:
+        if not pull.poll(int(timeout_s * 1000)):
+            raise RuntimeError("bench: raw zmq sender sent nothing")
+        pull.recv_multipart(copy=False)
+        t0 = time.perf_counter()
+        for _ in range(count - 1):
+            pull.recv_multipart(copy=False)
+        dt = time.perf_counter() - t0
+    finally:
+        proc.wait(timeout=timeout_s)
+        pull.close(0)
+        ctx.term()
+    return {"msgs_per_s": (count - 1) / dt, "count": count, "payload_bytes": nbytes,
+            "header_bytes": len(header()), "seconds": dt}
+
+
+def zmq_round_trip(nbytes: int, iters: int, timeout_s: float = 60.0) -> dict:
+    """Ping-pong (REQ here, REP echo in a child process, tcp loopback): median round trip in µs."""
+    ctx = zmq.Context()
+    req = ctx.socket(zmq.REQ)
+    req.setsockopt(zmq.LINGER, 0)
+    port = req.bind_to_random_port("tcp://127.0.0.1")
+    proc = _peer("echo", f"tcp://127.0.0.1:{port}", iters + 10)
+    payload = bytes(nbytes)
+    times = []
+    try:
+        for i in range(iters + 10):
+            t0 = time.perf_counter()
+            req.send_multipart([header(i), payload], copy=nbytes < 65536)
+            if not req.poll(int(timeout_s * 1000)):
+                raise RuntimeError("bench: raw zmq echo did not answer")
+            req.recv_multipart(copy=False)
+            if i >= 10:
+                times.append(time.perf_counter() - t0)
+    finally:
+        proc.wait(timeout=timeout_s)
+        req.close(0)
+        ctx.term()
+    return {"median_us": statistics.median(times) * 1e6, "iters": iters, "payload_bytes": nbytes}
+
+
+def _echo(_self, h, p):
+    """Run on an actor through `__ray_call__` (no method added to the actor class)."""
+    return h, p
+
+
+def actor_pid(_self):
+    return os.getpid()
+
+
+def ray_round_trip(handle, nbytes: int, iters: int) -> dict:
+    """Median round trip of `ray.get(actor.__ray_call__.remote(echo, header, payload))` in µs."""
+    import ray
+    payload = bytes(nbytes)
+    times = []
+    for i in range(iters + 5):
+        t0 = time.perf_counter()
+        ray.get(handle.__ray_call__.remote(_echo, header(i), payload))
+        if i >= 5:
+            times.append(time.perf_counter() - t0)
+    return {"median_us": statistics.median(times) * 1e6, "iters": iters, "payload_bytes": nbytes}
+
+
+def proc_memory_mb(pid: int) -> dict:
+    """VmRSS (resident, shared pages counted in full) and Pss (shared pages split) of a process, in MB."""
+    out = {}
+    for path, key in ((f"/proc/{pid}/status", "VmRSS"), (f"/proc/{pid}/smaps_rollup", "Pss")):
+        try:
+            with open(path) as f:
+                for line in f:
+                    if line.startswith(key + ":"):
+                        out[key.lower()] = int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    return out
+
+
+def used_memory_mb() -> float:
+    """MemTotal - MemAvailable from /proc/meminfo, in MB."""
+    with open("/proc/meminfo") as f:
+        d = {line.split(":")[0]: int(line.split()[1]) for line in f}
+    return (d["MemTotal"] - d["MemAvailable"]) / 1024
+
+
+def main(argv) -> None:
+    role, addr = argv[0], argv[1]
+    ctx = zmq.Context()
+    if role == "push":
+        count, nbytes = int(argv[2]), int(argv[3])
+        sock = ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, -1)
+        sock.connect(addr)
+        payload = bytes(nbytes)
+        for i in range(count):
+            sock.send_multipart([header(i), payload])
+    elif role == "echo":
+        sock = ctx.socket(zmq.REP)
+        sock.setsockopt(zmq.LINGER, -1)
+        sock.connect(addr)
+        for _ in range(int(argv[2])):
+            sock.send_multipart(sock.recv_multipart(copy=False), copy=False)
+    sock.close()
+    ctx.term()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
