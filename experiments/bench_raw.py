@@ -1,4 +1,5 @@
-"""Raw transport baselines for `bench`: pyzmq between two processes, and a Ray actor call round trip.
+"""Raw transport baselines for `bench` (pyzmq between two processes, a Ray actor call round trip, process
+memory), and its report (table, plot). No torch here: the peer process must start fast.
 
 The peer process is this module run as a script (`python -m experiments.bench_raw ROLE ADDR ...`); it imports
 only zmq and msgpack, so it starts in a fraction of a second. Messages have the fabric's wire form: two frames,
@@ -117,6 +118,65 @@ def used_memory_mb() -> float:
     with open("/proc/meminfo") as f:
         d = {line.split(":")[0]: int(line.split()[1]) for line in f}
     return (d["MemTotal"] - d["MemAvailable"]) / 1024
+
+
+def table(out) -> str:
+    lines = [f"{'ratio':32s} {'value':>10s} {'target':>10s}  met"]
+    for k, v in out["ratios"].items():
+        t = out["targets"][k]
+        lines.append(f"{k:32s} {v:10.3g} {t['op'] + ' ' + format(t['value'], 'g'):>10s}  "
+                     f"{'yes' if out['met'][k] else 'NO'}")
+    lines += ["", f"{'layer net':22s} {'B':>5s} {'dtype':8s} {'in-proc µs':>11s} {'fabric µs':>10s} {'ratio':>6s}"]
+    for r in out["layer"]:
+        lines.append(f"{'-'.join(map(str, r['sizes'])):22s} {r['batch']:5d} {r['dtype']:8s} "
+                     f"{r['inprocess_step_us']:11.0f} {r['fabric_step_us']:10.0f} {r['ratio']:6.2f}")
+    lines += ["", f"{'neuron actors':>13s} {'start s':>8s} {'ms/step':>8s} {'msgs/step':>10s} {'msgs/s':>9s}"]
+    for r in out["neuron"]:
+        if "error" in r:
+            lines.append(f"{r['actors']:13d}  failed: {r['error'][:60]}")
+        else:
+            lines.append(f"{r['actors']:13d} {r['fabric_start_s']:8.1f} {r['step_us'] / 1e3:8.2f} "
+                         f"{r['msgs_per_step']:10.0f} {r['msgs_per_s']:9.0f}")
+    lines.append(f"raw zmq {out['raw_zmq']['msgs_per_s']:.0f} msgs/s; round trip zmq "
+                 + ", ".join(f"{r['median_us']:.0f} µs ({r['payload_bytes']} B)" for r in out["zmq_round_trip"])
+                 + "; ray " + ", ".join(f"{r['median_us']:.0f} µs ({r['payload_bytes']} B)"
+                                        for r in out["ray_transport"]["ray_round_trip"]))
+    if out.get("rss_mb_per_actor"):
+        lines.append(f"RSS per neuron actor {out['rss_mb_per_actor']:.0f} MB")
+    return "\n".join(lines)
+
+
+def plot(out, path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    row = next(r for r in out["layer"] if r["sizes"] == out["main"]["sizes"] and r["batch"] == out["main"]["batch"]
+               and r["dtype"] == out["main"]["dtype"])
+    big = max((r for r in out["neuron"] if "error" not in r), key=lambda r: r["actors"])
+    bars = {"matmuls alone": out["matmul_step_us"], "in-process": row["inprocess_step_us"],
+            "layer fabric zmq": row["fabric_step_us"], "layer fabric ray": out["ray_transport"]["step_us"],
+            f"neuron fabric ({big['actors']} actors, {'-'.join(map(str, big['sizes']))})": big["step_us"]}
+    if "cuda" in out:
+        bars["in-process cuda"] = out["cuda"]["step_us"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    a1.barh(list(bars), list(bars.values()), color="tab:blue")
+    a1.set_xscale("log")
+    for i, v in enumerate(bars.values()):
+        a1.text(v, i, f" {v:.0f}", va="center", fontsize=8)
+    a1.set_xlabel("µs per step (median)")
+    a1.set_title(f"one step, {'-'.join(map(str, row['sizes']))}, B={row['batch']}, {row['dtype']}")
+    keys = list(out["ratios"])
+    vals = [out["ratios"][k] for k in keys]
+    a2.barh(keys, vals, color=["tab:green" if out["met"][k] else "tab:red" for k in keys])
+    a2.scatter([out["targets"][k]["value"] for k in keys], keys, marker="|", s=400, color="black", label="target")
+    a2.set_xscale("log")
+    for i, v in enumerate(vals):
+        a2.text(v, i, f" {v:.3g}", va="center", fontsize=8)
+    a2.set_title("ratios (green: target met)" + (" [quick]" if out["quick"] else ""))
+    a2.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv) -> None:
