@@ -67,10 +67,8 @@ class NodeChannel:
         where = f"node {self.node_id}, phase {ph}, step {step}, message from {src}"
         if kind != "state":
             raise MessageError(f"{where}: unexpected kind {kind!r}")
-        if src not in self.widths and src not in self.extra:
-            # delivered all the same: the log shows it and the locality report flags it
-            pass
-        elif dtype != self.dtype:
+        # a message from a non-neighbour is delivered all the same: the log shows it, the locality report flags it
+        if (src in self.widths or src in self.extra) and dtype != self.dtype:
             raise MessageError(f"{where}: dtype {dtype}, expected {self.dtype}")
         elif src in self.widths and (len(shape) != 2 or shape[1] != self.widths[src]):
             raise MessageError(f"{where}: shape {shape}, expected (B, {self.widths[src]})")

@@ -38,7 +38,7 @@ class Fabric:
         else:
             Actor = ray.remote(NodeActor).options(num_cpus=actor_cpus, max_concurrency=4, max_restarts=0)
             self.nodes = {i: Actor.remote(s) for i, s in self.specs.items()}
-        endpoints = self.call("endpoint")
+        endpoints = self.call("endpoint", timeout_s=max(120.0, 10.0 * len(self.nodes)))
         self.start_s = time.perf_counter() - t0
         self.endpoints = {i: (self.nodes[i] if e is None else e) for i, e in endpoints.items()}
         self.call("connect", per_node={i: ({p: self.endpoints[p] for p, _ in s.pre + s.post},)

@@ -9,7 +9,6 @@ neighbour (never waited on, so no actor blocks on another's method), `recv` read
 from __future__ import annotations
 
 import queue
-import time
 
 import zmq
 
@@ -125,6 +124,3 @@ def make_transport(kind: str, host: str = "127.0.0.1"):
         raise ValueError(f"transport: expected one of {tuple(TRANSPORTS)}, got {kind!r}")
     return TRANSPORTS[kind](host)
 
-
-def monotonic() -> float:
-    return time.monotonic()

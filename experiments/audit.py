@@ -19,6 +19,7 @@ from cluster.runtime import make_engine, model_from
 from experiments.config import ConfigError
 from experiments.datasets import load_dataset, one_hot
 from experiments.results import prepare, pyplot, write_json
+from experiments.train import check_data
 from protocols import get_protocol
 from protocols.base import run_schedule
 
@@ -48,9 +49,7 @@ def replay_config(cfg, sets=()):
 def audit_batch(cfg, model):
     """The frozen batch: the first `batch` training samples of the dataset, and the seeded initial weights."""
     ds = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed, cfg.test_fraction, cfg.data_path)
-    if ds.n_features != cfg.sizes[0] or ds.n_classes != cfg.sizes[-1]:
-        raise ConfigError("sizes", f"{cfg.dataset} needs sizes[0] = {ds.n_features} and sizes[-1] = "
-                                   f"{ds.n_classes}, got {cfg.sizes}")
+    check_data(cfg, ds)
     x = torch.from_numpy(ds.x_train[:cfg.batch])
     y = torch.from_numpy(one_hot(ds.y_train[:cfg.batch], ds.n_classes))
     return x, y, model.init_params(cfg.seed, torch.float64)
