@@ -10,6 +10,7 @@ import torch
 
 from cluster.fabric import Fabric, make_specs
 from cluster.messages import pack_arrays, unpack_arrays
+from protocols import get_protocol
 
 
 class FabricEngine:
@@ -24,6 +25,7 @@ class FabricEngine:
         self.input_ids = [i for i, b in self.blocks.items() if b.layer == 1]
         self.fabric = Fabric(self.specs, settings.get("actor_cpus", 0.0), settings.get("timeout_s", 60.0), local)
         self.serial = 0
+        self.protocol = get_protocol(settings["protocol"])
 
     # ---- parameters (the coordinator slices once at set-up and assembles for audits/checkpoints) -----
     def set_params(self, params: dict) -> None:
@@ -57,9 +59,9 @@ class FabricEngine:
         return {k: float((prim[k] - repl[k]).abs().max()) for k in prim if k.startswith("W") and k != "W0"}
 
     # ---- boundary and phases --------------------------------------------------------------------------
-    def set_batch(self, x, y=None) -> None:
+    def _boundary(self, x, y=None) -> dict:
+        """{node: (B, packed x and/or y slice)}: x to the input layer's nodes, y to the output layer's."""
         x = torch.as_tensor(x)
-        B = x.shape[0]
         per_node = {}
         for i, b in self.blocks.items():
             arrays = {}
@@ -67,8 +69,30 @@ class FabricEngine:
                 arrays["x"] = x
             if b.layer == self.model.N and y is not None:
                 arrays["y"] = torch.as_tensor(y)[:, b.lo:b.hi]
-            per_node[i] = (B, pack_arrays(arrays) if arrays else b"")
-        self.fabric.call("set_boundary", per_node=per_node)
+            per_node[i] = (x.shape[0], pack_arrays(arrays) if arrays else b"")
+        return per_node
+
+    def set_batch(self, x, y=None) -> None:
+        self.fabric.call("set_boundary", per_node=self._boundary(x, y))
+
+    def train_batch(self, x, y, beta: float, T1: int, T2: int):
+        """One control call per node for a whole batch (boundary, phase schedule, local update); returns the
+        free phase's output. Same effect as set_batch + run_schedule + output + update(gather=False)."""
+        serial = self.serial + 1
+        self.serial += len(self.protocol.phases)
+        res = self.fabric.call("run_batch", per_node={i: (serial, B, packed, float(beta), int(T1), int(T2))
+                                                      for i, (B, packed) in self._boundary(x, y).items()})
+        return self._output_of(res)
+
+    def infer(self, x, steps: int):
+        """One control call per node: the input and a free phase; returns the output layer's state."""
+        self.serial += 1
+        res = self.fabric.call("infer", per_node={i: (self.serial, B, packed, int(steps))
+                                                  for i, (B, packed) in self._boundary(x).items()})
+        return self._output_of(res)
+
+    def _output_of(self, res: dict):
+        return torch.cat([unpack_arrays(res[i])["s"] for i in self._layer(self.model.N)], dim=1)
 
     def run_phase(self, name, steps, beta, start, record_states=False, record_grads=False) -> dict:
         """One call per node for the whole phase; returns what was recorded, assembled per layer."""
@@ -98,8 +122,7 @@ class FabricEngine:
         return self._assemble({i: unpack_arrays(r) for i, r in res.items()}) if gather else None
 
     def output(self, name: str = "free"):
-        parts = self.fabric.call("output", name, nodes=self.output_ids)
-        return torch.cat([unpack_arrays(parts[i])["s"] for i in self._layer(self.model.N)], dim=1)
+        return self._output_of(self.fabric.call("output", name, nodes=self.output_ids))
 
     def message_logs(self, clear: bool = False) -> dict:
         return self.fabric.call("message_log", clear)

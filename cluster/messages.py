@@ -6,10 +6,10 @@ arrays as one msgpack map {name: [dtype, shape, bytes]} for control-plane calls 
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import msgpack
-import numpy as np
 import torch
 
 warnings.filterwarnings("ignore", message="The given buffer is not writable")
@@ -18,6 +18,7 @@ KINDS = ("state", "boundary", "control")
 DTYPES = ("float32", "float64", "complex64", "complex128", "int64")
 _TORCH = {"float32": torch.float32, "float64": torch.float64,
           "complex64": torch.complex64, "complex128": torch.complex128, "int64": torch.int64}
+_ITEMSIZE = {k: torch.empty((), dtype=v).element_size() for k, v in _TORCH.items()}
 
 
 class MessageError(RuntimeError):
@@ -56,8 +57,8 @@ def array_bytes(t):
 def array_from(buf, dtype: str, shape) -> torch.Tensor:
     """Tensor view over a received buffer (no copy); checks that the byte count matches dtype and shape."""
     td = torch_dtype(dtype)
-    n = int(np.prod(shape)) if len(shape) else 1
-    itemsize = torch.empty((), dtype=td).element_size()
+    n = math.prod(shape)
+    itemsize = _ITEMSIZE[dtype]
     mv = memoryview(buf)
     if mv.nbytes != n * itemsize:
         raise MessageError(f"payload has {mv.nbytes} bytes, expected {n * itemsize} for {dtype}{list(shape)}")

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from nodes.dynamics import const_drive, field, local_grads, signal, step
+from nodes.dynamics import (CHECK_EVERY, const_drive, divergence, estimate, field, local_grads, preactivation,
+                            signal, step)
 from nodes.optim import Optimizer
 from protocols import get_protocol
-from protocols.base import combine
+from protocols.base import run_schedule
 
 
 def relax(model, params, x, steps, s=None, beta=0.0, y=None, params_at=None, on_step=None, check=None):
@@ -20,7 +21,8 @@ def relax(model, params, x, steps, s=None, beta=0.0, y=None, params_at=None, on_
     `params_at(t)`, if given, supplies the parameters of transition t (BPTT per-step copies);
     `on_step(t, s)` sees every state s_t, t = 1..steps; `check(t, s)` may raise on divergence.
     """
-    N = model.N
+    N, kind, act = model.N, model.kind, model.activation
+    k, c0 = preactivation(kind, act)
     if s is None:
         s = [torch.zeros(x.shape[0], d, dtype=x.dtype, device=x.device) for d in model.sizes[1:]]
     consts = {}
@@ -28,11 +30,12 @@ def relax(model, params, x, steps, s=None, beta=0.0, y=None, params_at=None, on_
         p = params if params_at is None else params_at(t)
         c = consts.get(id(p))
         if c is None:
-            c = consts[id(p)] = [const_drive(p["b0"], p["W0"], x)] + [p[f"b{n - 1}"] for n in range(2, N + 1)]
-        a = [signal(model.kind, model.activation, sn) for sn in s]
-        s = [step(model.kind, model.activation, model.dt, s[n - 1],
+            c = consts[id(p)] = ([const_drive(p["b0"], p["W0"], x, k, c0)]
+                                 + [const_drive(p[f"b{n - 1}"], None, None, k, c0) for n in range(2, N + 1)])
+        a = [signal(kind, act, sn) for sn in s]
+        s = [step(kind, act, model.dt, s[n - 1],
                   field(c[n - 1], p[f"W{n - 1}"], a[n - 2] if n > 1 else None,
-                        p.get(f"W{n}") if n < N else None, a[n] if n < N else None),
+                        p.get(f"W{n}") if n < N else None, a[n] if n < N else None, k),
                   beta if n == N else 0.0, y if n == N else None)
              for n in range(1, N + 1)]
         if check is not None:
@@ -78,15 +81,15 @@ class ReferenceEngine:
         self.x = torch.as_tensor(x).to(self.device, self.dtype)
         self.y = None if y is None else torch.as_tensor(y).to(self.device, self.dtype)
 
-    def _check(self, phase):
-        limit = self.diverge_limit
-
+    def _check(self, phase, steps):
+        """Divergence check every CHECK_EVERY steps and at the last (nodes/dynamics.divergence)."""
         def check(t, s):
+            if t % CHECK_EVERY and t != steps:
+                return
             for n, sn in enumerate(s, start=1):
-                m = float(sn.abs().max())
-                if not m <= limit:
-                    raise FloatingPointError(f"node L{n}, phase {phase}, step {t}: state "
-                                             f"{'is NaN' if m != m else f'diverged (max |s| = {m:.3g})'}")
+                bad = divergence(sn, self.diverge_limit)
+                if bad:
+                    raise FloatingPointError(f"node L{n}, phase {phase}, step {t}: state {bad}")
         return check
 
     @torch.no_grad()
@@ -96,7 +99,7 @@ class ReferenceEngine:
                        for d in self.model.sizes[1:]]] if (record_states or record_grads) else None
         on_step = (lambda t, s: traj.append(s)) if traj is not None else None
         s = relax(self.model, self.params, self.x, steps, s0, beta, self.y, on_step=on_step,
-                  check=self._check(name))
+                  check=self._check(name, steps))
         self.saved[name] = s
         out = {}
         if record_states:
@@ -110,10 +113,27 @@ class ReferenceEngine:
     @torch.no_grad()
     def update(self, beta: float, apply: bool = True, gather: bool = True) -> dict:
         coefs = get_protocol(self.protocol).coefficients(beta)
-        g = combine(coefs, {k: layer_grads(self.model, self.x, self.saved[k]) for k in coefs})
+        g = {}
+        for n in range(1, self.model.N + 1):  # layer n's rule gives W{n-1}, b{n-1} (W_out is the next layer's)
+            a = {k: (self.x if n == 1 else signal(self.model.kind, self.model.activation, self.saved[k][n - 2]),
+                     signal(self.model.kind, self.model.activation, self.saved[k][n - 1]), None) for k in coefs}
+            est = estimate(coefs, a)
+            g[f"W{n - 1}"], g[f"b{n - 1}"] = est["W_in"], est["b_in"]
         if apply:
             self.opt.step(self.params, g, self.lrs)
         return g
+
+    def train_batch(self, x, y, beta: float, T1: int, T2: int):
+        """set_batch, the protocol's phases, the update; returns the free phase's output."""
+        self.set_batch(x, y)
+        run_schedule(get_protocol(self.protocol), self, beta, T1, T2)
+        self.update(beta, apply=True, gather=False)
+        return self.output("free")
+
+    def infer(self, x, steps: int):
+        self.set_batch(x)
+        self.run_phase("free", steps, 0.0, "zero")
+        return self.output("free")
 
     def output(self, name: str = "free"):
         return self.saved[name][-1]

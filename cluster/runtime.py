@@ -39,6 +39,6 @@ def make_engine(cfg, model=None, protocol=None):
     init_ray(cfg.address)
     settings = dict(granularity=cfg.granularity, split=cfg.fabric.split, lr=cfg.lrs, protocol=protocol,
                     dtype=cfg.dtype, optimizer=cfg.optimizer, momentum=cfg.momentum, transport=cfg.transport,
-                    host=cfg.fabric.host, log=cfg.fabric.log, timeout_s=cfg.fabric.timeout_s,
+                    host=cfg.fabric.host, wire=cfg.fabric.wire, log=cfg.fabric.log, timeout_s=cfg.fabric.timeout_s,
                     actor_cpus=cfg.fabric.actor_cpus)
     return FabricEngine(model, settings)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from cluster.transport import LOOPBACK, WIRES
 from nodes.activations import ACTIVATIONS
 from nodes.model import MODELS
 from nodes.optim import OPTIMIZERS
@@ -36,6 +37,7 @@ class FabricSection:
     timeout_s: float = 60.0        # every wait for a neighbour's message
     actor_cpus: float = 0.0        # Ray CPUs reserved per node actor
     host: str = "127.0.0.1"        # data-plane bind address (loopback by default)
+    wire: str = "auto"             # zmq socket kind: ipc (Unix socket), tcp, or auto (ipc when host is loopback)
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("lr", f"learning rates must be >= 0, got {lr!r}")
     if cfg.fabric.split < 1:
         raise ConfigError("fabric.split", f"must be >= 1, got {cfg.fabric.split}")
+    if cfg.fabric.wire not in WIRES:
+        raise ConfigError("fabric.wire", f"expected one of {WIRES}, got {cfg.fabric.wire!r}")
+    if cfg.fabric.wire == "ipc" and cfg.fabric.host not in LOOPBACK:
+        raise ConfigError("fabric.wire", f"ipc reaches one machine only; fabric.host {cfg.fabric.host!r} asks for "
+                                         f"a cluster (use tcp or auto)")
     if not cfg.fabric.timeout_s > 0:
         raise ConfigError("fabric.timeout_s", f"must be > 0, got {cfg.fabric.timeout_s}")
     return cfg

@@ -1,7 +1,7 @@
 """`train`: EP training through the fabric (or the in-process engine) with an optional paired BPTT baseline.
 
-Each batch: the coordinator feeds x and y, walks the protocol's phases and triggers the local update;
-accuracy comes from the free phase's output. Every epoch: test accuracy and loss, wall time, checkpoint.
+Each batch is one control call per node (engine.train_batch): the coordinator feeds x, y and beta, the nodes
+walk the protocol's phases and apply their local update; accuracy comes from the free phase's output. Every epoch: test accuracy and loss, wall time, checkpoint.
 Writes config.yaml, metrics.json, metrics.csv, curves.png, confusion.png and checkpoint.npz.
 """
 from __future__ import annotations
@@ -23,7 +23,6 @@ from experiments.plots import plot_confusion, plot_curves
 from experiments.results import prepare, write_csv, write_json
 from nodes.dynamics import cost
 from protocols import get_protocol
-from protocols.base import run_schedule
 
 
 def check_data(cfg, ds) -> None:
@@ -58,9 +57,7 @@ def evaluate(engine, cfg, x, y, n_classes):
     preds, losses = [], []
     for i in range(0, len(x), cfg.eval_batch):
         xb, yb = x[i:i + cfg.eval_batch], one_hot(y[i:i + cfg.eval_batch], n_classes)
-        engine.set_batch(torch.from_numpy(xb), torch.from_numpy(yb))
-        engine.run_phase("free", cfg.T1, 0.0, "zero")
-        out = engine.output("free").to(torch.float64)
+        out = engine.infer(torch.from_numpy(xb), cfg.T1).to(torch.float64)
         preds.append(out.argmax(1).numpy())
         losses.append(float(cost(out, torch.from_numpy(yb))) * len(xb))
     pred = np.concatenate(preds)
@@ -109,10 +106,7 @@ def run_train(cfg, out_dir: str, progress: bool = True, resume: bool = False) ->
                 idx = order[i:i + cfg.batch]
                 x, y = torch.from_numpy(ds.x_train[idx]), torch.from_numpy(Y[idx])
                 beta = protocol.batch_beta(cfg.beta, rng)
-                engine.set_batch(x, y)
-                run_schedule(protocol, engine, beta, cfg.T1, cfg.T2)
-                out = engine.output("free").to(torch.float64)
-                engine.update(beta, apply=True, gather=False)
+                out = engine.train_batch(x, y, beta, cfg.T1, cfg.T2).to(torch.float64)
                 correct += int((out.argmax(1).numpy() == ds.y_train[idx]).sum())
                 loss_sum += float(cost(out, y)) * len(idx)
                 seen += len(idx)

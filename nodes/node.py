@@ -15,11 +15,11 @@ from cluster.channel import NodeChannel, PhaseError
 from cluster.message_log import MessageLog
 from cluster.messages import pack_arrays, torch_dtype, unpack_arrays
 from cluster.transport import make_transport
-from nodes.dynamics import const_drive, field, local_grads, signal, step
+from nodes.dynamics import (CHECK_EVERY, const_drive, divergence, estimate, field, local_grads, preactivation,
+                            signal, step)
 from nodes.model import COORDINATOR, Block, LayeredModel
 from nodes.optim import Optimizer
 from protocols import get_protocol
-from protocols.base import combine
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class NodeSpec:
     momentum: float = 0.0
     transport: str = "zmq"
     host: str = "127.0.0.1"
+    wire: str = "auto"
     log_mode: str = "counters"
     timeout_s: float = 60.0
     diverge_limit: float = 1e6
@@ -47,10 +48,11 @@ class NodeActor:
         m, b = spec.model, spec.block
         self.id = b.node_id
         self.kind, self.act, self.dt = m.kind, m.activation, m.dt
+        self.k, self.c = preactivation(m.kind, m.activation)
         self.is_input, self.is_output = b.layer == 1, b.layer == m.N
         self.tdtype = torch_dtype(spec.dtype)
         self.log = MessageLog(spec.log_mode)
-        self.transport = make_transport(spec.transport, spec.host)
+        self.transport = make_transport(spec.transport, spec.host, spec.wire)
         widths = dict(spec.pre + spec.post)
         self.chan = NodeChannel(self.id, self.transport, widths, spec.dtype, self.log, spec.timeout_s)
         self.pre_ids = [i for i, _ in spec.pre]
@@ -147,28 +149,28 @@ class NodeActor:
             self.log.record(COORDINATOR, self.id, "boundary", "beta", -1, 8)
         p = self.params
         if self.const is None:
-            self.const = const_drive(p["b_in"], p["W_in"], self.x if self.is_input else None)
+            self.const = const_drive(p["b_in"], p["W_in"], self.x if self.is_input else None, self.k, self.c)
         y = self.y if self.is_output else None
         s = (torch.zeros(self.B, self.spec.block.width, dtype=self.tdtype) if start == "zero"
              else self.saved[start][0].clone())
         a = signal(self.kind, self.act, s)
         states, grads = [s] if record_states else None, [] if record_grads else None
-        W_out = p.get("W_out")
+        const, W_in, W_out, k = self.const, p["W_in"], p.get("W_out"), self.k
+        s_prev = s
         for t in range(steps):
             a_pre, a_post = self._exchange(name, serial, t, a)
             if record_grads:
                 grads.append(local_grads(self.x if self.is_input else a_pre, a, a_post))
-            h = field(self.const, p["W_in"], a_pre, W_out, a_post)
-            s_prev, s = s, step(self.kind, self.act, self.dt, s, h, beta, y)
-            m = float(s.abs().max()) if s.numel() else 0.0
-            if not m <= self.spec.diverge_limit:
-                raise PhaseError(f"node {self.id}, phase {name}, step {t + 1}: state "
-                                 f"{'is NaN' if m != m else f'diverged (max |s| = {m:.3g})'}")
+            s_prev, s = s, step(self.kind, self.act, self.dt, s, field(const, W_in, a_pre, W_out, a_post, k), beta, y)
+            if (t + 1) % CHECK_EVERY == 0 or t + 1 == steps:
+                bad = divergence(s, self.spec.diverge_limit)
+                if bad:
+                    raise PhaseError(f"node {self.id}, phase {name}, step {t + 1}: state {bad}")
             a = signal(self.kind, self.act, s)
             if record_states:
                 states.append(s)
         a_pre, a_post = self._exchange(name, serial, steps, a)
-        self.saved[name] = (s, a, self.x if self.is_input else a_pre, a_post)
+        self.saved[name] = (s, self.x if self.is_input else a_pre, a, a_post)
         out = {"residual": float((s - s_prev).abs().max()) if steps and s.numel() else 0.0}
         if record_states:
             out["states"] = pack_arrays({"s": torch.stack(states)})
@@ -179,6 +181,23 @@ class NodeActor:
                                              for k in grads[0]})
         return out
 
+    def run_batch(self, serial: int, batch: int, packed: bytes, beta: float, T1: int, T2: int,
+                  apply: bool = True):
+        """A whole training batch from one control call: the boundary, the protocol's phases (serials
+        serial, serial + 1, ...) and the local update. Output nodes return their free state (the prediction)."""
+        self.set_boundary(batch, packed)
+        proto = get_protocol(self.spec.protocol)
+        for i, ph in enumerate(proto.phases):
+            self.run_phase(serial + i, ph.name, proto.steps_of(ph, T1, T2), ph.beta_sign * beta, ph.start)
+        self.update(beta, apply)
+        return self.output("free") if self.is_output else None
+
+    def infer(self, serial: int, batch: int, packed: bytes, steps: int):
+        """The boundary and a free phase from one control call; output nodes return their state."""
+        self.set_boundary(batch, packed)
+        self.run_phase(serial, "free", steps, 0.0, "zero")
+        return self.output("free") if self.is_output else None
+
     def output(self, name: str = "free") -> bytes:
         """Readout of a saved state (the coordinator reads the output layer's prediction)."""
         return pack_arrays({"s": self.saved[name][0]})
@@ -188,8 +207,7 @@ class NodeActor:
     def update(self, beta: float, apply: bool = True, gather: bool = False):
         """g_hat = sum_k c_k(beta) G(s_k) on the held tensors (protocols/), then the optimiser step."""
         coefs = get_protocol(self.spec.protocol).coefficients(beta)
-        g = combine(coefs, {k: local_grads(self.saved[k][2], self.saved[k][1], self.saved[k][3])
-                            for k in coefs})
+        g = estimate(coefs, {k: self.saved[k][1:] for k in coefs})
         if apply:
             self.opt.step(self.params, g, self.spec.lrs)
             self.const = None

@@ -36,18 +36,12 @@ class Protocol:
             return float(beta) * (1.0 if rng.random() < 0.5 else -1.0)
         return float(beta)
 
+    def steps_of(self, phase: Phase, T1: int, T2: int) -> int:
+        return T1 if phase.steps == "T1" else T2
+
     def nudged_phase(self) -> Phase:
         """The first nudged phase (its step-wise updates form the GDU series)."""
         return next(p for p in self.phases if p.beta_sign != 0)
-
-
-def combine(coefficients: dict, grads: dict) -> dict:
-    """g_hat = sum_k c_k G_k over saved states k; `grads[k]` maps tensor name -> G at state k."""
-    out = {}
-    for k, c in coefficients.items():
-        for name, g in grads[k].items():
-            out[name] = out[name] + c * g if name in out else c * g
-    return out
 
 
 FREE = Phase("free", "T1", 0, "zero")
@@ -61,6 +55,6 @@ def run_schedule(protocol: Protocol, engine, beta: float, T1: int, T2: int, reco
     out = {}
     nudged = protocol.nudged_phase()
     for ph in protocol.phases:
-        out[ph.name] = engine.run_phase(ph.name, T1 if ph.steps == "T1" else T2, ph.beta_sign * beta, ph.start,
+        out[ph.name] = engine.run_phase(ph.name, protocol.steps_of(ph, T1, T2), ph.beta_sign * beta, ph.start,
                                         record_grads=record_grads and ph is nudged)
     return out
