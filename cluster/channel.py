@@ -11,7 +11,7 @@ import threading
 import time
 
 from cluster.message_log import MessageLog
-from cluster.messages import MessageError, array_bytes, array_from, decode_header, encode_header
+from cluster.messages import MessageError, array_bytes, decode_header, encode_header, ndarray_from
 
 
 class LocalityError(RuntimeError):
@@ -62,30 +62,37 @@ class NodeChannel:
         for dst in (self.widths if peers is None else peers):
             self.transport.send(dst, header, payload)
 
-    def _accept(self, header: bytes, payload, phase: str) -> None:
+    def _accept(self, header: bytes, payload) -> tuple:
+        """Check one message and buffer it under (src, serial, step), which it returns."""
         src, kind, ph, serial, step, dtype, shape = decode_header(header)
-        where = f"node {self.node_id}, phase {ph}, step {step}, message from {src}"
-        if kind != "state":
-            raise MessageError(f"{where}: unexpected kind {kind!r}")
         # a message from a non-neighbour is delivered all the same: the log shows it, the locality report flags it
-        if (src in self.widths or src in self.extra) and dtype != self.dtype:
-            raise MessageError(f"{where}: dtype {dtype}, expected {self.dtype}")
-        elif src in self.widths and (len(shape) != 2 or shape[1] != self.widths[src]):
-            raise MessageError(f"{where}: shape {shape}, expected (B, {self.widths[src]})")
-        t = array_from(payload, dtype, shape)
-        if t.data_ptr() % 64:  # BLAS kernels round differently on misaligned buffers: keep runs deterministic
-            t = t.clone()
-        self.log.record(src, self.node_id, kind, ph, step, len(header) + t.numel() * t.element_size())
-        self.buffer[(src, serial, step)] = t
+        width = self.widths.get(src)
+        if (kind != "state" or (dtype != self.dtype and (width is not None or src in self.extra))
+                or (width is not None and (len(shape) != 2 or shape[1] != width))):
+            where = f"node {self.node_id}, phase {ph}, step {step}, message from {src}"
+            if kind != "state":
+                raise MessageError(f"{where}: unexpected kind {kind!r}")
+            if dtype != self.dtype:
+                raise MessageError(f"{where}: dtype {dtype}, expected {self.dtype}")
+            raise MessageError(f"{where}: shape {shape}, expected (B, {width})")
+        try:
+            t = ndarray_from(payload, dtype, shape)
+        except MessageError as err:
+            raise MessageError(f"node {self.node_id}, phase {ph}, step {step}, message from {src}: {err}") from None
+        self.log.record(src, self.node_id, kind, ph, step, len(header) + t.nbytes)
+        key = (src, serial, step)
+        self.buffer[key] = t
+        return key
 
     def gather(self, phase: str, serial: int, step: int, sources) -> dict:
-        """Wait for the step-`step` message of every node in `sources`; returns {src: tensor}."""
+        """Wait for the step-`step` message of every node in `sources`; returns {src: read-only ndarray view
+        of the received bytes} (the node copies them into its own aligned buffers)."""
         out = {}
-        missing = []
+        missing = set()
         for src in sources:
             t = self.buffer.pop((src, serial, step), None)
             if t is None:
-                missing.append(src)
+                missing.add(src)
             else:
                 out[src] = t
         deadline = time.monotonic() + self.timeout_s if missing else 0.0
@@ -98,15 +105,10 @@ class NodeChannel:
                     raise PhaseError(f"node {self.node_id}, phase {phase}, step {step}: no message from "
                                      f"{sorted(missing)} within {self.timeout_s:g} s")
                 continue
-            self._accept(msg[0], msg[1], phase)
-            still = []
-            for src in missing:
-                t = self.buffer.pop((src, serial, step), None)
-                if t is None:
-                    still.append(src)
-                else:
-                    out[src] = t
-            missing = still
+            key = self._accept(msg[0], msg[1])
+            if key[0] in missing and key[1] == serial and key[2] == step:
+                out[key[0]] = self.buffer.pop(key)
+                missing.discard(key[0])
         return out
 
     def close(self) -> None:

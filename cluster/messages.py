@@ -10,6 +10,7 @@ import math
 import warnings
 
 import msgpack
+import numpy as np
 import torch
 
 warnings.filterwarnings("ignore", message="The given buffer is not writable")
@@ -19,6 +20,7 @@ DTYPES = ("float32", "float64", "complex64", "complex128", "int64")
 _TORCH = {"float32": torch.float32, "float64": torch.float64,
           "complex64": torch.complex64, "complex128": torch.complex128, "int64": torch.int64}
 _ITEMSIZE = {k: torch.empty((), dtype=v).element_size() for k, v in _TORCH.items()}
+_NUMPY = {k: np.dtype(k) for k in _TORCH}
 
 
 class MessageError(RuntimeError):
@@ -52,6 +54,17 @@ def array_bytes(t):
     if t.device.type != "cpu":
         t = t.cpu()
     return memoryview(t.contiguous().numpy()).cast("B")
+
+
+def ndarray_from(buf, dtype: str, shape) -> np.ndarray:
+    """Read-only numpy view over a received buffer (no copy); checks the byte count against dtype and shape."""
+    if dtype not in _NUMPY:
+        raise MessageError(f"unsupported dtype {dtype!r}; expected one of {DTYPES}")
+    n, itemsize = math.prod(shape), _ITEMSIZE[dtype]
+    mv = memoryview(buf)
+    if mv.nbytes != n * itemsize:
+        raise MessageError(f"payload has {mv.nbytes} bytes, expected {n * itemsize} for {dtype}{list(shape)}")
+    return np.frombuffer(mv, dtype=_NUMPY[dtype]).reshape(shape)
 
 
 def array_from(buf, dtype: str, shape) -> torch.Tensor:

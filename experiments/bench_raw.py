@@ -8,9 +8,11 @@ a small msgpack header and the raw payload bytes.
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import msgpack
@@ -29,13 +31,21 @@ def _peer(*args) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL)
 
 
-def zmq_msg_rate(nbytes: int, count: int, timeout_s: float = 60.0) -> dict:
-    """Messages/s from a PUSH in a child process to a PULL here (tcp loopback), timed first to last message."""
+def _bind(sock, wire: str, tmp: str, name: str) -> str:
+    """Bind like the fabric's ZmqTransport: an ipc socket in `tmp`, or tcp on loopback; returns the address."""
+    if wire == "ipc":
+        sock.bind(f"ipc://{tmp}/{name}")
+        return f"ipc://{tmp}/{name}"
+    return f"tcp://127.0.0.1:{sock.bind_to_random_port('tcp://127.0.0.1')}"
+
+
+def zmq_msg_rate(nbytes: int, count: int, timeout_s: float = 60.0, wire: str = "ipc") -> dict:
+    """Messages/s from a PUSH in a child process to a PULL here (the fabric's wire), timed first to last."""
     ctx = zmq.Context()
     pull = ctx.socket(zmq.PULL)
     pull.setsockopt(zmq.LINGER, 0)
-    port = pull.bind_to_random_port("tcp://127.0.0.1")
-    proc = _peer("push", f"tcp://127.0.0.1:{port}", count, nbytes)
+    tmp = tempfile.mkdtemp(prefix="bench-")
+    proc = _peer("push", _bind(pull, wire, tmp, "rate"), count, nbytes)
     try:
         if not pull.poll(int(timeout_s * 1000)):
             raise RuntimeError("bench: raw zmq sender sent nothing")
@@ -48,8 +58,57 @@ def zmq_msg_rate(nbytes: int, count: int, timeout_s: float = 60.0) -> dict:
         proc.wait(timeout=timeout_s)
         pull.close(0)
         ctx.term()
-    return {"msgs_per_s": (count - 1) / dt, "count": count, "payload_bytes": nbytes,
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"msgs_per_s": (count - 1) / dt, "count": count, "payload_bytes": nbytes, "wire": wire,
             "header_bytes": len(header()), "seconds": dt}
+
+
+def zmq_exchange_rate(n1: int, n2: int, nbytes: int, steps: int, timeout_s: float = 120.0) -> dict:
+    """The neuron fabric's pattern in plain pyzmq: n1 + n2 processes, each of the first n1 linked to each of the
+    other n2; every step each process sends one message (header + nbytes) to every neighbour and waits for
+    theirs, over ipc; 3 warm-up steps, then `steps` timed. No Ray, no torch, no checks: the wire's own cost for this synchronous pattern here."""
+    ctx = zmq.Context()
+    tmp = tempfile.mkdtemp(prefix="bench-")
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.LINGER, 0)
+    parent = _bind(pull, "ipc", tmp, "parent")
+    names = [f"a{i}" for i in range(n1)] + [f"b{j}" for j in range(n2)]
+    addr = {k: f"ipc://{tmp}/{k}" for k in names}
+    procs = []
+    try:
+        for k in names:
+            nbrs = [m for m in names if m[0] != k[0]]
+            procs.append(_peer("node", addr[k], parent, steps, nbytes, ",".join(addr[m] for m in nbrs)))
+        for _ in names:  # every child bound and connected
+            if not pull.poll(int(timeout_s * 1000)):
+                raise RuntimeError("bench: raw exchange peers did not start")
+            pull.recv()
+        push = {}
+        for k in names:
+            push[k] = ctx.socket(zmq.PUSH)
+            push[k].setsockopt(zmq.LINGER, 0)
+            push[k].connect(addr[k])
+        for s in push.values():
+            s.send_multipart([b"go", b""])
+        seconds = []
+        for _ in names:
+            if not pull.poll(int(timeout_s * 1000)):
+                raise RuntimeError("bench: raw exchange did not finish")
+            seconds.append(float(pull.recv()))
+        for s in push.values():
+            s.close(0)
+    finally:
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        pull.close(0)
+        ctx.term()
+        shutil.rmtree(tmp, ignore_errors=True)
+    msgs = 2 * n1 * n2 * steps
+    return {"processes": n1 + n2, "msgs_per_step": 2 * n1 * n2, "steps": steps, "payload_bytes": nbytes,
+            "wire": "ipc", "step_us": max(seconds) / steps * 1e6, "msgs_per_s": msgs / max(seconds)}
 
 
 def zmq_round_trip(nbytes: int, iters: int, timeout_s: float = 60.0) -> dict:
@@ -190,6 +249,41 @@ def main(argv) -> None:
         payload = bytes(nbytes)
         for i in range(count):
             sock.send_multipart([header(i), payload])
+    elif role == "node":  # zmq_exchange_rate's peer
+        parent_addr, steps, nbytes, nbrs = argv[2], int(argv[3]), int(argv[4]), argv[5].split(",")
+        sock = ctx.socket(zmq.PULL)
+        sock.bind(addr)
+        out = [ctx.socket(zmq.PUSH) for _ in nbrs]
+        for s, a in zip(out, nbrs):
+            s.connect(a)
+        report = ctx.socket(zmq.PUSH)
+        report.connect(parent_addr)
+        report.send(b"ready")
+        payload, early = bytes(nbytes), {}
+        while True:  # "go" from the parent; a faster neighbour's first messages may come before it
+            frames = sock.recv_multipart(copy=False)
+            if frames[0].bytes == b"go":
+                break
+            t = msgpack.unpackb(frames[0].bytes)[4]
+            early[t] = early.get(t, 0) + 1
+        warm = 3  # first steps (connections being made) untimed
+        for step in range(warm + steps):
+            if step == warm:
+                t0 = time.perf_counter()
+            h = header(step)
+            for s in out:
+                s.send_multipart([h, payload])
+            got = early.pop(step, 0)
+            while got < len(nbrs):
+                frames = sock.recv_multipart(copy=False)
+                t = msgpack.unpackb(frames[0].bytes)[4]
+                if t == step:
+                    got += 1
+                else:
+                    early[t] = early.get(t, 0) + 1
+        report.send(str(time.perf_counter() - t0).encode())
+        for s in (*out, report):
+            s.close(-1)
     elif role == "echo":
         sock = ctx.socket(zmq.REP)
         sock.setsockopt(zmq.LINGER, -1)

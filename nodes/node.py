@@ -41,6 +41,15 @@ class NodeSpec:
     diverge_limit: float = 1e6
 
 
+def _columns(side: tuple) -> list:
+    """[(neighbour id, lo, hi)]: where each neighbour's units sit in the assembled (B, width) input."""
+    out, lo = [], 0
+    for node_id, width in side:
+        out.append((node_id, lo, lo + width))
+        lo += width
+    return out
+
+
 class NodeActor:
     def __init__(self, spec: NodeSpec, threads: int = 1):
         torch.set_num_threads(threads)
@@ -55,8 +64,8 @@ class NodeActor:
         self.transport = make_transport(spec.transport, spec.host, spec.wire)
         widths = dict(spec.pre + spec.post)
         self.chan = NodeChannel(self.id, self.transport, widths, spec.dtype, self.log, spec.timeout_s)
-        self.pre_ids = [i for i, _ in spec.pre]
-        self.post_ids = [i for i, _ in spec.post]
+        self.pre_cols, self.post_cols = _columns(spec.pre), _columns(spec.post)
+        self.bufs, self.parity = {}, 0
         self.targets = list(widths)
         self.sources = list(widths)
         shapes = m.param_shapes()
@@ -128,11 +137,24 @@ class NodeActor:
 
     # ---- one phase: the local relaxation rule ----------------------------------------------------
     def _assemble(self, inbox: dict):
-        def cat(ids):
-            if not ids:
-                return None
-            return inbox[ids[0]] if len(ids) == 1 else torch.cat([inbox[i] for i in ids], dim=1)
-        return cat(self.pre_ids), cat(self.post_ids)
+        """(a_pre, a_post): the neighbours' messages copied side by side into this node's own 64-byte-aligned
+        (B, width) buffers (aligned operands keep BLAS rounding, hence runs, deterministic). Two buffer sets
+        alternate by exchange, so a buffer is never overwritten while the step that reads it runs."""
+        self.parity ^= 1
+        return self._fill(0, self.pre_cols, inbox), self._fill(1, self.post_cols, inbox)
+
+    def _fill(self, side: int, cols: list, inbox: dict):
+        if not cols:
+            return None
+        key = (side, self.parity)
+        buf = self.bufs.get(key)
+        if buf is None or buf[0].shape[0] != self.B:
+            t = torch.empty(self.B, cols[-1][2], dtype=self.tdtype)
+            buf = self.bufs[key] = (t, t.numpy())
+        view = buf[1]
+        for src, lo, hi in cols:
+            view[:, lo:hi] = inbox[src]
+        return buf[0]
 
     def _exchange(self, name: str, serial: int, t: int, a):
         self.chan.broadcast(name, serial, t, a, self.targets)
@@ -170,7 +192,8 @@ class NodeActor:
             if record_states:
                 states.append(s)
         a_pre, a_post = self._exchange(name, serial, steps, a)
-        self.saved[name] = (s, self.x if self.is_input else a_pre, a, a_post)
+        self.saved[name] = (s, self.x if self.is_input else a_pre.clone(), a,
+                            None if a_post is None else a_post.clone())
         out = {"residual": float((s - s_prev).abs().max()) if steps and s.numel() else 0.0}
         if record_states:
             out["states"] = pack_arrays({"s": torch.stack(states)})

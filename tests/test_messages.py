@@ -41,7 +41,7 @@ def test_channel_delivers_by_step_and_logs(kind):
             a.broadcast("free", 1, t, torch.full((5, 2), float(t), dtype=torch.float64))
         for t in range(3):
             got = b.gather("free", 1, t, ["L1"])
-            assert torch.equal(got["L1"], torch.full((5, 2), float(t), dtype=torch.float64))
+            assert torch.equal(torch.from_numpy(got["L1"].copy()), torch.full((5, 2), float(t), dtype=torch.float64))
         assert [r[:5] for r in b.log.records] == [("L1", "L2", "state", "free", t) for t in range(3)]
     finally:
         a.close(), b.close()
