@@ -329,6 +329,13 @@ def plan(cfg) -> tuple:
     return main, grid, st, shrunk
 
 
+def _wire(cfg) -> str:
+    """The zmq wire the fabric uses (fabric.wire, auto resolved as ZmqTransport does)."""
+    from cluster.transport import LOOPBACK
+    w = cfg.fabric.wire
+    return w if w != "auto" else ("ipc" if cfg.fabric.host in LOOPBACK else "tcp")
+
+
 def _ratio_met(key, value) -> bool:
     op, target = TARGETS[key]
     return bool(value <= target if op == "<=" else value >= target)
@@ -349,11 +356,16 @@ def run_bench(cfg, out_dir) -> dict:
     row = next(r for r in res["layer"] if r["sizes"] == main["sizes"] and r["batch"] == main["batch"]
                and r["dtype"] == main["dtype"])
     res["matmul_step_us"] = row["matmul_step_us"]
-    res["zmq_round_trip"] = [bench_raw.zmq_round_trip(n, st["rt_iters"]) for n in rt_bytes]
+    res["zmq_round_trip"] = [bench_raw.zmq_round_trip(n, st["rt_iters"], wire=_wire(cfg)) for n in rt_bytes]
     res["neuron"] = []
     for n in st["neurons"]:
         try:
-            res["neuron"].append(neuron_fabric(cfg, n, st["neuron_steps"], st["repeats"], n == max(st["neurons"])))
+            r = neuron_fabric(cfg, n, st["neuron_steps"], st["repeats"], n == max(st["neurons"]))
+            r["raw_same_pattern"] = bench_raw.zmq_exchange_rate(n // 2, n - n // 2, r["payload_bytes"],
+                                                                3 * st["neuron_steps"])
+            log(f"  raw pyzmq, same pattern and processes: {r['raw_same_pattern']['step_us'] / 1e3:.2f} ms/step, "
+                f"{r['raw_same_pattern']['msgs_per_s']:.0f} msgs/s")
+            res["neuron"].append(r)
         except Exception as err:  # the largest fabric may not start on a small machine: record and go on
             log(f"neuron fabric of {n} actors failed: {type(err).__name__}: {err}")
             res["neuron"].append({"actors": n, "error": f"{type(err).__name__}: {err}"})
@@ -361,7 +373,7 @@ def run_bench(cfg, out_dir) -> dict:
     if not ran:
         raise RuntimeError("bench: no neuron fabric ran")
     big = max(ran, key=lambda r: r["actors"])
-    res["raw_zmq"] = bench_raw.zmq_msg_rate(big["payload_bytes"], st["raw_msgs"])
+    res["raw_zmq"] = bench_raw.zmq_msg_rate(big["payload_bytes"], st["raw_msgs"], wire=_wire(cfg))
     log(f"raw zmq: {res['raw_zmq']['msgs_per_s']:.0f} msgs/s of {big['payload_bytes']} B")
 
     mins = row["min_us"]
@@ -379,6 +391,10 @@ def run_bench(cfg, out_dir) -> dict:
         "max_neuron_actors": big["actors"],
     }
     res["rss_mb_per_actor"] = big.get("memory", {}).get("rss_mb_per_actor")
+    res["diagnostics"] = {  # no target: where the time goes
+        "neuron_msg_rate_over_raw_same_pattern": big["msgs_per_s"] / big["raw_same_pattern"]["msgs_per_s"],
+        "raw_same_pattern_over_raw_stream": big["raw_same_pattern"]["msgs_per_s"] / res["raw_zmq"]["msgs_per_s"],
+        "fabric_phase_call_us": row["fabric_phase_call_us"]}
     if torch.cuda.is_available():
         res["cuda"] = cuda_step(cfg, main["sizes"], main["batch"], st["steps"], st["repeats"])
         ratios["cuda_step_us"] = res["cuda"]["step_us"]

@@ -111,13 +111,13 @@ def zmq_exchange_rate(n1: int, n2: int, nbytes: int, steps: int, timeout_s: floa
             "wire": "ipc", "step_us": max(seconds) / steps * 1e6, "msgs_per_s": msgs / max(seconds)}
 
 
-def zmq_round_trip(nbytes: int, iters: int, timeout_s: float = 60.0) -> dict:
-    """Ping-pong (REQ here, REP echo in a child process, tcp loopback): median round trip in µs."""
+def zmq_round_trip(nbytes: int, iters: int, timeout_s: float = 60.0, wire: str = "ipc") -> dict:
+    """Ping-pong (REQ here, REP echo in a child process, the fabric's wire): median round trip in µs."""
     ctx = zmq.Context()
     req = ctx.socket(zmq.REQ)
     req.setsockopt(zmq.LINGER, 0)
-    port = req.bind_to_random_port("tcp://127.0.0.1")
-    proc = _peer("echo", f"tcp://127.0.0.1:{port}", iters + 10)
+    tmp = tempfile.mkdtemp(prefix="bench-")
+    proc = _peer("echo", _bind(req, wire, tmp, "rt"), iters + 10)
     payload = bytes(nbytes)
     times = []
     try:
@@ -133,7 +133,8 @@ def zmq_round_trip(nbytes: int, iters: int, timeout_s: float = 60.0) -> dict:
         proc.wait(timeout=timeout_s)
         req.close(0)
         ctx.term()
-    return {"median_us": statistics.median(times) * 1e6, "iters": iters, "payload_bytes": nbytes}
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"median_us": statistics.median(times) * 1e6, "iters": iters, "payload_bytes": nbytes, "wire": wire}
 
 
 def _echo(_self, h, p):
@@ -189,14 +190,17 @@ def table(out) -> str:
     for r in out["layer"]:
         lines.append(f"{'-'.join(map(str, r['sizes'])):22s} {r['batch']:5d} {r['dtype']:8s} "
                      f"{r['inprocess_step_us']:11.0f} {r['fabric_step_us']:10.0f} {r['ratio']:6.2f}")
-    lines += ["", f"{'neuron actors':>13s} {'start s':>8s} {'ms/step':>8s} {'msgs/step':>10s} {'msgs/s':>9s}"]
+    lines += ["", f"{'neuron actors':>13s} {'start s':>8s} {'ms/step':>8s} {'msgs/step':>10s} {'msgs/s':>9s} "
+                  f"{'raw same-pattern ms/step':>25s}"]
     for r in out["neuron"]:
         if "error" in r:
             lines.append(f"{r['actors']:13d}  failed: {r['error'][:60]}")
         else:
             lines.append(f"{r['actors']:13d} {r['fabric_start_s']:8.1f} {r['step_us'] / 1e3:8.2f} "
-                         f"{r['msgs_per_step']:10.0f} {r['msgs_per_s']:9.0f}")
-    lines.append(f"raw zmq {out['raw_zmq']['msgs_per_s']:.0f} msgs/s; round trip zmq "
+                         f"{r['msgs_per_step']:10.0f} {r['msgs_per_s']:9.0f} "
+                         f"{r['raw_same_pattern']['step_us'] / 1e3:25.2f}")
+    lines += [f"{k} = {v:.3g}" for k, v in out.get("diagnostics", {}).items()]
+    lines.append(f"raw zmq ({out['raw_zmq']['wire']}) {out['raw_zmq']['msgs_per_s']:.0f} msgs/s; round trip zmq "
                  + ", ".join(f"{r['median_us']:.0f} µs ({r['payload_bytes']} B)" for r in out["zmq_round_trip"])
                  + "; ray " + ", ".join(f"{r['median_us']:.0f} µs ({r['payload_bytes']} B)"
                                         for r in out["ray_transport"]["ray_round_trip"]))
