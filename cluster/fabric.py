@@ -109,6 +109,7 @@ def make_specs(model, cfg_fabric: dict) -> list:
         specs.append(NodeSpec(
             model=model, block=b, pre=pre, post=post, protocol=cfg_fabric["protocol"], dtype=cfg_fabric["dtype"],
             lrs=lrs, optimizer=cfg_fabric.get("optimizer", "sgd"), momentum=cfg_fabric.get("momentum", 0.0),
-            transport=cfg_fabric.get("transport", "zmq"), host=cfg_fabric.get("host", "127.0.0.1"), wire=cfg_fabric.get("wire", "auto"),
+            transport=cfg_fabric.get("transport", "zmq"), host=cfg_fabric.get("host", "127.0.0.1"),
+            wire=cfg_fabric.get("wire", "auto"),
             log_mode=cfg_fabric.get("log", "counters"), timeout_s=cfg_fabric.get("timeout_s", 60.0)))
     return specs

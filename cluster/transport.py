@@ -1,7 +1,8 @@
 """The neighbour data plane behind one small interface: `connect`, `send`, `recv`, `close`.
 
 `ZmqTransport`: one PULL socket bound per node (a Unix socket on one machine, TCP on a cluster) and one
-persistent PUSH socket per neighbour; a message is two frames (msgpack header, raw array bytes), large payloads sent zero-copy.
+persistent PUSH socket per neighbour; a message is two frames (msgpack header, raw array bytes); payloads
+over ZERO_COPY_BYTES are sent zero-copy.
 `RayTransport`: the baseline; `send` is a fire-and-forget actor call `deliver(header, payload)` on the
 neighbour (never waited on, so no actor blocks on another's method), `recv` reads the inbox queue that
 `deliver` fills from the actor's second thread.

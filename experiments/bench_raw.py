@@ -66,7 +66,8 @@ def zmq_msg_rate(nbytes: int, count: int, timeout_s: float = 60.0, wire: str = "
 def zmq_exchange_rate(n1: int, n2: int, nbytes: int, steps: int, timeout_s: float = 120.0) -> dict:
     """The neuron fabric's pattern in plain pyzmq: n1 + n2 processes, each of the first n1 linked to each of the
     other n2; every step each process sends one message (header + nbytes) to every neighbour and waits for
-    theirs, over ipc; 3 warm-up steps, then `steps` timed. No Ray, no torch, no checks: the wire's own cost for this synchronous pattern here."""
+    theirs, over ipc; 3 warm-up steps, then `steps` timed. No Ray, no torch, no checks: the wire's own cost
+    for this synchronous pattern on these cores."""
     ctx = zmq.Context()
     tmp = tempfile.mkdtemp(prefix="bench-")
     pull = ctx.socket(zmq.PULL)

@@ -1,7 +1,8 @@
 """`train`: EP training through the fabric (or the in-process engine) with an optional paired BPTT baseline.
 
 Each batch is one control call per node (engine.train_batch): the coordinator feeds x, y and beta, the nodes
-walk the protocol's phases and apply their local update; accuracy comes from the free phase's output. Every epoch: test accuracy and loss, wall time, checkpoint.
+walk the protocol's phases and apply their local update; accuracy comes from the free phase's output.
+Every epoch: test accuracy and loss, wall time, checkpoint.
 Writes config.yaml, metrics.json, metrics.csv, curves.png, confusion.png and checkpoint.npz.
 """
 from __future__ import annotations

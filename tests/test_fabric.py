@@ -84,12 +84,16 @@ def test_training_on_fabric_equals_reference_and_replicas_agree(fabric):
     ref = reference()
     fabric.set_params(scaled_params(MODEL))
     protocol = get_protocol("ep-symmetric")
-    for i in range(3):
+    for i in range(4):  # a phase call each, then one call per batch (train_batch): the same arithmetic
         x, y = batch(MODEL, seed=10 + i)
-        for e in (ref, fabric):
-            e.set_batch(x, y)
-            run_schedule(protocol, e, 0.1, 20, 6)
-            e.update(0.1, apply=True, gather=False)
+        if i < 2:
+            for e in (ref, fabric):
+                e.set_batch(x, y)
+                run_schedule(protocol, e, 0.1, 20, 6)
+                e.update(0.1, apply=True, gather=False)
+        else:
+            out_a, out_b = (e.train_batch(x, y, 0.1, 20, 6) for e in (ref, fabric))
+            assert out_a.shape == out_b.shape == y.shape and rel(out_b, out_a) <= 1e-12
     pa, pb = ref.get_params(), fabric.get_params()
     for k in pa:
         assert rel(pb[k], pa[k]) <= 1e-12, k
