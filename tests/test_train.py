@@ -2,11 +2,13 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from experiments.config import load_config
 from experiments.train import run_train
 from tests.conftest import run_cli
+from tests.test_datasets import write_idx
 
 SMALL = ["sizes=[64,16,10]", "epochs=2", "T1=15", "T2=5", "batch=32", "dtype=float64"]
 
@@ -49,3 +51,20 @@ def test_missing_data_file_is_a_clear_error(tmp_path):
     r = run_cli("train", "--set", "dataset=mnist", "--set", f"data_dir={tmp_path}", "--set", "sizes=[784,10]", "--set", "lr=0.1",
                 "--out", str(tmp_path / "x"), timeout=60)
     assert r.returncode == 2 and "train-images-idx3-ubyte" in r.stderr and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("recipe", ["pmlp-mnist", "p1h-mnist", "eb1h-mnist", "p2h-mnist"])
+def test_published_recipes_train_alike_on_both_engines(recipe, tmp_path, ray_session):
+    """Every MNIST recipe (its model, protocol, optimiser, learning rates, batch) trains an epoch of 28x28 IDX
+    files on the layer fabric and in-process, and both end with the same weights (float64, short phases)."""
+    rng = np.random.default_rng(0)
+    for part, n in (("train", 40), ("t10k", 10)):
+        write_idx(tmp_path / f"{part}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), 0x803)
+        write_idx(tmp_path / f"{part}-labels-idx1-ubyte", np.arange(n) % 10, 0x801)
+    sets = [f"data_dir={tmp_path}", "epochs=1", "T1=4", "T2=2", "dtype=float64"]
+    final = {}
+    for engine in ("reference", "fabric"):
+        cfg = load_config(recipe, sets + [f"engine={engine}", f"bptt_baseline={engine == 'reference'}"])
+        final[engine] = run_train(cfg, str(tmp_path / engine), progress=False)["final_params"]
+    for k, ref in final["reference"].items():
+        assert float((final["fabric"][k] - ref).norm() / ref.norm()) <= 1e-12, k
