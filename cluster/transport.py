@@ -18,6 +18,7 @@ import zmq
 ZERO_COPY_BYTES = 4 << 20  # measured: below this, a copy beats zero-copy's clean-up thread on a busy machine
 WIRES = ("auto", "ipc", "tcp")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+IPC_PATH_MAX = 100  # sun_path holds 104 to 108 bytes, by platform
 
 
 class ZmqTransport:
@@ -35,6 +36,9 @@ class ZmqTransport:
         self.ipc_dir = None
         if wire == "ipc" or (wire == "auto" and host in LOOPBACK):
             self.ipc_dir = tempfile.mkdtemp(prefix="fabric-")  # mode 0700: only this user can connect
+            if len(self.ipc_dir) > IPC_PATH_MAX - 3:  # a long TMPDIR: Unix socket paths are short
+                shutil.rmtree(self.ipc_dir)
+                self.ipc_dir = tempfile.mkdtemp(prefix="fabric-", dir="/tmp")
             self.address = f"ipc://{self.ipc_dir}/in"
             self.pull.bind(self.address)
         else:

@@ -118,7 +118,8 @@ def test_beta_sweep_slopes(tmp_path):
 @pytest.mark.parametrize("setting,field", [
     ("colour=red", "colour"), ("T1=-3", "T1"), ("beta=0", "beta"), ("activation=relu", "activation"),
     ("sizes=[64,0,10]", "sizes"), ("batch=2.5", "batch"), ("granularity=column", "granularity"),
-    ("fabric.timeout_s=0", "fabric.timeout_s"), ("lr=[0.1]", "lr"), ("replay=/nonexistent.npz", "replay")])
+    ("fabric.timeout_s=0", "fabric.timeout_s"), ("lr=[0.1]", "lr"), ("replay=/nonexistent.npz", "replay"),
+    ("fabric.wire=carrier-pigeon", "fabric.wire")])
 def test_invalid_config_exits_2_naming_the_field_and_writes_nothing(tmp_path, setting, field):
     out = tmp_path / "never"
     r = run_cli("audit", "--set", setting, "--out", str(out), timeout=60)

@@ -38,7 +38,7 @@ def reference(protocol="ep-symmetric", params=None):
 
 
 FABRICS = [dict(granularity="layer"), dict(granularity="neuron"), dict(granularity="layer", split=2),
-           dict(granularity="layer", transport="ray")]
+           dict(granularity="layer", transport="ray"), dict(granularity="layer", wire="tcp")]
 
 
 @pytest.fixture(scope="module", params=FABRICS, ids=lambda s: "-".join(str(v) for v in s.values()))

@@ -69,3 +69,23 @@ def test_missing_neighbour_times_out_with_a_message():
     a, b = _pair()
     with pytest.raises(PhaseError, match=r"node L2, phase free, step 3: no message from \['L1'\]"):
         b.gather("free", 1, 3, ["L1"])
+
+
+def test_ipc_wire_with_a_cluster_host_is_a_config_error():
+    from experiments.config import ConfigError, load_config
+    with pytest.raises(ConfigError, match="fabric.wire: ipc reaches one machine only"):
+        load_config("train", ["fabric.wire=ipc", "fabric.host=0.0.0.0"])
+    assert load_config("train", ["fabric.wire=tcp", "fabric.host=0.0.0.0"]).fabric.wire == "tcp"
+
+
+@pytest.mark.parametrize("wire", ["ipc", "tcp"])
+def test_zmq_wires_deliver(wire):
+    a, b = ZmqTransport(wire=wire), ZmqTransport(wire=wire)
+    try:
+        assert a.address.startswith(f"{wire}://")
+        a.connect("b", b.address)
+        a.send("b", b"header", b"payload")
+        h, p = b.recv(5.0)
+        assert h == b"header" and bytes(p) == b"payload"
+    finally:
+        a.close(), b.close()
