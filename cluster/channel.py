@@ -66,19 +66,20 @@ class NodeChannel:
         """Check one message and buffer it under (src, serial, step), which it returns."""
         src, kind, ph, serial, step, dtype, shape = decode_header(header)
         # a message from a non-neighbour is delivered all the same: the log shows it, the locality report flags it
-        width = self.widths.get(src)
-        if (kind != "state" or (dtype != self.dtype and (width is not None or src in self.extra))
-                or (width is not None and (len(shape) != 2 or shape[1] != width))):
-            where = f"node {self.node_id}, phase {ph}, step {step}, message from {src}"
-            if kind != "state":
-                raise MessageError(f"{where}: unexpected kind {kind!r}")
-            if dtype != self.dtype:
-                raise MessageError(f"{where}: dtype {dtype}, expected {self.dtype}")
-            raise MessageError(f"{where}: shape {shape}, expected (B, {width})")
-        try:
-            t = ndarray_from(payload, dtype, shape)
-        except MessageError as err:
-            raise MessageError(f"node {self.node_id}, phase {ph}, step {step}, message from {src}: {err}") from None
+        width, problem = self.widths.get(src), None
+        if kind != "state":
+            problem = f"unexpected kind {kind!r}"
+        elif dtype != self.dtype and (width is not None or src in self.extra):
+            problem = f"dtype {dtype}, expected {self.dtype}"
+        elif width is not None and (len(shape) != 2 or shape[1] != width):
+            problem = f"shape {shape}, expected (B, {width})"
+        else:
+            try:
+                t = ndarray_from(payload, dtype, shape)
+            except MessageError as err:
+                problem = str(err)
+        if problem:
+            raise MessageError(f"node {self.node_id}, phase {ph}, step {step}, message from {src}: {problem}")
         self.log.record(src, self.node_id, kind, ph, step, len(header) + t.nbytes)
         key = (src, serial, step)
         self.buffer[key] = t

@@ -22,7 +22,6 @@ class FabricEngine:
         self.specs = make_specs(model, settings)
         self.blocks = {s.block.node_id: s.block for s in self.specs}
         self.output_ids = [i for i, b in self.blocks.items() if b.layer == model.N]
-        self.input_ids = [i for i, b in self.blocks.items() if b.layer == 1]
         self.fabric = Fabric(self.specs, settings.get("actor_cpus", 0.0), settings.get("timeout_s", 60.0), local)
         self.serial = 0
         self.protocol = get_protocol(settings["protocol"])

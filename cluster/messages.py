@@ -56,28 +56,27 @@ def array_bytes(t):
     return memoryview(t.contiguous().numpy()).cast("B")
 
 
-def ndarray_from(buf, dtype: str, shape) -> np.ndarray:
-    """Read-only numpy view over a received buffer (no copy); checks the byte count against dtype and shape."""
-    if dtype not in _NUMPY:
-        raise MessageError(f"unsupported dtype {dtype!r}; expected one of {DTYPES}")
-    n, itemsize = math.prod(shape), _ITEMSIZE[dtype]
+def _checked(buf, dtype: str, shape) -> memoryview:
+    """The received buffer, once its dtype is known and its byte count matches dtype and shape."""
+    torch_dtype(dtype)
     mv = memoryview(buf)
-    if mv.nbytes != n * itemsize:
-        raise MessageError(f"payload has {mv.nbytes} bytes, expected {n * itemsize} for {dtype}{list(shape)}")
-    return np.frombuffer(mv, dtype=_NUMPY[dtype]).reshape(shape)
+    expected = math.prod(shape) * _ITEMSIZE[dtype]
+    if mv.nbytes != expected:
+        raise MessageError(f"payload has {mv.nbytes} bytes, expected {expected} for {dtype}{list(shape)}")
+    return mv
+
+
+def ndarray_from(buf, dtype: str, shape) -> np.ndarray:
+    """Read-only numpy view over a received buffer (no copy); the data plane's receive path."""
+    return np.frombuffer(_checked(buf, dtype, shape), dtype=_NUMPY[dtype]).reshape(shape)
 
 
 def array_from(buf, dtype: str, shape) -> torch.Tensor:
-    """Tensor view over a received buffer (no copy); checks that the byte count matches dtype and shape."""
-    td = torch_dtype(dtype)
-    n = math.prod(shape)
-    itemsize = _ITEMSIZE[dtype]
-    mv = memoryview(buf)
-    if mv.nbytes != n * itemsize:
-        raise MessageError(f"payload has {mv.nbytes} bytes, expected {n * itemsize} for {dtype}{list(shape)}")
-    if n == 0:
-        return torch.empty(tuple(shape), dtype=td)
-    return torch.frombuffer(mv, dtype=td).reshape(tuple(shape))
+    """Tensor view over a received buffer (no copy); the control plane's unpack_arrays."""
+    mv = _checked(buf, dtype, shape)
+    if mv.nbytes == 0:
+        return torch.empty(tuple(shape), dtype=_TORCH[dtype])
+    return torch.frombuffer(mv, dtype=_TORCH[dtype]).reshape(tuple(shape))
 
 
 def pack_arrays(arrays: dict) -> bytes:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from nodes.dynamics import (CHECK_EVERY, const_drive, divergence, estimate, field, local_grads, preactivation,
+from nodes.dynamics import (check_due, const_drive, divergence, estimate, field, local_grads, preactivation,
                             signal, step)
 from nodes.optim import Optimizer
 from protocols import get_protocol
@@ -84,7 +84,7 @@ class ReferenceEngine:
     def _check(self, phase, steps):
         """Divergence check every CHECK_EVERY steps and at the last (nodes/dynamics.divergence)."""
         def check(t, s):
-            if t % CHECK_EVERY and t != steps:
+            if not check_due(t, steps):
                 return
             for n, sn in enumerate(s, start=1):
                 bad = divergence(sn, self.diverge_limit)
@@ -113,11 +113,11 @@ class ReferenceEngine:
     @torch.no_grad()
     def update(self, beta: float, apply: bool = True, gather: bool = True) -> dict:
         coefs = get_protocol(self.protocol).coefficients(beta)
+        m = self.model
+        a = {k: [self.x] + [signal(m.kind, m.activation, sn) for sn in self.saved[k]] for k in coefs}
         g = {}
-        for n in range(1, self.model.N + 1):  # layer n's rule gives W{n-1}, b{n-1} (W_out is the next layer's)
-            a = {k: (self.x if n == 1 else signal(self.model.kind, self.model.activation, self.saved[k][n - 2]),
-                     signal(self.model.kind, self.model.activation, self.saved[k][n - 1]), None) for k in coefs}
-            est = estimate(coefs, a)
+        for n in range(1, m.N + 1):  # layer n's rule gives W{n-1}, b{n-1} (W_out is the next layer's)
+            est = estimate(coefs, {k: (a[k][n - 1], a[k][n], None) for k in coefs})
             g[f"W{n - 1}"], g[f"b{n - 1}"] = est["W_in"], est["b_in"]
         if apply:
             self.opt.step(self.params, g, self.lrs)

@@ -21,6 +21,11 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 IPC_PATH_MAX = 100  # sun_path holds 104 to 108 bytes, by platform
 
 
+def resolve_wire(wire: str, host: str) -> str:
+    """`fabric.wire` as used: auto means ipc on a loopback host (one machine), tcp otherwise."""
+    return wire if wire != "auto" else ("ipc" if host in LOOPBACK else "tcp")
+
+
 class ZmqTransport:
     kind = "zmq"
 
@@ -34,7 +39,7 @@ class ZmqTransport:
         self.pull.setsockopt(zmq.LINGER, 0)
         self.pull.setsockopt(zmq.RCVHWM, 0)
         self.ipc_dir = None
-        if wire == "ipc" or (wire == "auto" and host in LOOPBACK):
+        if resolve_wire(wire, host) == "ipc":
             self.ipc_dir = tempfile.mkdtemp(prefix="fabric-")  # mode 0700: only this user can connect
             if len(self.ipc_dir) > IPC_PATH_MAX - 3:  # a long TMPDIR: Unix socket paths are short
                 shutil.rmtree(self.ipc_dir)
@@ -70,13 +75,13 @@ class ZmqTransport:
             return None
         h = self.pull.recv(copy=False)
         if not h.more:
-            return h.bytes, b""  # a one-frame message: the channel's length check names it
+            return h.bytes, b""  # not two frames: an empty payload, which the channel's length check rejects
         p = self.pull.recv(copy=False)
-        if p.more:  # more than two frames: drain them (the next message starts clean); the length check fails
-            while self.pull.recv(copy=False).more:
-                pass
-            return h.bytes, b"?"
-        return h.bytes, p.buffer
+        if not p.more:
+            return h.bytes, p.buffer
+        while self.pull.recv(copy=False).more:  # drain the extra frames, so the next message starts clean
+            pass
+        return h.bytes, b""
 
     def close(self) -> None:
         for s in self.push.values():

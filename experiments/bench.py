@@ -20,6 +20,7 @@ import yaml
 
 from cluster.reference import ReferenceEngine
 from cluster.runtime import DTYPES, init_ray, make_engine, model_from
+from cluster.transport import resolve_wire
 from experiments import bench_raw
 from nodes.activations import ACTIVATIONS
 from protocols import get_protocol
@@ -330,10 +331,7 @@ def plan(cfg) -> tuple:
 
 
 def _wire(cfg) -> str:
-    """The zmq wire the fabric uses (fabric.wire, auto resolved as ZmqTransport does)."""
-    from cluster.transport import LOOPBACK
-    w = cfg.fabric.wire
-    return w if w != "auto" else ("ipc" if cfg.fabric.host in LOOPBACK else "tcp")
+    return resolve_wire(cfg.fabric.wire, cfg.fabric.host)
 
 
 def _ratio_met(key, value) -> bool:

@@ -72,11 +72,7 @@ def local_grads(a_pre, a_own, a_post=None) -> dict:
     W_in: -a_n^T a_{n-1} / B  (rows of W{n-1});  b_in: -mean a_n;  W_out: -a_{n+1}^T a_n / B  (cols of W{n}).
     The same form serves `prototypical`, where G = -dPhi/dtheta and a(s) = s.
     """
-    B = a_own.shape[0]
-    g = {"W_in": -(a_own.T @ a_pre) / B, "b_in": -a_own.mean(0)}
-    if a_post is not None:
-        g["W_out"] = -(a_post.T @ a_own) / B
-    return g
+    return estimate({"s": 1.0}, {"s": (a_pre, a_own, a_post)})
 
 
 def estimate(coefs: dict, saved: dict) -> dict:
@@ -94,6 +90,11 @@ def estimate(coefs: dict, saved: dict) -> dict:
 
 
 CHECK_EVERY = 10  # steps between divergence checks (and the last step): a check costs a pass and a host sync
+
+
+def check_due(t: int, steps: int) -> bool:
+    """Whether the state after step t (1-based) of a `steps`-step phase is checked for divergence."""
+    return t % CHECK_EVERY == 0 or t == steps
 
 
 def divergence(s, limit: float):

@@ -15,7 +15,7 @@ from cluster.channel import NodeChannel, PhaseError
 from cluster.message_log import MessageLog
 from cluster.messages import pack_arrays, torch_dtype, unpack_arrays
 from cluster.transport import make_transport
-from nodes.dynamics import (CHECK_EVERY, const_drive, divergence, estimate, field, local_grads, preactivation,
+from nodes.dynamics import (check_due, const_drive, divergence, estimate, field, local_grads, preactivation,
                             signal, step)
 from nodes.model import COORDINATOR, Block, LayeredModel
 from nodes.optim import Optimizer
@@ -184,7 +184,7 @@ class NodeActor:
             if record_grads:
                 grads.append(local_grads(self.x if self.is_input else a_pre, a, a_post))
             s_prev, s = s, step(self.kind, self.act, self.dt, s, field(const, W_in, a_pre, W_out, a_post, k), beta, y)
-            if (t + 1) % CHECK_EVERY == 0 or t + 1 == steps:
+            if check_due(t + 1, steps):
                 bad = divergence(s, self.spec.diverge_limit)
                 if bad:
                     raise PhaseError(f"node {self.id}, phase {name}, step {t + 1}: state {bad}")
