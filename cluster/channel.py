@@ -10,8 +10,11 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
+
 from cluster.message_log import MessageLog
-from cluster.messages import MessageError, array_bytes, decode_header, encode_header, ndarray_from
+from cluster.messages import (ITEMSIZE, NUMPY_DTYPE, MessageError, array_bytes, decode_header, encode_header,
+                              ndarray_from, torch_dtype)
 
 
 class LocalityError(RuntimeError):
@@ -37,6 +40,8 @@ class NodeChannel:
         self.allowed = set(widths)           # structural guard: endpoints only for neighbours
         self.extra = set()                   # links added unchecked (fault injection in tests)
         self.dtype = dtype
+        torch_dtype(dtype)  # a known dtype, or a MessageError
+        self.itemsize, self.np_dtype = ITEMSIZE[dtype], NUMPY_DTYPE[dtype]
         self.log = log
         self.timeout_s = float(timeout_s)
         self.buffer = {}
@@ -65,8 +70,22 @@ class NodeChannel:
     def _accept(self, header: bytes, payload) -> tuple:
         """Check one message and buffer it under (src, serial, step), which it returns."""
         src, kind, ph, serial, step, dtype, shape = decode_header(header)
-        # a message from a non-neighbour is delivered all the same: the log shows it, the locality report flags it
-        width, problem = self.widths.get(src), None
+        width = self.widths.get(src)
+        if (kind == "state" and dtype == self.dtype and width is not None and len(shape) == 2 and shape[1] == width
+                and len(payload) == shape[0] * width * self.itemsize):  # the usual message: checks passed
+            t = np.frombuffer(payload, self.np_dtype).reshape(shape)
+        else:
+            t = self._checked(src, kind, ph, step, dtype, shape, width, payload)
+        self.log.record(src, self.node_id, kind, ph, step, len(header) + t.nbytes)
+        key = (src, serial, step)
+        self.buffer[key] = t
+        return key
+
+    def _checked(self, src, kind, ph, step, dtype, shape, width, payload):
+        """The full check of a message the fast path did not pass: its array, or a MessageError naming node,
+        phase, step and sender. A message from a non-neighbour is delivered all the same: the log shows it and
+        the locality report flags it."""
+        problem = None
         if kind != "state":
             problem = f"unexpected kind {kind!r}"
         elif dtype != self.dtype and (width is not None or src in self.extra):
@@ -75,15 +94,10 @@ class NodeChannel:
             problem = f"shape {shape}, expected (B, {width})"
         else:
             try:
-                t = ndarray_from(payload, dtype, shape)
+                return ndarray_from(payload, dtype, shape)
             except MessageError as err:
                 problem = str(err)
-        if problem:
-            raise MessageError(f"node {self.node_id}, phase {ph}, step {step}, message from {src}: {problem}")
-        self.log.record(src, self.node_id, kind, ph, step, len(header) + t.nbytes)
-        key = (src, serial, step)
-        self.buffer[key] = t
-        return key
+        raise MessageError(f"node {self.node_id}, phase {ph}, step {step}, message from {src}: {problem}")
 
     def gather(self, phase: str, serial: int, step: int, sources) -> dict:
         """Wait for the step-`step` message of every node in `sources`; returns {src: read-only ndarray view

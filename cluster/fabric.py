@@ -57,23 +57,30 @@ class Fabric:
                     for n in self.nodes.values():
                         n.abort()
                     raise FabricError(f"{method} failed: {type(err).__name__}: {err}") from None
-        refs = {getattr(self.nodes[i], method).remote(*argv[i]): i for i in ids}
+        refs = [getattr(self.nodes[i], method).remote(*argv[i]) for i in ids]
         timeout = timeout_s or self.timeout_s + 30.0
-        results, pending, deadline = {}, list(refs), time.monotonic() + timeout
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
-            if not ready:
-                self.abort()
-                raise FabricError(f"{method}: no answer from nodes {sorted(refs[r] for r in pending)} "
-                                  f"within {timeout:g} s")
-            ref = ready[0]
+        try:  # one gather; it returns early on the first failure
+            return dict(zip(ids, ray.get(refs, timeout=timeout)))
+        except ray.exceptions.GetTimeoutError:
+            self.abort()
+            _, pending = ray.wait(refs, num_returns=len(refs), timeout=0)
+            raise FabricError(f"{method}: no answer from nodes {sorted(ids[refs.index(r)] for r in pending)} "
+                              f"within {timeout:g} s") from None
+        except Exception as err:  # map the failure to its node (before the abort makes others fail), stop the rest
+            ready, pending = ray.wait(refs, num_returns=len(refs), timeout=0)
+            self.abort()
+            node, err = next(self._failures(ids, refs, ready), ("(unknown)", err))
+            ray.wait(pending, num_returns=len(pending), timeout=10.0)
+            raise FabricError(f"node {node}: {method} failed: {_cause(err)}") from None
+
+    @staticmethod
+    def _failures(ids, refs, ready):
+        """(node, error) for each failed result among `ready`, in call order."""
+        for ref in ready:
             try:
-                results[refs[ref]] = ray.get(ref)
-            except Exception as err:  # map the failure to its node, stop the others
-                self.abort()
-                ray.wait(pending, num_returns=len(pending), timeout=10.0)
-                raise FabricError(f"node {refs[ref]}: {method} failed: {_cause(err)}") from None
-        return results
+                ray.get(ref)
+            except Exception as err:
+                yield ids[refs.index(ref)], err
 
     def abort(self) -> None:
         if not self.local:

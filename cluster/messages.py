@@ -19,8 +19,8 @@ KINDS = ("state", "boundary", "control")
 DTYPES = ("float32", "float64", "complex64", "complex128", "int64")
 _TORCH = {"float32": torch.float32, "float64": torch.float64,
           "complex64": torch.complex64, "complex128": torch.complex128, "int64": torch.int64}
-_ITEMSIZE = {k: torch.empty((), dtype=v).element_size() for k, v in _TORCH.items()}
-_NUMPY = {k: np.dtype(k) for k in _TORCH}
+ITEMSIZE = {k: torch.empty((), dtype=v).element_size() for k, v in _TORCH.items()}
+NUMPY_DTYPE = {k: np.dtype(k) for k in _TORCH}
 
 
 class MessageError(RuntimeError):
@@ -60,7 +60,7 @@ def _checked(buf, dtype: str, shape) -> memoryview:
     """The received buffer, once its dtype is known and its byte count matches dtype and shape."""
     torch_dtype(dtype)
     mv = memoryview(buf)
-    expected = math.prod(shape) * _ITEMSIZE[dtype]
+    expected = math.prod(shape) * ITEMSIZE[dtype]
     if mv.nbytes != expected:
         raise MessageError(f"payload has {mv.nbytes} bytes, expected {expected} for {dtype}{list(shape)}")
     return mv
@@ -68,7 +68,7 @@ def _checked(buf, dtype: str, shape) -> memoryview:
 
 def ndarray_from(buf, dtype: str, shape) -> np.ndarray:
     """Read-only numpy view over a received buffer (no copy); the data plane's receive path."""
-    return np.frombuffer(_checked(buf, dtype, shape), dtype=_NUMPY[dtype]).reshape(shape)
+    return np.frombuffer(_checked(buf, dtype, shape), dtype=NUMPY_DTYPE[dtype]).reshape(shape)
 
 
 def array_from(buf, dtype: str, shape) -> torch.Tensor:

@@ -130,6 +130,11 @@ def layer_grid(cfg, main, grid, steps, repeats, rt_bytes, rt_iters) -> tuple:
                     log(f"layer {sizes} B={batch} {dtype}: in-process {rows[-1]['inprocess_step_us']:.0f} µs, "
                         f"fabric {rows[-1]['fabric_step_us']:.0f} µs/step"
                         + (f", ray transport {t['ray'] * 1e6:.0f} µs/step" if "ray" in t else ""))
+                    if is_main and batch == main["batch"]:
+                        raw = [bench_raw.layer_exchange_step(sizes, batch, dtype, steps) for _ in range(repeats)]
+                        rows[-1]["raw_same_pattern_step_us"] = statistics.median(r["step_us"] for r in raw)
+                        log(f"  raw pyzmq + torch, same pattern and processes: "
+                            f"{rows[-1]['raw_same_pattern_step_us']:.0f} µs/step")
                     if "ray" in t:
                         handle = next(iter(fabs["ray"].fabric.nodes.values()))
                         ray_out = {"sizes": list(sizes), "batch": batch, "dtype": dtype, "steps": steps,
@@ -311,7 +316,7 @@ def plan(cfg) -> tuple:
     main = {"sizes": list(cfg.sizes), "batch": cfg.batch, "dtype": cfg.dtype}
     grid = {"sizes": [list(s) for s in b.sizes], "batches": list(b.batches), "dtypes": list(b.dtypes)}
     st = {"steps": b.steps, "repeats": b.repeats, "neurons": sorted({max(2, n) for n in b.neurons} | {max([64, *b.neurons])}),
-          "neuron_steps": max(2, b.steps // 3), "raw_msgs": 200_000, "rt_iters": 1000, "ray_rt_iters": 300,
+          "neuron_steps": b.steps, "raw_msgs": 200_000, "rt_iters": 1000, "ray_rt_iters": 300,
           "ep_repeats": max(3, b.repeats)}
     shrunk = {}
     if cfg.quick:
@@ -392,7 +397,9 @@ def run_bench(cfg, out_dir) -> dict:
     res["diagnostics"] = {  # no target: where the time goes
         "neuron_msg_rate_over_raw_same_pattern": big["msgs_per_s"] / big["raw_same_pattern"]["msgs_per_s"],
         "raw_same_pattern_over_raw_stream": big["raw_same_pattern"]["msgs_per_s"] / res["raw_zmq"]["msgs_per_s"],
-        "fabric_phase_call_us": row["fabric_phase_call_us"]}
+        "fabric_phase_call_us": row["fabric_phase_call_us"],
+        "layer_fabric_over_raw_same_pattern": row["fabric_step_us"] / row["raw_same_pattern_step_us"],
+        "raw_layer_same_pattern_over_inprocess": row["raw_same_pattern_step_us"] / row["inprocess_step_us"]}
     if torch.cuda.is_available():
         res["cuda"] = cuda_step(cfg, main["sizes"], main["batch"], st["steps"], st["repeats"])
         ratios["cuda_step_us"] = res["cuda"]["step_us"]

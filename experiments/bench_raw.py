@@ -1,9 +1,9 @@
-"""Raw transport baselines for `bench` (pyzmq between two processes, a Ray actor call round trip, process
-memory), and its report (table, plot). No torch here: the peer process must start fast.
+"""Raw transport baselines for `bench` (pyzmq between processes, alone or with the layer fabric's products;
+a Ray actor call round trip; process memory), and its report (table, plot).
 
 The peer process is this module run as a script (`python -m experiments.bench_raw ROLE ADDR ...`); it imports
-only zmq and msgpack, so it starts in a fraction of a second. Messages have the fabric's wire form: two frames,
-a small msgpack header and the raw payload bytes.
+only zmq and msgpack, so it starts in a fraction of a second, except the `layer` role, which imports torch for
+its products. Messages have the fabric's wire form: two frames, a small msgpack header and the raw payload bytes.
 """
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import json
 
 import msgpack
 import zmq
@@ -63,36 +65,33 @@ def zmq_msg_rate(nbytes: int, count: int, timeout_s: float = 60.0, wire: str = "
             "header_bytes": len(header()), "seconds": dt}
 
 
-def zmq_exchange_rate(n1: int, n2: int, nbytes: int, steps: int, timeout_s: float = 120.0) -> dict:
-    """The neuron fabric's pattern in plain pyzmq: n1 + n2 processes, each of the first n1 linked to each of the
-    other n2; every step each process sends one message (header + nbytes) to every neighbour and waits for
-    theirs, over ipc; 3 warm-up steps, then `steps` timed. No Ray, no torch, no checks: the wire's own cost
-    for this synchronous pattern on these cores."""
+def _run_peers(peers: dict, timeout_s: float) -> list:
+    """Start one peer per {name: args after its address} (each binds ipc://tmp/name), let them connect and
+    report ready, send "go" to all, and return the seconds each reports for its timed steps."""
     ctx = zmq.Context()
     tmp = tempfile.mkdtemp(prefix="bench-")
     pull = ctx.socket(zmq.PULL)
     pull.setsockopt(zmq.LINGER, 0)
     parent = _bind(pull, "ipc", tmp, "parent")
-    names = [f"a{i}" for i in range(n1)] + [f"b{j}" for j in range(n2)]
-    addr = {k: f"ipc://{tmp}/{k}" for k in names}
+    addr = {k: f"ipc://{tmp}/{k}" for k in peers}
     procs = []
     try:
-        for k in names:
-            nbrs = [m for m in names if m[0] != k[0]]
-            procs.append(_peer("node", addr[k], parent, steps, nbytes, ",".join(addr[m] for m in nbrs)))
-        for _ in names:  # every child bound and connected
+        for k, (role, *args) in peers.items():
+            args = [",".join(addr[m] for m in a) if isinstance(a, list) else a for a in args]
+            procs.append(_peer(role, addr[k], parent, *args))
+        for _ in peers:  # every child bound and connected
             if not pull.poll(int(timeout_s * 1000)):
                 raise RuntimeError("bench: raw exchange peers did not start")
             pull.recv()
         push = {}
-        for k in names:
+        for k in peers:
             push[k] = ctx.socket(zmq.PUSH)
             push[k].setsockopt(zmq.LINGER, 0)
             push[k].connect(addr[k])
         for s in push.values():
             s.send_multipart([b"go", b""])
         seconds = []
-        for _ in names:
+        for _ in peers:
             if not pull.poll(int(timeout_s * 1000)):
                 raise RuntimeError("bench: raw exchange did not finish")
             seconds.append(float(pull.recv()))
@@ -107,9 +106,33 @@ def zmq_exchange_rate(n1: int, n2: int, nbytes: int, steps: int, timeout_s: floa
         pull.close(0)
         ctx.term()
         shutil.rmtree(tmp, ignore_errors=True)
+    return seconds
+
+
+def zmq_exchange_rate(n1: int, n2: int, nbytes: int, steps: int, timeout_s: float = 120.0) -> dict:
+    """The neuron fabric's pattern in plain pyzmq: n1 + n2 processes, each of the first n1 linked to each of the
+    other n2; every step each process sends one message (header + nbytes) to every neighbour and waits for
+    theirs, over ipc; 3 warm-up steps, then `steps` timed. No Ray, no torch, no checks: the wire's own cost
+    for this synchronous pattern on these cores."""
+    names = [f"a{i}" for i in range(n1)] + [f"b{j}" for j in range(n2)]
+    seconds = _run_peers({k: ("node", steps, nbytes, [m for m in names if m[0] != k[0]]) for k in names}, timeout_s)
     msgs = 2 * n1 * n2 * steps
     return {"processes": n1 + n2, "msgs_per_step": 2 * n1 * n2, "steps": steps, "payload_bytes": nbytes,
             "wire": "ipc", "step_us": max(seconds) / steps * 1e6, "msgs_per_s": msgs / max(seconds)}
+
+
+def layer_exchange_step(sizes: list, batch: int, dtype: str, steps: int, timeout_s: float = 120.0) -> dict:
+    """The layer fabric's step in plain pyzmq and torch: one process per layer 1..N (one torch thread each),
+    every step each sends its (batch, width) state to layers n-1 and n+1, waits for theirs over ipc, and
+    computes the prototypical step s_n <- sigmoid(c_n + 4 (s_{n-1} W_{n-1}^T + s_{n+1} W_n)), the same products
+    as the fabric's node. No Ray, no checks, no logs: the floor of the layer fabric's step on these cores."""
+    N = len(sizes) - 1
+    spec = {"sizes": list(sizes), "batch": batch, "dtype": dtype}
+    peers = {f"L{n}": ("layer", steps, json.dumps({**spec, "n": n}), [f"L{m}" for m in (n - 1, n + 1) if 1 <= m <= N])
+             for n in range(1, N + 1)}
+    seconds = _run_peers(peers, timeout_s)
+    return {"processes": N, "sizes": list(sizes), "batch": batch, "dtype": dtype, "steps": steps, "wire": "ipc",
+            "step_us": max(seconds) / steps * 1e6}
 
 
 def zmq_round_trip(nbytes: int, iters: int, timeout_s: float = 60.0, wire: str = "ipc") -> dict:
@@ -187,10 +210,12 @@ def table(out) -> str:
         t = out["targets"][k]
         lines.append(f"{k:32s} {v:10.3g} {t['op'] + ' ' + format(t['value'], 'g'):>10s}  "
                      f"{'yes' if out['met'][k] else 'NO'}")
-    lines += ["", f"{'layer net':22s} {'B':>5s} {'dtype':8s} {'in-proc µs':>11s} {'fabric µs':>10s} {'ratio':>6s}"]
+    lines += ["", f"{'layer net':22s} {'B':>5s} {'dtype':8s} {'in-proc µs':>11s} {'fabric µs':>10s} {'ratio':>6s} "
+                  f"{'raw same-pattern µs':>20s}"]
     for r in out["layer"]:
+        raw = f"{r['raw_same_pattern_step_us']:20.0f}" if "raw_same_pattern_step_us" in r else ""
         lines.append(f"{'-'.join(map(str, r['sizes'])):22s} {r['batch']:5d} {r['dtype']:8s} "
-                     f"{r['inprocess_step_us']:11.0f} {r['fabric_step_us']:10.0f} {r['ratio']:6.2f}")
+                     f"{r['inprocess_step_us']:11.0f} {r['fabric_step_us']:10.0f} {r['ratio']:6.2f} {raw}")
     lines += ["", f"{'neuron actors':>13s} {'start s':>8s} {'ms/step':>8s} {'msgs/step':>10s} {'msgs/s':>9s} "
                   f"{'raw same-pattern ms/step':>25s}"]
     for r in out["neuron"]:
@@ -218,6 +243,7 @@ def plot(out, path) -> None:
                and r["dtype"] == out["main"]["dtype"])
     big = max((r for r in out["neuron"] if "error" not in r), key=lambda r: r["actors"])
     bars = {"matmuls alone": out["matmul_step_us"], "in-process": row["inprocess_step_us"],
+            "layer pattern, raw pyzmq + torch": row["raw_same_pattern_step_us"],
             "layer fabric zmq": row["fabric_step_us"], "layer fabric ray": out["ray_transport"]["step_us"],
             f"neuron fabric ({big['actors']} actors, {'-'.join(map(str, big['sizes']))})": big["step_us"]}
     if "cuda" in out:
@@ -254,8 +280,8 @@ def main(argv) -> None:
         payload = bytes(nbytes)
         for i in range(count):
             sock.send_multipart([header(i), payload])
-    elif role == "node":  # zmq_exchange_rate's peer
-        parent_addr, steps, nbytes, nbrs = argv[2], int(argv[3]), int(argv[4]), argv[5].split(",")
+    elif role in ("node", "layer"):  # zmq_exchange_rate's and layer_exchange_step's peers
+        parent_addr, steps, nbrs = argv[2], int(argv[3]), argv[-1].split(",")
         sock = ctx.socket(zmq.PULL)
         sock.bind(addr)
         out = [ctx.socket(zmq.PUSH) for _ in nbrs]
@@ -263,29 +289,35 @@ def main(argv) -> None:
             s.connect(a)
         report = ctx.socket(zmq.PUSH)
         report.connect(parent_addr)
+        if role == "node":
+            payload, hdr, compute = bytes(int(argv[4])), header, None
+        else:
+            payload, hdr, compute = _layer_step(json.loads(argv[4]), addr, nbrs)
         report.send(b"ready")
-        payload, early = bytes(nbytes), {}
+        early = {}
         while True:  # "go" from the parent; a faster neighbour's first messages may come before it
             frames = sock.recv_multipart(copy=False)
             if frames[0].bytes == b"go":
                 break
             t = msgpack.unpackb(frames[0].bytes)[4]
-            early[t] = early.get(t, 0) + 1
+            early.setdefault(t, []).append(frames)
         warm = 3  # first steps (connections being made) untimed
         for step in range(warm + steps):
             if step == warm:
                 t0 = time.perf_counter()
-            h = header(step)
+            h = hdr(step)
             for s in out:
                 s.send_multipart([h, payload])
-            got = early.pop(step, 0)
-            while got < len(nbrs):
+            got = early.pop(step, [])
+            while len(got) < len(nbrs):
                 frames = sock.recv_multipart(copy=False)
                 t = msgpack.unpackb(frames[0].bytes)[4]
                 if t == step:
-                    got += 1
+                    got.append(frames)
                 else:
-                    early[t] = early.get(t, 0) + 1
+                    early.setdefault(t, []).append(frames)
+            if compute is not None:
+                payload = compute(got)
         report.send(str(time.perf_counter() - t0).encode())
         for s in (*out, report):
             s.close(-1)
@@ -297,6 +329,42 @@ def main(argv) -> None:
             sock.send_multipart(sock.recv_multipart(copy=False), copy=False)
     sock.close()
     ctx.term()
+
+
+def _layer_step(spec: dict, addr: str, nbrs: list) -> tuple:
+    """(first payload, header(step), compute(frames) -> next payload) for layer n of a `layer` peer; the
+    neighbours' messages are told apart by their header's src (the sender's address)."""
+    import torch
+    torch.set_num_threads(1)
+    sizes, n, B = spec["sizes"], spec["n"], spec["batch"]
+    dt = getattr(torch, spec["dtype"])
+    gen = torch.Generator().manual_seed(n)
+    w = sizes[n]
+    W_in = torch.rand(w, sizes[n - 1], generator=gen, dtype=dt) * 0.01  # W_{n-1}
+    W_out = torch.rand(sizes[n + 1], w, generator=gen, dtype=dt) * 0.01 if n < len(sizes) - 1 else None  # W_n
+    c = torch.rand(B, w, generator=gen, dtype=dt)  # the clamped drive (W_0 x + b_0 for layer 1, b_{n-1} else)
+    pre = [a for a in nbrs if a.endswith(f"/L{n - 1}")]
+    post = [a for a in nbrs if a.endswith(f"/L{n + 1}")]
+    bufs = {a: torch.empty(B, sizes[n - 1 if a in pre else n + 1], dtype=dt) for a in nbrs}
+    s = torch.zeros(B, w, dtype=dt)
+
+    def hdr(step):
+        return msgpack.packb([addr, "state", "free", 1, step, spec["dtype"], [B, w]])
+
+    def compute(got):
+        for frames in got:
+            src = msgpack.unpackb(frames[0].bytes)[0]
+            bufs[src].numpy().reshape(-1)[:] = torch.frombuffer(frames[1].buffer, dtype=dt).numpy()
+        u = c.clone()
+        for a in pre:
+            u.addmm_(bufs[a], W_in.T, alpha=4.0)
+        for a in post:
+            u.addmm_(bufs[a], W_out, alpha=4.0)
+        nonlocal s
+        s = torch.sigmoid_(u)
+        return memoryview(s.numpy()).cast("B")
+
+    return memoryview(s.numpy()).cast("B"), hdr, compute
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ neighbours' messages, and the boundary signals (x at layer 1, y and beta at the 
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -77,6 +78,7 @@ class NodeActor:
         self.saved = {}
         self.B = 0
         self.x = self.y = self.const = None
+        self.busy = threading.RLock()  # one phase at a time: a new call waits until an aborted one has stopped
 
     # ---- control plane ---------------------------------------------------------------------------
     def endpoint(self):
@@ -160,11 +162,16 @@ class NodeActor:
         self.chan.broadcast(name, serial, t, a, self.targets)
         return self._assemble(self.chan.gather(name, serial, t, self.sources))
 
-    @torch.no_grad()
     def run_phase(self, serial: int, name: str, steps: int, beta: float, start: str,
                   record_states: bool = False, record_grads: bool = False) -> dict:
         """`steps` synchronous steps: send a(s_t), receive the neighbours' a_t, compute s_{t+1}
-        (nodes/dynamics.step); then one more exchange so the saved state has its neighbours' a_T."""
+        (nodes/dynamics.step); then one more exchange so the saved state has its neighbours' a_T.
+        Phases run one at a time (the actor is threaded so that `abort` and `deliver` run beside them)."""
+        with self.busy:
+            return self._relax(serial, name, steps, beta, start, record_states, record_grads)
+
+    @torch.no_grad()
+    def _relax(self, serial, name, steps, beta, start, record_states, record_grads) -> dict:
         self.chan.abort_event.clear()
         self.log.record(COORDINATOR, self.id, "control", name, -1, 0)
         if self.is_output and beta != 0:
@@ -208,18 +215,20 @@ class NodeActor:
                   apply: bool = True):
         """A whole training batch from one control call: the boundary, the protocol's phases (serials
         serial, serial + 1, ...) and the local update. Output nodes return their free state (the prediction)."""
-        self.set_boundary(batch, packed)
-        proto = get_protocol(self.spec.protocol)
-        for i, ph in enumerate(proto.phases):
-            self.run_phase(serial + i, ph.name, proto.steps_of(ph, T1, T2), ph.beta_sign * beta, ph.start)
-        self.update(beta, apply)
-        return self.output("free") if self.is_output else None
+        with self.busy:
+            self.set_boundary(batch, packed)
+            proto = get_protocol(self.spec.protocol)
+            for i, ph in enumerate(proto.phases):
+                self.run_phase(serial + i, ph.name, proto.steps_of(ph, T1, T2), ph.beta_sign * beta, ph.start)
+            self.update(beta, apply)
+            return self.output("free") if self.is_output else None
 
     def infer(self, serial: int, batch: int, packed: bytes, steps: int):
         """The boundary and a free phase from one control call; output nodes return their state."""
-        self.set_boundary(batch, packed)
-        self.run_phase(serial, "free", steps, 0.0, "zero")
-        return self.output("free") if self.is_output else None
+        with self.busy:
+            self.set_boundary(batch, packed)
+            self.run_phase(serial, "free", steps, 0.0, "zero")
+            return self.output("free") if self.is_output else None
 
     def output(self, name: str = "free") -> bytes:
         """Readout of a saved state (the coordinator reads the output layer's prediction)."""

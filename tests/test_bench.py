@@ -26,5 +26,9 @@ def test_bench_quick(tmp_path):
     for k, v in ratios.items():
         assert isinstance(v, (int, float)) and math.isfinite(v) and v > 0, f"{k} = {v!r}"
         assert k in bench["targets"] and isinstance(bench["met"][k], bool)
+    diagnostics = bench["diagnostics"]
+    for k in ("layer_fabric_over_raw_same_pattern", "raw_layer_same_pattern_over_inprocess",
+              "neuron_msg_rate_over_raw_same_pattern", "raw_same_pattern_over_raw_stream"):
+        assert math.isfinite(diagnostics[k]) and diagnostics[k] > 0, f"{k} = {diagnostics.get(k)!r}"
     assert (out / "bench.png").stat().st_size > 0
     assert (out / "config.yaml").exists()

@@ -156,3 +156,17 @@ def test_divergence_stops_the_phase_and_names_node_and_step(ray_session):
             e.run_phase("free", 50, 0.0, "zero")
     finally:
         f.close()
+
+
+def test_a_node_that_never_answers_is_named_and_the_fabric_goes_on(ray_session):
+    """A phase started on L1 alone waits for L2, which never runs it: the call times out naming L1, the abort
+    stops L1's wait, and the next full phase runs normally."""
+    f = FabricEngine(MODEL, settings())
+    try:
+        f.set_params(scaled_params(MODEL))
+        f.set_batch(*batch(MODEL))
+        with pytest.raises(FabricError, match=r"run_phase: no answer from nodes \['L1'\] within 1 s"):
+            f.fabric.call("run_phase", 99, "free", 5, 0.0, "zero", nodes=["L1"], timeout_s=1.0)
+        assert np.isfinite(f.run_phase("free", 5, 0.0, "zero")["residual"])
+    finally:
+        f.close()
