@@ -75,13 +75,13 @@ class NodeChannel:
                 and len(payload) == shape[0] * width * self.itemsize):  # the usual message: checks passed
             t = np.frombuffer(payload, self.np_dtype).reshape(shape)
         else:
-            t = self._checked(src, kind, ph, step, dtype, shape, width, payload)
+            t = self._full_check(src, kind, ph, step, dtype, shape, width, payload)
         self.log.record(src, self.node_id, kind, ph, step, len(header) + t.nbytes)
         key = (src, serial, step)
         self.buffer[key] = t
         return key
 
-    def _checked(self, src, kind, ph, step, dtype, shape, width, payload):
+    def _full_check(self, src, kind, ph, step, dtype, shape, width, payload):
         """The full check of a message the fast path did not pass: its array, or a MessageError naming node,
         phase, step and sender. A message from a non-neighbour is delivered all the same: the log shows it and
         the locality report flags it."""

@@ -58,29 +58,30 @@ class Fabric:
                         n.abort()
                     raise FabricError(f"{method} failed: {type(err).__name__}: {err}") from None
         refs = [getattr(self.nodes[i], method).remote(*argv[i]) for i in ids]
+        owner = dict(zip(refs, ids))
         timeout = timeout_s or self.timeout_s + 30.0
         try:  # one gather; it returns early on the first failure
             return dict(zip(ids, ray.get(refs, timeout=timeout)))
         except ray.exceptions.GetTimeoutError:
             self.abort()
             _, pending = ray.wait(refs, num_returns=len(refs), timeout=0)
-            raise FabricError(f"{method}: no answer from nodes {sorted(ids[refs.index(r)] for r in pending)} "
+            raise FabricError(f"{method}: no answer from nodes {sorted(owner[r] for r in pending)} "
                               f"within {timeout:g} s") from None
         except Exception as err:  # map the failure to its node (before the abort makes others fail), stop the rest
             ready, pending = ray.wait(refs, num_returns=len(refs), timeout=0)
             self.abort()
-            node, err = next(self._failures(ids, refs, ready), ("(unknown)", err))
+            node, err = next(self._failures(owner, ready), ("(unknown)", err))
             ray.wait(pending, num_returns=len(pending), timeout=10.0)
             raise FabricError(f"node {node}: {method} failed: {_cause(err)}") from None
 
     @staticmethod
-    def _failures(ids, refs, ready):
-        """(node, error) for each failed result among `ready`, in call order."""
+    def _failures(owner: dict, ready):
+        """(node, error) for each failed result among `ready`; `owner` maps a result to its node."""
         for ref in ready:
             try:
                 ray.get(ref)
             except Exception as err:
-                yield ids[refs.index(ref)], err
+                yield owner[ref], err
 
     def abort(self) -> None:
         if not self.local:

@@ -7,6 +7,7 @@ its products. Messages have the fabric's wire form: two frames, a small msgpack 
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
@@ -14,8 +15,6 @@ import subprocess
 import sys
 import tempfile
 import time
-
-import json
 
 import msgpack
 import zmq
