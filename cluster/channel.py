@@ -3,11 +3,11 @@
 Per step a node `broadcast`s its signal to its neighbours and `gather`s theirs tagged with the same
 (phase serial, step). Messages that arrive early (a neighbour already at step t+1) wait in a buffer; a
 message is checked on receipt (kind, dtype, shape) and a mismatch raises an error naming node, phase and
-step. Every wait has a timeout whose message names the neighbours still missing.
+step. Every wait has a timeout whose message names the neighbours still missing. An abort from the
+coordinator (`abort(upto)`, or an "abort" message on the data plane) stops every phase with serial <= upto.
 """
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
@@ -15,6 +15,7 @@ import numpy as np
 from cluster.message_log import MessageLog
 from cluster.messages import (ITEMSIZE, NUMPY_DTYPE, MessageError, array_bytes, decode_header, encode_header,
                               ndarray_from, torch_dtype)
+from nodes.model import COORDINATOR
 
 
 class LocalityError(RuntimeError):
@@ -45,7 +46,10 @@ class NodeChannel:
         self.log = log
         self.timeout_s = float(timeout_s)
         self.buffer = {}
-        self.abort_event = threading.Event()
+        self.aborted_upto = -1  # phases with serial <= this are aborted
+
+    def abort(self, upto: int) -> None:
+        self.aborted_upto = max(self.aborted_upto, int(upto))
 
     def connect(self, peers: dict, unchecked=()) -> None:
         for peer, address in peers.items():
@@ -67,9 +71,13 @@ class NodeChannel:
         for dst in (self.widths if peers is None else peers):
             self.transport.send(dst, header, payload)
 
-    def _accept(self, header: bytes, payload) -> tuple:
-        """Check one message and buffer it under (src, serial, step), which it returns."""
+    def _accept(self, header: bytes, payload):
+        """Check one message and buffer it under (src, serial, step), which it returns; None for an abort."""
         src, kind, ph, serial, step, dtype, shape = decode_header(header)
+        if kind == "abort" and src == COORDINATOR:
+            self.log.record(src, self.node_id, "control", "abort", step, len(header))
+            self.abort(serial)
+            return None
         width = self.widths.get(src)
         if (kind == "state" and dtype == self.dtype and width is not None and len(shape) == 2 and shape[1] == width
                 and len(payload) == shape[0] * width * self.itemsize):  # the usual message: checks passed
@@ -112,7 +120,7 @@ class NodeChannel:
                 out[src] = t
         deadline = time.monotonic() + self.timeout_s if missing else 0.0
         while missing:
-            if self.abort_event.is_set():
+            if serial <= self.aborted_upto:
                 raise Aborted(f"node {self.node_id}, phase {phase}, step {step}: aborted by the coordinator")
             msg = self.transport.recv(self.POLL_S)
             if msg is None:
@@ -121,7 +129,7 @@ class NodeChannel:
                                      f"{sorted(missing)} within {self.timeout_s:g} s")
                 continue
             key = self._accept(msg[0], msg[1])
-            if key[0] in missing and key[1] == serial and key[2] == step:
+            if key is not None and key[0] in missing and key[1] == serial and key[2] == step:
                 out[key[0]] = self.buffer.pop(key)
                 missing.discard(key[0])
         return out

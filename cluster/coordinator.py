@@ -23,7 +23,6 @@ class FabricEngine:
         self.blocks = {s.block.node_id: s.block for s in self.specs}
         self.output_ids = [i for i, b in self.blocks.items() if b.layer == model.N]
         self.fabric = Fabric(self.specs, settings.get("actor_cpus", 0.0), settings.get("timeout_s", 60.0), local)
-        self.serial = 0
         self.protocol = get_protocol(settings["protocol"])
 
     # ---- parameters (the coordinator slices once at set-up and assembles for audits/checkpoints) -----
@@ -77,16 +76,15 @@ class FabricEngine:
     def train_batch(self, x, y, beta: float, T1: int, T2: int):
         """One control call per node for a whole batch (boundary, phase schedule, local update); returns the
         free phase's output. Same effect as set_batch + run_schedule + output + update(gather=False)."""
-        serial = self.serial + 1
-        self.serial += len(self.protocol.phases)
+        serial = self.fabric.new_serials(len(self.protocol.phases))
         res = self.fabric.call("run_batch", per_node={i: (serial, B, packed, float(beta), int(T1), int(T2))
                                                       for i, (B, packed) in self._boundary(x, y).items()})
         return self._output_of(res)
 
     def infer(self, x, steps: int):
         """One control call per node: the input and a free phase; returns the output layer's state."""
-        self.serial += 1
-        res = self.fabric.call("infer", per_node={i: (self.serial, B, packed, int(steps))
+        serial = self.fabric.new_serials()
+        res = self.fabric.call("infer", per_node={i: (serial, B, packed, int(steps))
                                                   for i, (B, packed) in self._boundary(x).items()})
         return self._output_of(res)
 
@@ -95,8 +93,7 @@ class FabricEngine:
 
     def run_phase(self, name, steps, beta, start, record_states=False, record_grads=False) -> dict:
         """One call per node for the whole phase; returns what was recorded, assembled per layer."""
-        self.serial += 1
-        res = self.fabric.call("run_phase", self.serial, name, int(steps), float(beta), start,
+        res = self.fabric.call("run_phase", self.fabric.new_serials(), name, int(steps), float(beta), start,
                                record_states, record_grads)
         out = {"residual": max(r["residual"] for r in res.values())}
         if record_states:

@@ -1,8 +1,11 @@
 """Building and tearing down the fabric on Ray: one actor per block, connected to its graph neighbours only.
 
-`NodeActor` (nodes/node.py) is a plain class wrapped here with `ray.remote` (threaded, so `deliver` and
-`abort` run beside `run_phase`). `call` issues one call per node and gathers once; a failure is mapped to
-its node and the other nodes are aborted, so a failed phase never hangs.
+`NodeActor` (nodes/node.py) is a plain class wrapped here with `ray.remote`. On ZeroMQ an actor runs one
+call at a time, on its main thread, and an abort reaches it as a message on its socket. (A threaded Ray actor
+runs calls on a pool thread, and its main thread takes the GIL every 10 ms to check signals; with many actors
+per core that cost the 64-neuron fabric 40 % of its step.) With the Ray transport the actor is threaded so that
+`deliver` and `abort` run beside `run_phase`. `call` issues one call per node and gathers once; a failure is
+mapped to its node and the other nodes are aborted, so a failed phase never hangs.
 """
 from __future__ import annotations
 
@@ -10,8 +13,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import ray
+import zmq
 
+from cluster.messages import encode_abort
+from nodes.model import COORDINATOR
 from nodes.node import NodeActor, NodeSpec
+
+PHASE_METHODS = ("run_phase", "run_batch", "infer")  # their first argument is the phase serial
 
 
 class FabricError(RuntimeError):
@@ -32,11 +40,16 @@ class Fabric:
         self.specs = {s.block.node_id: s for s in specs}
         self.timeout_s = timeout_s
         self.local = local
+        self.serial = 0          # the highest phase serial issued: an abort stops every phase up to it
+        self.abort_push = None   # {node: PUSH socket} for aborts on the data plane, made at the first abort
+        self.endpoints = {}
         t0 = time.perf_counter()
         if local:
             self.nodes = {i: NodeActor(s) for i, s in self.specs.items()}
         else:
-            Actor = ray.remote(NodeActor).options(num_cpus=actor_cpus, max_concurrency=4, max_restarts=0)
+            threaded = any(s.transport != "zmq" for s in specs)
+            Actor = ray.remote(NodeActor).options(num_cpus=actor_cpus, max_concurrency=4 if threaded else 1,
+                                                  max_restarts=0)
             self.nodes = {i: Actor.remote(s) for i, s in self.specs.items()}
         endpoints = self.call("endpoint", timeout_s=max(120.0, 10.0 * len(self.nodes)))
         self.start_s = time.perf_counter() - t0
@@ -44,18 +57,24 @@ class Fabric:
         self.call("connect", per_node={i: ({p: self.endpoints[p] for p, _ in s.pre + s.post},)
                                        for i, s in self.specs.items()})
 
+    def new_serials(self, n: int = 1) -> int:
+        """The first of n fresh phase serials (above every serial issued, aborted ones included)."""
+        self.serial += n
+        return self.serial - n + 1
+
     def call(self, method: str, *args, per_node: dict | None = None, nodes=None, timeout_s=None) -> dict:
         """Call `method` on every node (or on `nodes`) once, gather once; {node id: result}."""
         ids = list(per_node) if per_node is not None else list(nodes or self.nodes)
         argv = {i: (per_node[i] if per_node is not None else args) for i in ids}
+        if method in PHASE_METHODS:
+            self.serial = max(self.serial, *(int(a[0]) for a in argv.values()))
         if self.local:  # in-process nodes, one thread each (tests and debugging without Ray)
             with ThreadPoolExecutor(max_workers=len(ids)) as pool:
                 futures = {i: pool.submit(getattr(self.nodes[i], method), *argv[i]) for i in ids}
                 try:
                     return {i: f.result() for i, f in futures.items()}
                 except Exception as err:
-                    for n in self.nodes.values():
-                        n.abort()
+                    self.abort()
                     raise FabricError(f"{method} failed: {type(err).__name__}: {err}") from None
         refs = [getattr(self.nodes[i], method).remote(*argv[i]) for i in ids]
         owner = dict(zip(refs, ids))
@@ -84,9 +103,30 @@ class Fabric:
                 yield owner[ref], err
 
     def abort(self) -> None:
-        if not self.local:
-            for n in self.nodes.values():
-                n.abort.remote()
+        """Stop every phase up to the highest serial issued: a message on a ZeroMQ node's socket (its actor runs
+        one call at a time), else the node's `abort` (in-process nodes, threaded actors)."""
+        for i, n in self.nodes.items():
+            address = self.endpoints.get(i)
+            if isinstance(address, str) and address.startswith(("ipc://", "tcp://")):
+                try:
+                    self._abort_socket(i, address).send_multipart([encode_abort(COORDINATOR, self.serial), b""],
+                                                                  zmq.NOBLOCK)
+                except zmq.Again:  # its queue is full: the node is not reading, its phase times out on its own
+                    pass
+            elif self.local:
+                n.abort(self.serial)
+            else:
+                n.abort.remote(self.serial)
+
+    def _abort_socket(self, node: str, address: str):
+        if self.abort_push is None:
+            self.abort_push = {}
+        sock = self.abort_push.get(node)
+        if sock is None:
+            sock = self.abort_push[node] = zmq.Context.instance().socket(zmq.PUSH)
+            sock.setsockopt(zmq.LINGER, 1000)
+            sock.connect(address)
+        return sock
 
     def close(self) -> None:
         try:
@@ -99,6 +139,9 @@ class Fabric:
                     ray.kill(n)
         finally:
             self.nodes = {}
+            for sock in (self.abort_push or {}).values():
+                sock.close()
+            self.abort_push = None
 
 
 def make_specs(model, cfg_fabric: dict) -> list:

@@ -1,7 +1,7 @@
 """Wire format: msgpack headers and raw array bytes; never pickle (DESIGN.md "Time and messages").
 
 A data-plane message is two frames: a msgpack header [src, kind, phase, serial, step, dtype, shape] and the
-array's raw bytes (C order). Dtypes travel by name, complex ones included. `pack_arrays` encodes a dict of
+array's raw bytes (C order); an abort is a header of kind "abort" from the coordinator and an empty frame. Dtypes travel by name, complex ones included. `pack_arrays` encodes a dict of
 arrays as one msgpack map {name: [dtype, shape, bytes]} for control-plane calls and checkpoints.
 """
 from __future__ import annotations
@@ -39,6 +39,11 @@ def torch_dtype(name: str):
 
 def encode_header(src: str, kind: str, phase: str, serial: int, step: int, t) -> bytes:
     return msgpack.packb([src, kind, phase, serial, step, dtype_name(t), list(t.shape)])
+
+
+def encode_abort(src: str, upto: int) -> bytes:
+    """The coordinator's abort on the data plane: stop every phase with serial <= upto (no payload)."""
+    return msgpack.packb([src, "abort", "", int(upto), -1, "", []])
 
 
 def decode_header(frame) -> list:

@@ -116,8 +116,10 @@ class NodeActor:
     def deliver(self, header: bytes, payload: bytes) -> None:
         self.transport.deliver(header, payload)
 
-    def abort(self) -> None:
-        self.chan.abort_event.set()
+    def abort(self, upto: int) -> None:
+        """Stop every phase with serial <= upto (the coordinator's call, where the actor runs calls side by side;
+        a ZeroMQ node gets the same as a message on its socket)."""
+        self.chan.abort(upto)
 
     def message_log(self, clear: bool = False) -> dict:
         out = self.log.export()
@@ -166,13 +168,13 @@ class NodeActor:
                   record_states: bool = False, record_grads: bool = False) -> dict:
         """`steps` synchronous steps: send a(s_t), receive the neighbours' a_t, compute s_{t+1}
         (nodes/dynamics.step); then one more exchange so the saved state has its neighbours' a_T.
-        Phases run one at a time (the actor is threaded so that `abort` and `deliver` run beside them)."""
+        Phases run one at a time (with the Ray transport the actor is threaded so that `deliver` and `abort` run
+        beside them)."""
         with self.busy:
             return self._relax(serial, name, steps, beta, start, record_states, record_grads)
 
     @torch.no_grad()
     def _relax(self, serial, name, steps, beta, start, record_states, record_grads) -> dict:
-        self.chan.abort_event.clear()
         self.log.record(COORDINATOR, self.id, "control", name, -1, 0)
         if self.is_output and beta != 0:
             self.log.record(COORDINATOR, self.id, "boundary", "beta", -1, 8)

@@ -158,15 +158,21 @@ def test_divergence_stops_the_phase_and_names_node_and_step(ray_session):
         f.close()
 
 
-def test_a_node_that_never_answers_is_named_and_the_fabric_goes_on(ray_session):
+@pytest.mark.parametrize("transport", ["zmq", "ray"])
+def test_a_node_that_never_answers_is_named_and_the_fabric_goes_on(ray_session, transport):
     """A phase started on L1 alone waits for L2, which never runs it: the call times out naming L1, the abort
-    stops L1's wait, and the next full phase runs normally."""
-    f = FabricEngine(MODEL, settings())
+    stops L1's wait, and the next full phase runs normally. On ZeroMQ the actor runs one call at a time and the
+    abort comes as a message on its socket: L1's log shows it, and L1 answers the next call long before its own
+    30 s phase timeout."""
+    f = FabricEngine(MODEL, settings(transport=transport))
     try:
         f.set_params(scaled_params(MODEL))
         f.set_batch(*batch(MODEL))
         with pytest.raises(FabricError, match=r"run_phase: no answer from nodes \['L1'\] within 1 s"):
             f.fabric.call("run_phase", 99, "free", 5, 0.0, "zero", nodes=["L1"], timeout_s=1.0)
+        if transport == "zmq":
+            log = f.fabric.call("message_log", nodes=["L1"], timeout_s=10.0)["L1"]
+            assert [c[:5] for c in log["counters"] if c[3] == "abort"] == [["coordinator", "L1", "control", "abort", 1]]
         assert np.isfinite(f.run_phase("free", 5, 0.0, "zero")["residual"])
     finally:
         f.close()
