@@ -2,9 +2,9 @@
 
 `NodeActor` (nodes/node.py) is a plain class wrapped here with `ray.remote`. On ZeroMQ an actor runs one
 call at a time, on its main thread, and an abort reaches it as a message on its socket. (A threaded Ray actor
-runs calls on a pool thread, and its main thread takes the GIL every 10 ms to check signals; with many actors
-per core that cost the 64-neuron fabric 40 % of its step.) With the Ray transport the actor is threaded so that
-`deliver` and `abort` run beside `run_phase`. `call` issues one call per node and gathers once; a failure is
+runs calls on a pool thread while its main thread wakes every 10 ms for Ray's signal check; with many actors
+per core that slowed every step.) With the Ray transport the actor is threaded so that `deliver` and `abort`
+run beside `run_phase`. `call` issues one call per node and gathers once; a failure is
 mapped to its node and the other nodes are aborted, so a failed phase never hangs.
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ class Fabric:
         self.timeout_s = timeout_s
         self.local = local
         self.serial = 0          # the highest phase serial issued: an abort stops every phase up to it
-        self.abort_push = None   # {node: PUSH socket} for aborts on the data plane, made at the first abort
+        self.abort_push = {}     # node -> PUSH socket for aborts on the data plane, made at the first abort
         self.endpoints = {}
         t0 = time.perf_counter()
         if local:
@@ -119,8 +119,6 @@ class Fabric:
                 n.abort.remote(self.serial)
 
     def _abort_socket(self, node: str, address: str):
-        if self.abort_push is None:
-            self.abort_push = {}
         sock = self.abort_push.get(node)
         if sock is None:
             sock = self.abort_push[node] = zmq.Context.instance().socket(zmq.PUSH)
@@ -134,14 +132,17 @@ class Fabric:
                 for n in self.nodes.values():
                     n.close()
             else:
-                ray.wait([n.close.remote() for n in self.nodes.values()], num_returns=len(self.nodes), timeout=10)
-                for n in self.nodes.values():
-                    ray.kill(n)
+                refs = {n.close.remote(): n for n in self.nodes.values()}
+                closed, stuck = ray.wait(list(refs), num_returns=len(refs), timeout=10)
+                for r in closed:  # sockets closed: the actor exits on its own, after its queued calls
+                    refs[r].__ray_terminate__.remote()
+                for r in stuck:
+                    ray.kill(refs[r])
         finally:
             self.nodes = {}
-            for sock in (self.abort_push or {}).values():
+            for sock in self.abort_push.values():
                 sock.close()
-            self.abort_push = None
+            self.abort_push = {}
 
 
 def make_specs(model, cfg_fabric: dict) -> list:
