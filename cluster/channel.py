@@ -74,14 +74,14 @@ class NodeChannel:
     def _accept(self, header: bytes, payload):
         """Check one message and buffer it under (src, serial, step), which it returns; None for an abort."""
         src, kind, ph, serial, step, dtype, shape = decode_header(header)
-        if kind == "abort" and src == COORDINATOR:
-            self.log.record(src, self.node_id, "control", "abort", step, len(header))
-            self.abort(serial)
-            return None
         width = self.widths.get(src)
         if (kind == "state" and dtype == self.dtype and width is not None and len(shape) == 2 and shape[1] == width
                 and len(payload) == shape[0] * width * self.itemsize):  # the usual message: checks passed
             t = np.frombuffer(payload, self.np_dtype).reshape(shape)
+        elif kind == "abort" and src == COORDINATOR:
+            self.log.record(src, self.node_id, "control", "abort", step, len(header))
+            self.abort(serial)
+            return None
         else:
             t = self._full_check(src, kind, ph, step, dtype, shape, width, payload)
         self.log.record(src, self.node_id, kind, ph, step, len(header) + t.nbytes)

@@ -106,8 +106,8 @@ class Fabric:
         """Stop every phase up to the highest serial issued: a message on a ZeroMQ node's socket (its actor runs
         one call at a time), else the node's `abort` (in-process nodes, threaded actors)."""
         for i, n in self.nodes.items():
-            address = self.endpoints.get(i)
-            if isinstance(address, str) and address.startswith(("ipc://", "tcp://")):
+            address = self.endpoints.get(i) if self.specs[i].transport == "zmq" else None
+            if address:
                 try:
                     self._abort_socket(i, address).send_multipart([encode_abort(COORDINATOR, self.serial), b""],
                                                                   zmq.NOBLOCK)
