@@ -297,15 +297,19 @@ def explicit_vs_autograd(cfg, repeats) -> dict:
 
 
 def cuda_step(cfg, sizes, batch, steps, repeats) -> dict:
-    """The in-process step on cfg.device (or cuda:0 when the config says cpu)."""
+    """The in-process step on cfg.device (or cuda:0 when the config says cpu): replayed as CUDA graphs (the
+    engine's default), launched kernel by kernel (capture=False), and its matrix products alone."""
     dtype, device = DTYPES[cfg.dtype], cfg.device if cfg.device.startswith("cuda") else "cuda"
     model = model_from(dataclasses.replace(cfg, sizes=list(sizes)))
-    eng = ReferenceEngine(model, cfg.protocol, dtype, device=device)
-    eng.set_params(model.init_params(cfg.seed, dtype))
-    eng.set_batch(*_batch(cfg, sizes, batch, dtype))
-    # both run_phases sync (the engine's divergence check reads the state at every step)
-    t = per_step({"cuda": eng, "mm": Products(cfg, sizes, batch, dtype, device)}, steps, repeats)
-    return {"step_us": t["cuda"] * 1e6, "matmul_step_us": t["mm"] * 1e6,
+    engines = {}
+    for name, capture in (("graph", True), ("eager", False)):
+        eng = engines[name] = ReferenceEngine(model, cfg.protocol, dtype, device=device, capture=capture)
+        eng.set_params(model.init_params(cfg.seed, dtype))
+        eng.set_batch(*_batch(cfg, sizes, batch, dtype))
+    engines["mm"] = Products(cfg, sizes, batch, dtype, device)
+    # every run_phase ends synchronised: the engine's last divergence check reads the state, Products syncs
+    t = per_step(engines, steps, repeats)
+    return {"step_us": t["graph"] * 1e6, "eager_step_us": t["eager"] * 1e6, "matmul_step_us": t["mm"] * 1e6,
             "device": torch.cuda.get_device_name(torch.device(device))}
 
 

@@ -246,7 +246,8 @@ def plot(out, path) -> None:
             "layer fabric zmq": row["fabric_step_us"], "layer fabric ray": out["ray_transport"]["step_us"],
             f"neuron fabric ({big['actors']} actors, {'-'.join(map(str, big['sizes']))})": big["step_us"]}
     if "cuda" in out:
-        bars["in-process cuda"] = out["cuda"]["step_us"]
+        bars["in-process cuda, CUDA graphs"] = out["cuda"]["step_us"]
+        bars["in-process cuda, eager"] = out["cuda"]["eager_step_us"]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4.8))
     a1.barh(list(bars), list(bars.values()), color="tab:blue")
     a1.set_xscale("log")

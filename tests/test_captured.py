@@ -1,0 +1,103 @@
+"""The engine's fixed-buffer loop (cluster/captured.py) computes exactly what `relax` computes, and follows the
+engine's parameters: updated in place by the optimiser, rebound by set_params. On CPU the loop runs the very
+body that a GPU captures as a CUDA graph, so what these tests check is what each replay computes."""
+import pytest
+import torch
+
+from cluster.captured import StaticLoop
+from cluster.reference import ReferenceEngine, relax
+from nodes.model import LayeredModel
+from tests.conftest import batch, scaled_params
+
+MODELS = [LayeredModel("energy", (4, 5, 3, 2), "sigmoid", dt=0.5),
+          LayeredModel("prototypical", (4, 6, 3), "sigmoid4")]
+
+
+def engine(model, params):
+    e = ReferenceEngine(model, "ep-symmetric", torch.float64, {k: 0.1 for k in params})
+    e.set_params(params)
+    return e
+
+
+def assert_same(a, b):
+    for sa, sb in zip(a, b, strict=True):
+        assert torch.equal(sa, sb)
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.kind)
+def test_phases_equal_relax_bitwise_with_a_remainder_chunk(model):
+    """23 free steps (two chunks of 10 and one of 3), then nudged phases from the free state."""
+    params = scaled_params(model)
+    x, y = batch(model)
+    e = engine(model, params)
+    e.set_batch(x, y)
+    e.run_phase("free", 23, 0.0, "zero")
+    free = relax(model, e.params, e.x, 23)
+    assert_same(e.saved["free"], free)
+    for name, beta in (("plus", 0.2), ("minus", -0.2)):
+        e.run_phase(name, 7, beta, "free")
+        assert_same(e.saved[name], relax(model, e.params, e.x, 7, free, beta, e.y))
+    e.run_phase("again", 0, 0.0, "free")
+    assert_same(e.saved["again"], free)
+    assert e.saved["again"][0] is not e.saved["free"][0]  # a copy: the next phase may not change a saved state
+
+
+def test_the_loop_follows_parameters_updated_in_place_and_rebound():
+    model = MODELS[0]
+    params = scaled_params(model)
+    x, y = batch(model)
+    e = engine(model, params)
+    e.train_batch(x, y, 0.2, 12, 4)  # phases, then the optimiser's in-place update
+    assert not torch.equal(e.params["W0"], params["W0"].to(torch.float64))
+    e.run_phase("free", 12, 0.0, "zero")
+    assert_same(e.saved["free"], relax(model, e.params, e.x, 12))
+    e.set_params({k: 0.5 * v for k, v in params.items()})  # new tensors: the old loops would read stale ones
+    e.run_phase("free", 12, 0.0, "zero")
+    assert_same(e.saved["free"], relax(model, e.params, e.x, 12))
+    e.set_batch(x[:3], y[:3])  # another batch size: a loop of its own
+    e.run_phase("free", 12, 0.0, "zero")
+    assert_same(e.saved["free"], relax(model, e.params, e.x, 12))
+
+
+def test_divergence_is_named_at_the_same_step_as_relax_checks_it():
+    unstable = LayeredModel("energy", (4, 6, 3), "sigmoid", dt=2.5)
+    e = engine(unstable, scaled_params(unstable))
+    e.set_batch(*batch(unstable))
+    with pytest.raises(FloatingPointError) as fixed:
+        e.run_phase("free", 57, 0.0, "zero")
+    with pytest.raises(FloatingPointError) as recorded:
+        e.run_phase("free", 57, 0.0, "zero", record_states=True)  # the relax path, checked step by step
+    assert str(fixed.value) == str(recorded.value)
+    assert "step 57" not in str(fixed.value)  # it diverged at a chunk boundary before the last step
+
+
+def test_chunks_and_capture_guard():
+    s = [torch.zeros(2, 3, dtype=torch.float64)]
+    loop = StaticLoop(lambda s: [s[0] + 1], s, 10)
+    assert list(loop.chunks(23)) == [10, 20, 23]
+    assert torch.equal(s[0], torch.full((2, 3), 23.0, dtype=torch.float64))
+    with pytest.raises(ValueError, match="capture needs CUDA tensors"):
+        StaticLoop(lambda s: s, s, 10, capture=True)
+    with pytest.raises(ValueError, match="K must be >= 1"):
+        StaticLoop(lambda s: s, s, 0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (CUDA graph capture)")
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.kind)
+def test_cuda_graph_replay_equals_eager_kernels(model):
+    """Runs only where torch sees a GPU: the captured engine against the same engine launching kernel by
+    kernel, float64, through phases, an in-place update and a rebinding of the parameters."""
+    params = scaled_params(model)
+    x, y = batch(model)
+    engines = [ReferenceEngine(model, "ep-symmetric", torch.float64, {k: 0.1 for k in params}, device="cuda",
+                               capture=capture) for capture in (True, False)]
+    for e in engines:
+        e.set_params(params)
+        e.train_batch(x, y, 0.2, 23, 7)
+        e.set_params({k: 0.5 * v for k, v in params.items()})
+        e.set_batch(x, y)
+        e.run_phase("free", 23, 0.0, "zero")
+    graph, eager = engines
+    assert graph.capture and graph.loops[(x.shape[0], 0.0)][0].graph is not None
+    for sa, sb in zip(graph.saved["free"], eager.saved["free"], strict=True):
+        torch.testing.assert_close(sa, sb, rtol=1e-12, atol=1e-14)
