@@ -4,8 +4,8 @@
 call at a time, on its main thread, and an abort reaches it as a message on its socket. (A threaded Ray actor
 runs calls on a pool thread while its main thread wakes every 10 ms for Ray's signal check; with many actors
 per core that slowed every step.) With the Ray transport the actor is threaded so that `deliver` and `abort`
-run beside `run_phase`. `call` issues one call per node and gathers once; a failure is
-mapped to its node and the other nodes are aborted, so a failed phase never hangs.
+run beside `run_phase`. `call` issues one call per node and gathers once; a failure is mapped to its node and
+the other nodes are aborted, so a failed phase never hangs.
 """
 from __future__ import annotations
 

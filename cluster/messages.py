@@ -1,8 +1,9 @@
 """Wire format: msgpack headers and raw array bytes; never pickle (DESIGN.md "Time and messages").
 
 A data-plane message is two frames: a msgpack header [src, kind, phase, serial, step, dtype, shape] and the
-array's raw bytes (C order); an abort is a header of kind "abort" from the coordinator and an empty frame. Dtypes travel by name, complex ones included. `pack_arrays` encodes a dict of
-arrays as one msgpack map {name: [dtype, shape, bytes]} for control-plane calls and checkpoints.
+array's raw bytes (C order); an abort is a header of kind "abort" from the coordinator and an empty frame.
+Dtypes travel by name, complex ones included. `pack_arrays` encodes a dict of arrays as one msgpack map
+{name: [dtype, shape, bytes]} for control-plane calls and checkpoints.
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import torch
 
 warnings.filterwarnings("ignore", message="The given buffer is not writable")
 
-KINDS = ("state", "boundary", "control")
 DTYPES = ("float32", "float64", "complex64", "complex128", "int64")
 _TORCH = {"float32": torch.float32, "float64": torch.float64,
           "complex64": torch.complex64, "complex128": torch.complex128, "int64": torch.int64}

@@ -319,8 +319,9 @@ def plan(cfg) -> tuple:
     b = cfg.bench
     main = {"sizes": list(cfg.sizes), "batch": cfg.batch, "dtype": cfg.dtype}
     grid = {"sizes": [list(s) for s in b.sizes], "batches": list(b.batches), "dtypes": list(b.dtypes)}
-    st = {"steps": b.steps, "repeats": b.repeats, "neurons": sorted({max(2, n) for n in b.neurons} | {max([64, *b.neurons])}),
-          "neuron_steps": b.steps, "raw_msgs": 200_000, "rt_iters": 1000, "ray_rt_iters": 300,
+    st = {"steps": b.steps, "repeats": b.repeats,
+          "neurons": sorted({max(2, n) for n in b.neurons} | {max([64, *b.neurons])}), "neuron_steps": b.steps,
+          "raw_msgs": 200_000, "rt_iters": 1000, "ray_rt_iters": 300,
           "ep_repeats": max(9, b.repeats)}  # an EP batch takes ~0.1 s a round: 9 rounds cost ~1 s
     shrunk = {}
     if cfg.quick:
