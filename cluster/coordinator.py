@@ -1,133 +1,125 @@
-"""The coordinator: builds the fabric, triggers phases, feeds the boundary. It never computes a state or
-an update; it gathers local updates only for audits and checkpoints (DESIGN.md).
+"""The coordinator: builds the fabric, walks the phase program, feeds the boundary. It never computes a state or an
+update; it gathers local updates only for audits and checkpoints (DESIGN.md).
 
-`FabricEngine` has the engine API of `ReferenceEngine` (set_params, get_params, set_batch, run_phase,
-update, output), so experiments and tests run unchanged on either.
+`FabricEngine` has the engine interface of cluster/engine.py. It routes boundary signals by the model's
+declaration: x to the nodes whose drive reads the clamped input, each output node its slice of y; beta, the batch
+size and the protocol go to every node as global signals. One call per host per phase, or per training batch.
 """
 from __future__ import annotations
 
 import torch
 
-from cluster.fabric import Fabric, make_specs
+from cluster.engine import Engine
+from cluster.fabric import Fabric
 from cluster.messages import pack_arrays, unpack_arrays
-from protocols import get_protocol
+from nodes.graph import slice_params
 
 
-class FabricEngine:
+def lrs_by_param(model, lr: list) -> dict:
+    """{parameter: learning rate}: lr[i] for the parameters of layer pair i (model.lr_index)."""
+    return {p: float(lr[model.lr_index.get(p, 0)]) for p in model.param_shapes()}
+
+
+class FabricEngine(Engine):
     name = "fabric"
 
-    def __init__(self, model, settings: dict, local: bool = False):
-        self.model = model
-        self.settings = settings
-        self.specs = make_specs(model, settings)
-        self.blocks = {s.block.node_id: s.block for s in self.specs}
-        self.output_ids = [i for i, b in self.blocks.items() if b.layer == model.N]
-        self.fabric = Fabric(self.specs, settings.get("actor_cpus", 0.0), settings.get("timeout_s", 60.0), local)
-        self.protocol = get_protocol(settings["protocol"])
+    def __init__(self, model, protocol, settings: dict, local: bool = False):
+        specs = model.node_specs(model.partition(settings.get("granularity", "layer"), settings.get("split", 1)))
+        super().__init__(model, protocol, specs)
+        hs = dict(settings, lrs=lrs_by_param(model, settings["lr"]))
+        if not local:
+            from cluster.runtime import ship_by_value
+            ship_by_value(self.protocol, *([model.rule] if model.rule else []))
+        self.fabric = Fabric(specs, self.protocol, hs, local)
+        self.batch = 0
 
-    # ---- parameters (the coordinator slices once at set-up and assembles for audits/checkpoints) -----
+    def _per_host(self, per_node: dict, *before, after=()) -> dict:
+        """{host: (*before, {node: value for its nodes}, *after)}."""
+        return {h: (*before, {i: per_node[i] for i in nodes if i in per_node}, *after)
+                for h, nodes in self.fabric.by_host.items()}
+
+    def _merged(self, method: str, *args, per_host=None) -> dict:
+        res = self.fabric.call(method, *args, per_host=per_host)
+        return {i: v for r in res.values() if r for i, v in r.items()}
+
+    # ---- parameters and checkpoints ----------------------------------------------------------------------
     def set_params(self, params: dict) -> None:
-        self.fabric.call("set_params", per_node={
-            i: (pack_arrays(self.model.block_params(b, params)),) for i, b in self.blocks.items()})
+        packed = {i: pack_arrays(slice_params(s, params)) for i, s in self.specs.items()}
+        self.fabric.call("set_params", per_host=self._per_host(packed))
 
     def _held(self) -> dict:
-        return {i: unpack_arrays(p) for i, p in self.fabric.call("get_params").items()}
+        return {i: unpack_arrays(p) for i, p in self._merged("get_params").items()}
 
-    def _assemble(self, held: dict, role: str = "primary") -> dict:
-        shapes = self.model.param_shapes()
-        dtype = next(iter(next(iter(held.values())).values())).dtype
-        full = {k: torch.zeros(v, dtype=dtype) for k, v in shapes.items()}
-        for i, b in self.blocks.items():
-            for local, (name, rows, cols, r) in self.model.held(b).items():
-                if r != role:
-                    continue
-                if cols is None:
-                    full[name][rows] = held[i][local]
-                else:
-                    full[name][rows, cols] = held[i][local]
-        return full
+    def _estimates(self) -> dict:
+        return {i: unpack_arrays(p) for i, p in self._merged("estimate").items()}
 
-    def get_params(self) -> dict:
-        return self._assemble(self._held())
+    def get_state(self) -> dict:
+        return self._merged("get_state")
 
-    def replica_drift(self) -> dict:
-        """max |primary - replica| per symmetric weight (both ends of an edge hold a copy)."""
-        held = self._held()
-        prim, repl = self._assemble(held, "primary"), self._assemble(held, "replica")
-        return {k: float((prim[k] - repl[k]).abs().max()) for k in prim if k.startswith("W") and k != "W0"}
+    def set_state(self, states: dict) -> None:
+        self.fabric.call("set_state", per_host=self._per_host(states))
 
-    # ---- boundary and phases --------------------------------------------------------------------------
+    # ---- boundary and phases -------------------------------------------------------------------------------
     def _boundary(self, x, y=None) -> dict:
-        """{node: (B, packed x and/or y slice)}: x to the input layer's nodes, y to the output layer's."""
+        """{node: packed arrays}: x where the model routes it, each output node its slice of y."""
         x = torch.as_tensor(x)
         per_node = {}
-        for i, b in self.blocks.items():
+        for i, s in self.specs.items():
             arrays = {}
-            if b.layer == 1:
+            if "x" in s.boundary:
                 arrays["x"] = x
-            if b.layer == self.model.N and y is not None:
-                arrays["y"] = torch.as_tensor(y)[:, b.lo:b.hi]
-            per_node[i] = (x.shape[0], pack_arrays(arrays) if arrays else b"")
+            if "y" in s.boundary and y is not None:
+                arrays["y"] = torch.as_tensor(y)[:, s.block.lo:s.block.hi]
+            per_node[i] = pack_arrays(arrays) if arrays else b""
         return per_node
 
     def set_batch(self, x, y=None) -> None:
-        self.fabric.call("set_boundary", per_node=self._boundary(x, y))
+        self.batch = int(torch.as_tensor(x).shape[0])
+        self.fabric.call("set_batch", per_host=self._per_host(self._boundary(x, y), self.batch))
 
-    def train_batch(self, x, y, beta: float, T1: int, T2: int):
-        """One control call per node for a whole batch (boundary, phase schedule, local update); returns the
-        free phase's output. Same effect as set_batch + run_schedule + output + update(gather=False)."""
-        serial = self.fabric.new_serials(len(self.protocol.phases))
-        res = self.fabric.call("run_batch", per_node={i: (serial, B, packed, float(beta), int(T1), int(T2))
-                                                      for i, (B, packed) in self._boundary(x, y).items()})
-        return self._output_of(res)
+    def begin(self) -> None:
+        self.fabric.call("begin")
 
-    def infer(self, x, steps: int):
-        """One control call per node: the input and a free phase; returns the output layer's state."""
-        serial = self.fabric.new_serials()
-        res = self.fabric.call("infer", per_node={i: (serial, B, packed, int(steps))
-                                                  for i, (B, packed) in self._boundary(x).items()})
-        return self._output_of(res)
+    def update(self) -> None:
+        self.fabric.call("update")
 
-    def _output_of(self, res: dict):
-        return torch.cat([unpack_arrays(res[i])["s"] for i in self._layer(self.model.N)], dim=1)
-
-    def run_phase(self, name, steps, beta, start, record_states=False, record_grads=False) -> dict:
-        """One call per node for the whole phase; returns what was recorded, assembled per layer."""
-        res = self.fabric.call("run_phase", self.fabric.new_serials(), name, int(steps), float(beta), start,
-                               record_states, record_grads)
+    def run_phase(self, phase, record_states: bool = False, record_grads: bool = False) -> dict:
+        """One call per host for the whole phase; returns what was recorded, assembled per group."""
+        res = self._merged("run_phase", self.fabric.new_serials(), phase, record_states, record_grads)
         out = {"residual": max(r["residual"] for r in res.values())}
         if record_states:
-            out["states"] = [torch.cat([unpack_arrays(res[i]["states"])["s"] for i in self._layer(n)], dim=2)
-                             for n in range(1, self.model.N + 1)]
+            out["states"] = self._groups({i: unpack_arrays(r["states"])["s"] for i, r in res.items()}, dim=2)
         if record_grads:
-            out["grad_steps"] = self._assemble_series({i: unpack_arrays(r["grad_steps"]) for i, r in res.items()})
+            series = {i: unpack_arrays(r["grad_steps"]) for i, r in res.items()}
+            T = next(iter(next(iter(series.values())).values())).shape[0]
+            steps = [self._assemble_step({i: {k: v[t] for k, v in h.items()} for i, h in series.items()})
+                     for t in range(T)]
+            out["grad_steps"] = {k: torch.stack([s[k] for s in steps]) for k in steps[0]}
         return out
 
-    def _layer(self, n):
-        return sorted((i for i, b in self.blocks.items() if b.layer == n), key=lambda i: self.blocks[i].lo)
+    def _assemble_step(self, held: dict) -> dict:
+        from nodes.graph import assemble
+        return assemble(self.model, self.specs, held)
 
-    def _assemble_series(self, held: dict) -> dict:
-        """Assemble the owners' (primary) tensors with a leading time axis."""
-        T = next(iter(next(iter(held.values())).values())).shape[0]
-        steps = [self._assemble({i: {k: v[t] for k, v in h.items()} for i, h in held.items()}) for t in range(T)]
-        return {k: torch.stack([s[k] for s in steps]) for k in steps[0]}
-
-    def update(self, beta: float, apply: bool = True, gather: bool = True):
-        """Every node applies its own local rule; with `gather`, return the estimate g_hat (owners' copies)."""
-        res = self.fabric.call("update", float(beta), apply, gather)
-        return self._assemble({i: unpack_arrays(r) for i, r in res.items()}) if gather else None
+    def train_batch(self, x, y, beta, T1: int, T2: int):
+        """One control call per host for a whole batch (boundary, program, local update); returns the free phase's
+        output. Same effect as set_batch + run_program + update + output."""
+        program = self.program(beta, T1, T2)
+        serial = self.fabric.new_serials(len(program))
+        B = int(torch.as_tensor(x).shape[0])
+        res = self._merged("run_batch", per_host=self._per_host(self._boundary(x, y), serial, B,
+                                                                after=(program, True)))
+        return self._output_of({i: unpack_arrays(v)["s"] for i, v in res.items()})
 
     def output(self, name: str = "free"):
-        return self._output_of(self.fabric.call("output", name, nodes=self.output_ids))
+        return self._output_of({i: unpack_arrays(v)["s"] for i, v in self._merged("output", name).items()})
 
     def message_logs(self, clear: bool = False) -> dict:
-        return self.fabric.call("message_log", clear)
-
-    def get_state(self) -> dict:
-        return self.fabric.call("get_state")
-
-    def set_state(self, states: dict) -> None:
-        self.fabric.call("set_state", per_node={i: (s,) for i, s in states.items()})
+        res = self.fabric.call("message_log", clear)
+        return {"nodes": {i: log for r in res.values() for i, log in r["nodes"].items()},
+                "refused": [dict(x, host=h) for h, r in res.items() for x in r["refused"]],
+                "unknown": [dict(x, host=h) for h, r in res.items() for x in r["unknown"]],
+                "placement": dict(self.fabric.placement)}
 
     def close(self) -> None:
         self.fabric.close()

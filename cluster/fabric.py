@@ -1,11 +1,17 @@
-"""Building and tearing down the fabric on Ray: one actor per block, connected to its graph neighbours only.
+"""Building and tearing down the fabric on Ray: logical nodes placed on host actors, connected to the hosts of their
+graph neighbours only, with one credential per directed connection.
 
-`NodeActor` (nodes/node.py) is a plain class wrapped here with `ray.remote`. On ZeroMQ an actor runs one
-call at a time, on its main thread, and an abort reaches it as a message on its socket. (A threaded Ray actor
-runs calls on a pool thread while its main thread wakes every 10 ms for Ray's signal check; with many actors
-per core that slowed every step.) With the Ray transport the actor is threaded so that `deliver` and `abort`
-run beside `run_phase`. `call` issues one call per node and gathers once; a failure is mapped to its node and
-the other nodes are aborted, so a failed phase never hangs.
+`Host` (cluster/host.py) is a plain class wrapped here with `ray.remote`. `fabric.hosts = K` places the logical
+nodes round-robin on K hosts (NEST's way of spreading neurons over virtual processes); 0 gives each node a host of
+its own. On ZeroMQ a host runs one call at a time, on its main thread, and an abort reaches it as a message from the
+coordinator on its socket. (A threaded Ray actor runs calls on a pool thread while its main thread wakes every
+10 ms for Ray's signal check; with many actors per core that slowed every step.) With the Ray transport the actor
+is threaded so that `deliver` runs beside its phases.
+
+`call` issues one call per host and waits for all of them; a failure is mapped to its host's nodes and the other
+hosts are aborted, so a failed phase never hangs. There is no fixed deadline on a call: a host in a phase sends a
+heartbeat at least every second, and a call fails when a host has not been heard from for `timeout_s` + 30 s,
+however long the work itself takes.
 """
 from __future__ import annotations
 
@@ -13,17 +19,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import ray
-import zmq
 
-from cluster.messages import encode_abort
-from nodes.model import COORDINATOR
-from nodes.node import NodeActor, NodeSpec
+from cluster.host import Host
+from cluster.message_log import COORDINATOR
+from cluster.messages import MessageError, decode_header, encode_control
+from cluster.transport import ZmqTransport, new_token
 
-PHASE_METHODS = ("run_phase", "run_batch", "infer")  # their first argument is the phase serial
+GRACE_S = 30.0
 
 
 class FabricError(RuntimeError):
-    """A fabric phase failed; the message names the node (and phase and step when known)."""
+    """A fabric call failed; the message names the node (and phase and step when known)."""
 
 
 def _cause(err) -> str:
@@ -34,134 +40,151 @@ def _cause(err) -> str:
     return text[-1] if text else repr(err)
 
 
+def place(node_ids, hosts: int) -> dict:
+    """node -> host id: each node its own host (hosts = 0), else round-robin over `hosts` hosts `H0`, `H1`, ..."""
+    if hosts <= 0:
+        return {i: i for i in node_ids}
+    return {i: f"H{k % hosts}" for k, i in enumerate(node_ids)}
+
+
 class Fabric:
-    def __init__(self, specs: list, actor_cpus: float = 0.0, timeout_s: float = 60.0, local: bool = False):
-        """Start one node per spec (a Ray actor, or in-process objects when `local`), then connect neighbours."""
-        self.specs = {s.block.node_id: s for s in specs}
-        self.timeout_s = timeout_s
-        self.local = local
-        self.serial = 0          # the highest phase serial issued: an abort stops every phase up to it
-        self.abort_push = {}     # node -> PUSH socket for aborts on the data plane, made at the first abort
-        self.endpoints = {}
+    def __init__(self, specs: dict, protocol, settings: dict, local: bool = False):
+        """Start the hosts (Ray actors, or in-process objects run as threads when `local`), then connect each to
+        the hosts of its nodes' neighbours, and every host to the coordinator (aborts and heartbeats)."""
+        self.specs, self.settings, self.local = specs, settings, local
+        self.timeout_s = float(settings.get("timeout_s", 60.0))
+        self.placement = place(list(specs), int(settings.get("hosts", 0)))
+        self.by_host = {}
+        for i, h in self.placement.items():
+            self.by_host.setdefault(h, {})[i] = specs[i]
+        self.serial = 0  # the highest phase serial issued: an abort stops every phase up to it
+        self.transport = settings.get("transport", "zmq")
+        self.beats = ZmqTransport(COORDINATOR, settings.get("host", "127.0.0.1"), settings.get("wire", "auto"))
+        self.hosts, self.abort_tokens = {}, {}
+        try:
+            self._start(protocol)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, protocol) -> None:
         t0 = time.perf_counter()
-        if local:
-            self.nodes = {i: NodeActor(s) for i, s in self.specs.items()}
+        hs = dict(self.settings, transport="local" if self.local else self.transport)
+        if self.local:
+            self.hosts = {h: Host(h, s, protocol, hs, threads=None) for h, s in self.by_host.items()}
         else:
-            threaded = any(s.transport != "zmq" for s in specs)
-            Actor = ray.remote(NodeActor).options(num_cpus=actor_cpus, max_concurrency=4 if threaded else 1,
-                                                  max_restarts=0)
-            self.nodes = {i: Actor.remote(s) for i, s in self.specs.items()}
-        endpoints = self.call("endpoint", timeout_s=max(120.0, 10.0 * len(self.nodes)))
+            threaded = self.transport != "zmq"
+            Actor = ray.remote(Host).options(num_cpus=self.settings.get("actor_cpus", 0.0),
+                                             max_concurrency=4 if threaded else 1, max_restarts=0)
+            self.hosts = {h: Actor.remote(h, s, protocol, hs) for h, s in self.by_host.items()}
+        addresses = self.call("endpoint", stall_s=max(120.0, 10.0 * len(self.hosts)))
         self.start_s = time.perf_counter() - t0
-        self.endpoints = {i: (self.nodes[i] if e is None else e) for i, e in endpoints.items()}
-        self.call("connect", per_node={i: ({p: self.endpoints[p] for p, _ in s.pre + s.post},)
-                                       for i, s in self.specs.items()})
+        self.addresses = {h: (self.hosts[h] if a is None else a) for h, a in addresses.items()}
+        links = {(self.placement[p.src], self.placement[p.dst]) for s in self.specs.values() for p in s.out_ports}
+        tokens = {(a, b): new_token() for a, b in links if a != b}
+        coord = {h: new_token() for h in self.hosts}   # the coordinator's credential at each host
+        beat = {h: new_token() for h in self.hosts}    # each host's credential at the coordinator
+        self.beats.admit(beat)
+        self.abort_tokens = coord
+        self.call("admit", per_host={h: ({a: tok for (a, b), tok in tokens.items() if b == h}
+                                         | {COORDINATOR: coord[h]},) for h in self.hosts})
+        args = {h: ({b: (self.addresses[b], tok) for (a, b), tok in tokens.items() if a == h}, self.placement,
+                    (self.beats.address, beat[h])) for h in self.hosts}
+        self.call("connect", per_host=args)
+        if self.transport == "zmq" and not self.local:
+            for h in self.hosts:
+                self.beats.connect(h, self.addresses[h], coord[h])
 
     def new_serials(self, n: int = 1) -> int:
         """The first of n fresh phase serials (above every serial issued, aborted ones included)."""
         self.serial += n
         return self.serial - n + 1
 
-    def call(self, method: str, *args, per_node: dict | None = None, nodes=None, timeout_s=None) -> dict:
-        """Call `method` on every node (or on `nodes`) once, gather once; {node id: result}."""
-        ids = list(per_node) if per_node is not None else list(nodes or self.nodes)
-        argv = {i: (per_node[i] if per_node is not None else args) for i in ids}
-        if method in PHASE_METHODS:
-            self.serial = max(self.serial, *(int(a[0]) for a in argv.values()))
-        if self.local:  # in-process nodes, one thread each (tests and debugging without Ray)
-            with ThreadPoolExecutor(max_workers=len(ids)) as pool:
-                futures = {i: pool.submit(getattr(self.nodes[i], method), *argv[i]) for i in ids}
+    def call(self, method: str, *args, per_host: dict | None = None, stall_s: float | None = None) -> dict:
+        """Call `method` on every host (with the same args, or per_host {host: args}); {host: result}. A host that
+        has neither answered nor sent a heartbeat for `stall_s` (default timeout_s + 30 s) fails the call."""
+        argv = per_host if per_host is not None else {h: args for h in self.hosts}
+        stall = stall_s or self.timeout_s + GRACE_S
+        if self.local:
+            return self._call_local(method, argv)
+        refs = {getattr(self.hosts[h], method).remote(*a): h for h, a in argv.items()}
+        seen = {h: time.monotonic() for h in argv}
+        pending, results = list(refs), {}
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+            for r in ready:
                 try:
-                    return {i: f.result() for i, f in futures.items()}
+                    results[refs[r]] = ray.get(r)
+                except Exception as err:  # map the failure to its host's nodes, stop the rest
+                    self.abort()
+                    ray.wait(pending, num_returns=len(pending), timeout=10.0)
+                    raise FabricError(f"{self._who(refs[r])}: {method} failed: {_cause(err)}") from None
+            now = time.monotonic()
+            for user in self._drain_beats():
+                seen[user] = now
+            stalled = [refs[r] for r in pending if now - seen[refs[r]] > stall]
+            if stalled:
+                self.abort()
+                raise FabricError(f"{method}: no answer and no heartbeat from {', '.join(map(self._who, stalled))} "
+                                  f"for {stall:g} s")
+        return results
+
+    def _call_local(self, method: str, argv: dict) -> dict:
+        """In-process hosts, one thread each (tests and debugging without Ray)."""
+        with ThreadPoolExecutor(max_workers=len(argv)) as pool:
+            futures = {h: pool.submit(getattr(self.hosts[h], method), *a) for h, a in argv.items()}
+            out = {}
+            for h, f in futures.items():
+                try:
+                    out[h] = f.result()
                 except Exception as err:
                     self.abort()
-                    raise FabricError(f"{method} failed: {type(err).__name__}: {err}") from None
-        refs = [getattr(self.nodes[i], method).remote(*argv[i]) for i in ids]
-        owner = dict(zip(refs, ids))
-        timeout = timeout_s or self.timeout_s + 30.0
-        try:  # one gather; it returns early on the first failure
-            return dict(zip(ids, ray.get(refs, timeout=timeout)))
-        except ray.exceptions.GetTimeoutError:
-            self.abort()
-            _, pending = ray.wait(refs, num_returns=len(refs), timeout=0)
-            raise FabricError(f"{method}: no answer from nodes {sorted(owner[r] for r in pending)} "
-                              f"within {timeout:g} s") from None
-        except Exception as err:  # map the failure to its node (before the abort makes others fail), stop the rest
-            ready, pending = ray.wait(refs, num_returns=len(refs), timeout=0)
-            self.abort()
-            node, err = next(self._failures(owner, ready), ("(unknown)", err))
-            ray.wait(pending, num_returns=len(pending), timeout=10.0)
-            raise FabricError(f"node {node}: {method} failed: {_cause(err)}") from None
+                    raise FabricError(f"{self._who(h)}: {method} failed: {type(err).__name__}: {err}") from None
+            return out
 
-    @staticmethod
-    def _failures(owner: dict, ready):
-        """(node, error) for each failed result among `ready`; `owner` maps a result to its node."""
-        for ref in ready:
+    def _who(self, h: str) -> str:
+        nodes = sorted(self.by_host.get(h, ()))
+        return f"node {nodes[0]}" if nodes == [h] else f"host {h} (nodes {', '.join(nodes)})"
+
+    def _drain_beats(self) -> list:
+        users = []
+        while (msg := self.beats.recv(0)) is not None:
             try:
-                ray.get(ref)
-            except Exception as err:
-                yield owner[ref], err
+                decode_header(msg[1])
+            except MessageError:
+                continue
+            users.append(msg[0])
+        return users
 
     def abort(self) -> None:
-        """Stop every phase up to the highest serial issued: a message on a ZeroMQ node's socket (its actor runs
-        one call at a time), else the node's `abort` (in-process nodes, threaded actors)."""
-        for i, n in self.nodes.items():
-            address = self.endpoints.get(i) if self.specs[i].transport == "zmq" else None
-            if address:
+        """Stop every phase up to the highest serial issued: a message from the coordinator on each host's socket
+        (ZeroMQ; a host runs one call at a time), or delivered with the coordinator's token (Ray, in-process)."""
+        header = encode_control(COORDINATOR, "abort", self.serial)
+        for h, actor in self.hosts.items():
+            if h not in self.abort_tokens:
+                continue
+            if self.local:
+                actor.transport.deliver(self.abort_tokens[h], header, b"")
+            elif self.transport == "zmq":
                 try:
-                    self._abort_socket(i, address).send_multipart([encode_abort(COORDINATOR, self.serial), b""],
-                                                                  zmq.NOBLOCK)
-                except zmq.Again:  # its queue is full: the node is not reading, its phase times out on its own
+                    self.beats.send(h, header, b"")
+                except KeyError:
                     pass
-            elif self.local:
-                n.abort(self.serial)
             else:
-                n.abort.remote(self.serial)
-
-    def _abort_socket(self, node: str, address: str):
-        sock = self.abort_push.get(node)
-        if sock is None:
-            sock = self.abort_push[node] = zmq.Context.instance().socket(zmq.PUSH)
-            sock.setsockopt(zmq.LINGER, 1000)
-            sock.connect(address)
-        return sock
+                actor.deliver.remote(self.abort_tokens[h], header, b"")
 
     def close(self) -> None:
         try:
             if self.local:
-                for n in self.nodes.values():
-                    n.close()
-            else:
-                refs = {n.close.remote(): n for n in self.nodes.values()}
+                for host in self.hosts.values():
+                    host.close()
+            elif self.hosts:
+                refs = {a.close.remote(): a for a in self.hosts.values()}
                 closed, stuck = ray.wait(list(refs), num_returns=len(refs), timeout=10)
                 for r in closed:  # sockets closed: the actor exits on its own, after its queued calls
                     refs[r].__ray_terminate__.remote()
                 for r in stuck:
                     ray.kill(refs[r])
         finally:
-            self.nodes = {}
-            for sock in self.abort_push.values():
-                sock.close()
-            self.abort_push = {}
-
-
-def make_specs(model, cfg_fabric: dict) -> list:
-    """NodeSpecs for every block of the partition, with neighbour widths and per-tensor learning rates."""
-    blocks = model.partition(cfg_fabric["granularity"], cfg_fabric.get("split", 1))
-    by_id = {b.node_id: b for b in blocks}
-    nbrs = model.neighbours(blocks)
-    lr = cfg_fabric["lr"]
-    specs = []
-    for b in blocks:
-        pre = tuple((i, by_id[i].width) for i in nbrs[b.node_id] if by_id[i].layer == b.layer - 1)
-        post = tuple((i, by_id[i].width) for i in nbrs[b.node_id] if by_id[i].layer == b.layer + 1)
-        lrs = {"W_in": lr[b.layer - 1], "b_in": lr[b.layer - 1]}
-        if b.layer < model.N:
-            lrs["W_out"] = lr[b.layer]
-        specs.append(NodeSpec(
-            model=model, block=b, pre=pre, post=post, protocol=cfg_fabric["protocol"], dtype=cfg_fabric["dtype"],
-            lrs=lrs, optimizer=cfg_fabric.get("optimizer", "sgd"), momentum=cfg_fabric.get("momentum", 0.0),
-            transport=cfg_fabric.get("transport", "zmq"), host=cfg_fabric.get("host", "127.0.0.1"),
-            wire=cfg_fabric.get("wire", "auto"),
-            log_mode=cfg_fabric.get("log", "counters"), timeout_s=cfg_fabric.get("timeout_s", 60.0)))
-    return specs
+            self.hosts = {}
+            self.beats.close()

@@ -1,43 +1,67 @@
-"""Locality report from the messages actually delivered (DESIGN.md "Locality, defined").
+"""Locality report from the messages actually delivered, as each receiver logged them (DESIGN.md "Locality").
 
-Data-plane messages are legal only between graph neighbours (edges derived from the model declaration and
-the partition). Coordinator messages are legal only as control (phase triggers, batch size) to any node,
-or as boundary data: x to the input layer's nodes, y and beta to the output layer's nodes.
+A data-plane message is legal only on a declared port (src, dst, kind) of the model's graph and partition. What
+the coordinator delivers is legal as `control` (calls: phase triggers, parameters, checkpoints) to any node, as
+`boundary` only where the model routes it (x to the nodes driven by the input, y to the output nodes), and as
+`global` only for the signals every node may read: beta, the batch size, the protocol and its settings. Messages a
+receiver rejected (a forged sender, a duplicate, a malformed header), connections it refused (no valid credential)
+and messages for a node that is not on the host are violations too.
 """
 from __future__ import annotations
 
 from collections import defaultdict
 
-from nodes.model import COORDINATOR
+from cluster.message_log import COORDINATOR
 
-BOUNDARY_TARGETS = {"x": "input", "y": "output", "beta": "output"}
+GLOBALS = ("beta", "batch", "protocol")
 
 
-def locality_report(model, blocks: list, logs: dict) -> dict:
-    """logs: {node id: MessageLog.export()} -> {messages, bytes, per_edge, coordinator, violations}."""
-    legal = model.legal_edges(blocks)
-    role = {b.node_id: ("input" if b.layer == 1 else "") + ("output" if b.layer == model.N else "")
-            for b in blocks}
+def locality_report(specs: dict, logs: dict, protocol=None) -> dict:
+    """specs {node: NodeSpec}; logs: an engine's message_logs() -> {messages, bytes, per_edge, coordinator,
+    globals, boundary, violations, ...}."""
+    declared = {(p.src, p.dst, p.kind) for s in specs.values() for p in s.in_ports}
+    routes = {i: set(s.boundary) for i, s in specs.items()}
+    allowed = set(GLOBALS) | set(getattr(protocol, "settings", {}) or {})
     per_edge = defaultdict(lambda: defaultdict(int))
     coordinator = defaultdict(int)
+    globals_seen = defaultdict(set)
+    boundary_seen = defaultdict(set)
     violations = []
     total = nbytes = 0
-    for log in logs.values():
-        for src, dst, kind, phase, count, size in log["counters"]:
+    for node, log in logs.get("nodes", {}).items():
+        for src, dst, kind, name, count, size in log["counters"]:
             total += count
             nbytes += size
             if src == COORDINATOR:
                 coordinator[kind] += count
-                target = BOUNDARY_TARGETS.get(phase)
-                ok = kind == "control" or (kind == "boundary" and target is not None and target in role.get(dst, ""))
-                why = f"coordinator sent {kind} {phase!r} to {dst}"
+                if kind == "global":
+                    globals_seen[name].add(dst)
+                    ok, why = name in allowed, f"coordinator sent {name!r} to {dst}, which is not a global signal"
+                elif kind == "boundary":
+                    boundary_seen[name].add(dst)
+                    ok, why = name in routes.get(dst, ()), f"coordinator sent {name!r} to {dst}, which it is not routed to"
+                else:
+                    ok, why = kind == "control", f"coordinator sent {kind} {name!r} to {dst}"
             else:
                 per_edge[f"{src}->{dst}"][kind] += count
-                ok = (src, dst) in legal
-                why = f"{src} and {dst} are not graph neighbours"
+                ok = (src, dst, kind) in declared
+                why = (f"{src} and {dst} are not graph neighbours" if not any(d[:2] == (src, dst) for d in declared)
+                       else f"no port {src}->{dst} of kind {kind!r}")
             if not ok:
-                violations.append({"src": src, "dst": dst, "kind": kind, "phase": phase, "count": count,
-                                   "why": why})
-    return {"messages": total, "bytes": nbytes, "edges": len(per_edge), "legal_edges": len(legal),
+                violations.append({"src": src, "dst": dst, "kind": kind, "phase": name, "count": count, "why": why})
+        for r in log.get("rejected", ()):
+            violations.append({"src": r["src"], "dst": r["dst"], "kind": "rejected", "phase": "", "count": 1,
+                               "why": r["why"]})
+    for r in logs.get("refused", ()):
+        violations.append({"src": r.get("user", ""), "dst": r.get("host", ""), "kind": "refused", "phase": "",
+                           "count": 1, "why": f"connection refused: no valid credential ({r.get('mechanism')})"})
+    for r in logs.get("unknown", ()):
+        violations.append({"src": r.get("user", ""), "dst": r.get("host", ""), "kind": "unknown", "phase": "",
+                           "count": 1, "why": r.get("why", "")})
+    return {"messages": total, "bytes": nbytes, "edges": len(per_edge),
+            "legal_edges": len({d[:2] for d in declared}),
             "per_edge": {k: dict(v) for k, v in sorted(per_edge.items())},
-            "coordinator": dict(coordinator), "violations": violations}
+            "coordinator": dict(coordinator),
+            "globals": {k: len(v) for k, v in sorted(globals_seen.items())},
+            "boundary": {k: sorted(v) for k, v in sorted(boundary_seen.items())},
+            "nodes": len(specs), "placement": logs.get("placement", {}), "violations": violations}

@@ -1,7 +1,16 @@
-"""Record of every delivered message: (src, dst, kind, phase, step, bytes), or counters per edge/kind/phase."""
+"""What a receiver saw: every delivered message (src, dst, kind, phase, step, bytes), or counters per
+(src, dst, kind, phase); every message it rejected (forged, duplicate, misrouted) and why.
+
+Data-plane kinds are the port kinds (`a`, ...); what the coordinator delivers is logged with src "coordinator"
+and kind `control` (a call: phase trigger, set_params, update, ...), `boundary` (x, y) or `global` (beta, the
+batch size, the protocol and its settings), named by the call's own structure, never by node code.
+"""
 from __future__ import annotations
 
 from collections import defaultdict
+
+COORDINATOR = "coordinator"
+COORDINATOR_KINDS = ("control", "boundary", "global")
 
 
 class MessageLog:
@@ -14,6 +23,7 @@ class MessageLog:
         self.mode = mode
         self.records = []
         self.counters = defaultdict(lambda: [0, 0])
+        self.rejected = []
 
     def record(self, src: str, dst: str, kind: str, phase: str, step: int, nbytes: int) -> None:
         c = self.counters[(src, dst, kind, phase)]
@@ -22,11 +32,15 @@ class MessageLog:
         if self.mode == "full":
             self.records.append((src, dst, kind, phase, step, nbytes))
 
+    def reject(self, src: str, dst: str, why: str) -> None:
+        self.rejected.append({"src": src, "dst": dst, "why": why})
+
     def export(self) -> dict:
         return {"mode": self.mode,
                 "counters": [[*k, v[0], v[1]] for k, v in self.counters.items()],
-                "records": [list(r) for r in self.records]}
+                "records": [list(r) for r in self.records], "rejected": list(self.rejected)}
 
     def clear(self) -> None:
         self.records.clear()
         self.counters.clear()
+        self.rejected.clear()

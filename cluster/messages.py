@@ -1,30 +1,30 @@
 """Wire format: msgpack headers and raw array bytes; never pickle (DESIGN.md "Time and messages").
 
-A data-plane message is two frames: a msgpack header [src, kind, phase, serial, step, dtype, shape] and the
-array's raw bytes (C order); an abort is a header of kind "abort" from the coordinator and an empty frame.
-Dtypes travel by name, complex ones included. `pack_arrays` encodes a dict of arrays as one msgpack map
+A data-plane message is two frames: a msgpack header [src, dst, kind, phase, serial, step, dtype, shape] and the
+array's raw bytes (C order). `src` is a claim the receiver checks against the connection the message arrived on
+(cluster/transport.py); `dst` is the logical node it is for (a host may run many). An abort is a header of kind
+"abort" with `serial` = the highest phase serial to stop, and an empty frame; a heartbeat is a header of kind
+"progress". Dtypes travel by name, complex ones included. `pack_arrays` encodes a dict of arrays as one msgpack map
 {name: [dtype, shape, bytes]} for control-plane calls and checkpoints.
 """
 from __future__ import annotations
 
 import math
-import warnings
 
 import msgpack
 import numpy as np
 import torch
-
-warnings.filterwarnings("ignore", message="The given buffer is not writable")
 
 DTYPES = ("float32", "float64", "complex64", "complex128", "int64")
 _TORCH = {"float32": torch.float32, "float64": torch.float64,
           "complex64": torch.complex64, "complex128": torch.complex128, "int64": torch.int64}
 ITEMSIZE = {k: torch.empty((), dtype=v).element_size() for k, v in _TORCH.items()}
 NUMPY_DTYPE = {k: np.dtype(k) for k in _TORCH}
+HEADER_FIELDS = 8
 
 
 class MessageError(RuntimeError):
-    """A malformed message: wrong kind, dtype or shape. The text names node, phase and step."""
+    """A malformed, forged, duplicate or misrouted message. The text names node, phase, step and sender."""
 
 
 def dtype_name(t) -> str:
@@ -37,19 +37,25 @@ def torch_dtype(name: str):
     return _TORCH[name]
 
 
-def encode_header(src: str, kind: str, phase: str, serial: int, step: int, t) -> bytes:
-    return msgpack.packb([src, kind, phase, serial, step, dtype_name(t), list(t.shape)])
+def encode_header(src: str, dst: str, kind: str, phase: str, serial: int, step: int, dtype: str, shape) -> bytes:
+    return msgpack.packb([src, dst, kind, phase, serial, step, dtype, list(shape)])
 
 
-def encode_abort(src: str, upto: int) -> bytes:
-    """The coordinator's abort on the data plane: stop every phase with serial <= upto (no payload)."""
-    return msgpack.packb([src, "abort", "", int(upto), -1, "", []])
+def encode_control(src: str, kind: str, serial: int, step: int = -1, phase: str = "") -> bytes:
+    """A header with no payload: an abort (stop every phase with serial <= `serial`) or a heartbeat."""
+    return msgpack.packb([src, "", kind, phase, int(serial), int(step), "", []])
 
 
 def decode_header(frame) -> list:
-    h = msgpack.unpackb(frame)
-    if not (isinstance(h, list) and len(h) == 7):
-        raise MessageError(f"malformed header {h!r}")
+    """The header's fields, or a MessageError for anything that is not a well-formed header."""
+    try:
+        h = msgpack.unpackb(frame)
+    except Exception as err:  # msgpack raises several types for random bytes
+        raise MessageError(f"undecodable header ({type(err).__name__})") from None
+    if not (isinstance(h, list) and len(h) == HEADER_FIELDS and all(isinstance(v, str) for v in h[:4])
+            and isinstance(h[4], int) and isinstance(h[5], int) and isinstance(h[6], str)
+            and isinstance(h[7], list) and all(isinstance(d, int) and d >= 0 for d in h[7])):
+        raise MessageError(f"malformed header {str(h)[:200]}")
     return h
 
 
@@ -72,16 +78,15 @@ def _checked(buf, dtype: str, shape) -> memoryview:
 
 
 def ndarray_from(buf, dtype: str, shape) -> np.ndarray:
-    """Read-only numpy view over a received buffer (no copy); the data plane's receive path."""
+    """Read-only numpy view over a received buffer (no copy); the data plane's receive path copies it into the
+    receiving node's own buffers."""
     return np.frombuffer(_checked(buf, dtype, shape), dtype=NUMPY_DTYPE[dtype]).reshape(shape)
 
 
 def array_from(buf, dtype: str, shape) -> torch.Tensor:
-    """Tensor view over a received buffer (no copy); the control plane's unpack_arrays."""
-    mv = _checked(buf, dtype, shape)
-    if mv.nbytes == 0:
-        return torch.empty(tuple(shape), dtype=_TORCH[dtype])
-    return torch.frombuffer(mv, dtype=_TORCH[dtype]).reshape(tuple(shape))
+    """A tensor that owns a copy of a received buffer (control plane, checkpoints)."""
+    view = np.frombuffer(_checked(buf, dtype, shape), dtype=NUMPY_DTYPE[dtype]).reshape(shape)
+    return torch.from_numpy(view.copy())
 
 
 def pack_arrays(arrays: dict) -> bytes:
@@ -95,4 +100,4 @@ def pack_arrays(arrays: dict) -> bytes:
 
 def unpack_arrays(data: bytes) -> dict:
     """Inverse of pack_arrays; the tensors own their memory."""
-    return {k: array_from(raw, dt, shape).clone() for k, (dt, shape, raw) in msgpack.unpackb(data).items()}
+    return {k: array_from(raw, dt, shape) for k, (dt, shape, raw) in msgpack.unpackb(data).items()}

@@ -1,186 +1,252 @@
-"""The in-process engine: the whole model as one partition per layer, same step functions as the nodes.
+"""The in-process engine: the same local rules (nodes/rules.py) on one partition, messages passed by reference.
 
-`relax` is the vectorised reference dynamics (ALGORITHMS.md §1), used with autograd for BPTT (cluster/bptt.py)
-and for phases that record their trajectory; the engine's other phases run the same `layers_step` on fixed
-buffers (cluster/captured.py: a CUDA graph per (batch size, beta) on a GPU). The clamped input drive W0 x + b0
-is computed once per phase, not per step.
+Every logical node of the partition (the layer partition unless told otherwise) runs here with its own tensors
+(owner rows, replica columns), optimiser and phase state (cluster/nodeset.py), exactly as on a fabric host; what
+differs is only the routing: a node's inbox is built from its neighbours' outboxes directly, with no copies,
+checks or log. `relax` runs the same rules with the parameters as shared views of one dict, so autograd through it
+is BPTT (cluster/bptt.py). Phases that record nothing run on fixed buffers (cluster/captured.py: a CUDA graph per
+phase signature on a GPU, the same body eagerly elsewhere).
 """
 from __future__ import annotations
 
 import torch
 
 from cluster.captured import StaticLoop
-from nodes.dynamics import (CHECK_EVERY, check_due, const_drive, divergence, estimate, field, local_grads,
-                            preactivation, signal, step)
-from nodes.optim import Optimizer
-from protocols import get_protocol
-from protocols.base import run_schedule
+from cluster.engine import Engine
+from cluster.nodeset import NodeSet
+from nodes.dynamics import CHECK_EVERY
+from nodes.graph import slice_params
+from nodes.rules import Guarded, rule_of
+from protocols.base import Phase, Protocol
+
+PHYSICS_ONLY = Protocol()  # no learning rule: relax runs the physics alone
 
 
-def const_drives(model, p, x) -> list:
-    """The clamped part of every layer's u (nodes/dynamics.const_drive): k (W0 x + b0) + c, then k b_{n-1} + c."""
-    k, c0 = preactivation(model.kind, model.activation)
-    return ([const_drive(p["b0"], p["W0"], x, k, c0)]
-            + [const_drive(p[f"b{n - 1}"], None, None, k, c0) for n in range(2, model.N + 1)])
+class Router:
+    """Inboxes from outboxes, by reference: slot parts (src, lo, hi) side by side, one source without a copy."""
 
+    def __init__(self, specs: dict):
+        self.plan = {i: tuple((name, sl.kind, tuple(i if src == "self" else src for src, _, _ in sl.parts))
+                              for name, sl in s.slots.items()) for i, s in specs.items()}
 
-def layers_step(model, p, c, s, beta=0.0, y=None) -> list:
-    """One synchronous step of layers 1..N (nodes/dynamics.step on each, all from the old states s)."""
-    N, kind, act = model.N, model.kind, model.activation
-    k = preactivation(kind, act)[0]
-    a = [signal(kind, act, sn) for sn in s]
-    return [step(kind, act, model.dt, s[n - 1],
-                 field(c[n - 1], p[f"W{n - 1}"], a[n - 2] if n > 1 else None,
-                       p.get(f"W{n}") if n < N else None, a[n] if n < N else None, k),
-                 beta if n == N else 0.0, y if n == N else None)
-            for n in range(1, N + 1)]
+    def inbox(self, i: str, outs: dict, where: str) -> Guarded:
+        box = {}
+        for name, kind, srcs in self.plan[i]:
+            box[name] = outs[srcs[0]][kind] if len(srcs) == 1 else torch.cat([outs[j][kind] for j in srcs], dim=1)
+        return Guarded(box, where, "port")
+
+    def signals(self, i: str, a: dict) -> dict:
+        """The fast path of a step whose only messages are signals: {slot: tensor} from {node: a(s)}."""
+        box = {}
+        for name, _, srcs in self.plan[i]:
+            box[name] = a[srcs[0]] if len(srcs) == 1 else torch.cat([a[j] for j in srcs], dim=1)
+        return box
 
 
 def relax(model, params, x, steps, s=None, beta=0.0, y=None, params_at=None, on_step=None, check=None):
-    """Run `steps` synchronous steps of layers 1..N from `s` (zeros if None); returns the list of states.
+    """`steps` synchronous steps of every dynamic group from `s` (zeros if None); returns the list of group states.
 
-    `params_at(t)`, if given, supplies the parameters of transition t (BPTT per-step copies);
+    The layer partition's rules with the parameters as views of `params` (or of `params_at(t)`, the parameters of
+    transition t: BPTT's per-step copies), so autograd differentiates the very arithmetic the nodes run.
     `on_step(t, s)` sees every state s_t, t = 1..steps; `check(t, s)` may raise on divergence.
     """
-    if s is None:
-        s = [torch.zeros(x.shape[0], d, dtype=x.dtype, device=x.device) for d in model.sizes[1:]]
+    specs = model.node_specs(model.partition("layer"))
+    ids = list(specs)
+    router = Router(specs)
+    phase = Phase("relax", steps, beta, "zero" if s is None else "carry")
+    rules = {i: rule_of(sp, PHYSICS_ONLY).phase(phase) for i, sp in specs.items()}
+    routed = {i: {k: v for k, v in (("x", x), ("y", y)) if k in sp.boundary and v is not None}
+              for i, sp in specs.items()}
+    bnd = {}
+    for i, sp in specs.items():
+        if "y" in routed[i]:
+            routed[i]["y"] = routed[i]["y"][:, sp.block.lo:sp.block.hi]
+        bnd[i] = Guarded({**routed[i], "beta": beta, "batch": x.shape[0], "dtype": x.dtype, "device": x.device},
+                         f"node {i}, phase relax", "boundary")
+    views = {}
+
+    def held(t):
+        p = params if params_at is None else params_at(t)
+        if id(p) not in views:
+            views[id(p)] = (p, {i: slice_params(sp, p, copy=False) for i, sp in specs.items()})
+        return views[id(p)][1]
+
+    start = {} if s is None else {i: {"s": s[n]} for n, i in enumerate(ids)}
+    state, outs = {}, {}
+    for i in ids:
+        state[i], outs[i] = rules[i].enter(start.get(i, {}), held(0)[i], bnd[i])
     consts = {}
     for t in range(steps):
-        p = params if params_at is None else params_at(t)
-        c = consts.get(id(p))
-        if c is None:
-            c = consts[id(p)] = const_drives(model, p, x)
-        s = layers_step(model, p, c, s, beta, y)
+        p = held(t)
+        boxes = {i: router.inbox(i, outs, f"node {i}, phase relax, step {t}") for i in ids}
+        for i in ids:
+            c = consts.get((id(p), i))
+            if c is None:  # the clamped drive of this transition's parameters (BPTT copies get their own)
+                c = consts[(id(p), i)] = rules[i].node.const(p[i], bnd[i], x.dtype)
+            state[i] = {**state[i], "const": c}
+            state[i], outs[i], _ = rules[i].step(state[i], boxes[i], p[i], bnd[i], t)
+        group_states = [state[i]["s"] for i in ids]
         if check is not None:
-            check(t + 1, s)
+            check(t + 1, group_states)
         if on_step is not None:
-            on_step(t + 1, s)
-    return s
+            on_step(t + 1, group_states)
+    return [state[i]["s"] for i in ids]
 
 
-def layer_grads(model, x, s) -> dict:
-    """G(s) for every parameter: W{n-1}, b{n-1} from layer n's block rule (nodes/dynamics.local_grads)."""
-    a = [x] + [signal(model.kind, model.activation, sn) for sn in s]
-    out = {}
-    for n in range(1, model.N + 1):
-        g = local_grads(a[n - 1], a[n])
-        out[f"W{n - 1}"], out[f"b{n - 1}"] = g["W_in"], g["b_in"]
-    return out
-
-
-class ReferenceEngine:
-    """Engine API shared with the fabric: set_params, get_params, set_batch, run_phase, update, output."""
+class ReferenceEngine(Engine):
+    """The engine interface (cluster/engine.py) in one process."""
 
     name = "reference"
 
-    def __init__(self, model, protocol: str, dtype=torch.float64, lrs=None, optimizer="sgd", momentum=0.0,
-                 device="cpu", diverge_limit=1e6, capture=True):
-        """capture: on CUDA, replay each phase's steps as CUDA graphs (cluster/captured.py); ignored elsewhere."""
-        self.model, self.protocol = model, protocol
+    def __init__(self, model, protocol, dtype=torch.float64, lrs=None, optimizer="sgd", momentum=0.0,
+                 device="cpu", diverge_limit=1e6, capture=True, granularity="layer", split=1):
+        """lrs {parameter: learning rate}; capture: on CUDA, replay phases as CUDA graphs (cluster/captured.py)."""
+        specs = model.node_specs(model.partition(granularity, split))
+        super().__init__(model, protocol, specs)
+        self.nodes = NodeSet(specs, self.protocol, dtype, lrs, optimizer, momentum, diverge_limit, device)
         self.dtype, self.device = dtype, torch.device(device)
-        self.lrs = lrs or {}
-        self.opt = Optimizer(optimizer, momentum)
-        self.diverge_limit = diverge_limit
-        self.params = {}
-        self.saved = {}
-        self.x = self.y = None
+        self.router = Router(specs)
         self.capture = bool(capture) and self.device.type == "cuda"
-        self.loops = {}  # (B, beta) -> StaticLoop over self.params; rebuilt when set_params rebinds them
+        self.loops = {}  # phase signature -> (StaticLoop, its buffers' owner tree); dropped when params are rebound
 
+    # ---- parameters, boundary, checkpoints ----------------------------------------------------------------
     def set_params(self, params: dict) -> None:
-        self.params = {k: v.detach().to(self.device, self.dtype).clone() for k, v in params.items()}
+        self.nodes.set_held({i: slice_params(s, params) for i, s in self.specs.items()})
         self.loops.clear()
 
-    def get_params(self) -> dict:
-        return {k: v.detach().cpu().clone() for k, v in self.params.items()}
+    def _held(self) -> dict:
+        return {i: {k: v.detach().cpu().clone() for k, v in p.items()} for i, p in self.nodes.params.items()}
+
+    def _estimates(self) -> dict:
+        return {i: {k: v.cpu() for k, v in self.nodes.estimate_of(i).items()} for i in self.nodes.ids}
+
+    def get_state(self) -> dict:
+        return {i: self.nodes.pack_state(i) for i in self.nodes.ids}
+
+    def set_state(self, states: dict) -> None:
+        for i, packed in states.items():
+            self.nodes.load_state(i, packed)
+        self.loops.clear()
 
     def set_batch(self, x, y=None) -> None:
-        self.x = torch.as_tensor(x).to(self.device, self.dtype)
-        self.y = None if y is None else torch.as_tensor(y).to(self.device, self.dtype)
+        x = torch.as_tensor(x)
+        self.nodes.batch = int(x.shape[0])
+        for i, s in self.specs.items():
+            arrays = {"x": x}
+            if y is not None:
+                arrays["y"] = torch.as_tensor(y)[:, s.block.lo:s.block.hi]
+            self.nodes.set_routed(i, arrays)
 
-    def _check(self, phase, steps):
-        """Divergence check every CHECK_EVERY steps and at the last (nodes/dynamics.divergence)."""
-        def check(t, s):
-            if not check_due(t, steps):
-                return
-            for n, sn in enumerate(s, start=1):
-                bad = divergence(sn, self.diverge_limit)
-                if bad:
-                    raise FloatingPointError(f"node L{n}, phase {phase}, step {t}: state {bad}")
-        return check
+    def begin(self) -> None:
+        self.nodes.begin_all()
 
-    @torch.no_grad()
-    def run_phase(self, name, steps, beta, start, record_states=False, record_grads=False) -> dict:
-        s0 = None if start == "zero" else self.saved[start]
-        if not (record_states or record_grads):
-            self.saved[name] = self._run_static(name, steps, beta, s0)
-            return {}
-        traj = [s0 or [torch.zeros(self.x.shape[0], d, dtype=self.dtype, device=self.device)
-                       for d in self.model.sizes[1:]]]
-        s = relax(self.model, self.params, self.x, steps, s0, beta, self.y, on_step=lambda t, s: traj.append(s),
-                  check=self._check(name, steps))
-        self.saved[name] = s
-        out = {}
-        if record_states:
-            out["states"] = [torch.stack([st[n] for st in traj]).cpu() for n in range(self.model.N)]
-        if record_grads:
-            G = [layer_grads(self.model, self.x, st) for st in traj]
-            out["grad_steps"] = {k: (torch.stack([g[k] for g in G[1:]]) - torch.stack([g[k] for g in G[:-1]]))
-                                 / beta for k in G[0]}
-        return out
-
-    def _run_static(self, name, steps, beta, s0) -> list:
-        """The phase's `steps` steps on the (B, beta) StaticLoop, checked for divergence after each chunk of
-        CHECK_EVERY steps and at the last (the same schedule as relax's check); returns copies of the states."""
-        nudged = self.y is not None and beta != 0
-        key = (self.x.shape[0], float(beta) if nudged else 0.0)
-        if key not in self.loops:
-            def new(d):
-                return torch.zeros(self.x.shape[0], d, dtype=self.dtype, device=self.device)
-            consts, y = [new(d) for d in self.model.sizes[1:]], new(self.y.shape[1]) if nudged else None
-            model, p, b = self.model, dict(self.params), key[1]  # the tensors as bound now, like a graph
-            self.loops[key] = (StaticLoop(lambda s: layers_step(model, p, consts, s, b, y),
-                                          [new(d) for d in self.model.sizes[1:]], CHECK_EVERY, self.capture),
-                               consts, y)
-        loop, consts, y = self.loops[key]
-        for dst, src in zip(consts, const_drives(self.model, self.params, self.x)):
-            dst.copy_(src)
-        if y is not None:
-            y.copy_(self.y)
-        for n, sn in enumerate(loop.state):
-            sn.zero_() if s0 is None else sn.copy_(s0[n])
-        check = self._check(name, steps)
-        for t in loop.chunks(steps):
-            check(t, loop.state)
-        return [sn.clone() for sn in loop.state]
-
-    @torch.no_grad()
-    def update(self, beta: float, apply: bool = True, gather: bool = True) -> dict:
-        coefs = get_protocol(self.protocol).coefficients(beta)
-        m = self.model
-        a = {k: [self.x] + [signal(m.kind, m.activation, sn) for sn in self.saved[k]] for k in coefs}
-        g = {}
-        for n in range(1, m.N + 1):  # layer n's rule gives W{n-1}, b{n-1} (W_out is the next layer's)
-            est = estimate(coefs, {k: (a[k][n - 1], a[k][n], None) for k in coefs})
-            g[f"W{n - 1}"], g[f"b{n - 1}"] = est["W_in"], est["b_in"]
-        if apply:
-            self.opt.step(self.params, g, self.lrs)
-        return g
-
-    def train_batch(self, x, y, beta: float, T1: int, T2: int):
-        """set_batch, the protocol's phases, the update; returns the free phase's output."""
-        self.set_batch(x, y)
-        run_schedule(get_protocol(self.protocol), self, beta, T1, T2)
-        self.update(beta, apply=True, gather=False)
-        return self.output("free")
-
-    def infer(self, x, steps: int):
-        self.set_batch(x)
-        self.run_phase("free", steps, 0.0, "zero")
-        return self.output("free")
+    def update(self) -> None:
+        for i in self.nodes.ids:
+            self.nodes.update_of(i)
 
     def output(self, name: str = "free"):
-        return self.saved[name][-1]
+        return self._output_of({i: self.nodes.saved(i, name) for i in self.nodes.ids if self.specs[i].is_output})
+
+    def message_logs(self, clear: bool = False) -> dict:
+        return {"nodes": {}, "refused": [], "unknown": [], "placement": {}}
 
     def close(self) -> None:
-        pass
+        self.loops.clear()
+
+    # ---- phases --------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def run_phase(self, phase, record_states: bool = False, record_grads: bool = False) -> dict:
+        ns, ids = self.nodes, self.nodes.ids
+        rules = {i: ns.rules[i].phase(phase) for i in ids}
+        bnd = {i: ns.boundary(i, phase) for i in ids}
+        outs = {}
+        for i in ids:
+            ns.state[i], outs[i] = rules[i].enter(ns.state[i], ns.params[i], bnd[i])
+        steps = phase.steps
+        rec_s = {i: [ns.state[i]["s"]] for i in ids} if record_states else None
+        rec_g = {i: [] for i in ids} if record_grads else None
+        done = 0
+        if steps > 1 and not (record_states or record_grads) and self._capturable(phase):
+            outs = self._run_static(phase, rules, bnd, steps - 1)
+            done = steps - 1
+        prev = {}
+        for t in range(done, steps):
+            boxes = {i: self.router.inbox(i, outs, f"node {i}, phase {phase.name}, step {t}") for i in ids}
+            for i in ids:
+                if record_grads:
+                    rec_g[i].append(ns.rules[i].G(ns.state[i]["a"], boxes[i], bnd[i]))
+                prev[i] = ns.state[i]["s"]
+                ns.state[i], outs[i], delta = rules[i].step(ns.state[i], boxes[i], ns.params[i], bnd[i], t)
+                ns.commit(i, delta)
+                ns.check(i, phase, t + 1, steps)
+                if record_states:
+                    rec_s[i].append(ns.state[i]["s"])
+        boxes = {i: self.router.inbox(i, outs, f"node {i}, phase {phase.name}, step {steps}") for i in ids}
+        residual = 0.0
+        for i in ids:
+            if record_grads:
+                rec_g[i].append(ns.rules[i].G(ns.state[i]["a"], boxes[i], bnd[i]))
+            ns.state[i], delta = rules[i].exit(ns.state[i], boxes[i], ns.params[i], bnd[i], steps)
+            ns.commit(i, delta)
+            if i in prev and ns.state[i]["s"].numel():
+                residual = max(residual, float((ns.state[i]["s"] - prev[i]).abs().max()))
+        out = {"residual": residual}
+        if record_states:
+            out["states"] = [t.cpu() for t in self._groups({i: torch.stack(v) for i, v in rec_s.items()}, dim=2)]
+        if record_grads:
+            series = {i: {k: (torch.stack([g[k] for g in v[1:]]) - torch.stack([g[k] for g in v[:-1]])) / phase.beta
+                          for k in v[0]} for i, v in rec_g.items()}
+            T = steps
+            per_t = [self._assemble_step({i: {k: s[k][t].cpu() for k in s} for i, s in series.items()})
+                     for t in range(T)]
+            out["grad_steps"] = {k: torch.stack([p[k] for p in per_t]) for k in per_t[0]} if T else {}
+        return out
+
+    def _assemble_step(self, held):
+        from nodes.graph import assemble
+        return assemble(self.model, self.specs, held)
+
+    def _capturable(self, phase) -> bool:
+        """Fixed buffers need a step that changes only s and a (no per-step learning rule) in real arithmetic."""
+        return not self.protocol.has_step_rule and not phase.complex
+
+    def _run_static(self, phase, rules, bnd, n: int) -> dict:
+        """n steps of the phase on the StaticLoop of its signature (batch size, beta), checked for divergence after
+        each chunk of CHECK_EVERY steps (the eager path's schedule). The loop owns fixed buffers for everything its
+        body reads that changes between runs: the states and signals (its carry), each node's clamped drive and
+        target; parameters are read as bound (in-place optimiser updates reach it; set_params drops the loops)."""
+        ns, ids = self.nodes, self.nodes.ids
+        key = (ns.batch, phase.beta)
+        if key not in self.loops:
+            fixed = {i: {k: v.clone() for k, v in (("const", ns.state[i]["const"]), ("y", bnd[i].get("y")))
+                         if v is not None} for i in ids}
+            dtype = ns.state[ids[0]]["dtype"]
+
+            nodes = [(k, i, ns.rules[i], ns.params[i], fixed[i]["const"], fixed[i].get("y")) for k, i in enumerate(ids)]
+            router, beta = self.router, phase.beta
+
+            def body(carry):  # one synchronous step of every node: NodeRule.advance, the physics PhaseRule.step runs
+                a = {i: carry[2 * k + 1] for k, i, *_ in nodes}
+                new = []
+                for k, i, rule, params, const, y in nodes:
+                    new += rule.advance(carry[2 * k], const, router.signals(i, a), params, beta, y, dtype)
+                return new
+
+            carry = [t.clone() for i in ids for t in (ns.state[i]["s"], ns.state[i]["a"])]
+            self.loops[key] = (StaticLoop(body, carry, CHECK_EVERY, self.capture), fixed)
+        loop, fixed = self.loops[key]
+        for k, i in enumerate(ids):
+            fixed[i]["const"].copy_(ns.state[i]["const"])
+            if "y" in fixed[i]:
+                fixed[i]["y"].copy_(bnd[i]["y"])
+            loop.state[2 * k].copy_(ns.state[i]["s"])
+            loop.state[2 * k + 1].copy_(ns.state[i]["a"])
+        for t in loop.chunks(n):
+            for k, i in enumerate(ids):
+                ns.state[i] = {**ns.state[i], "s": loop.state[2 * k]}
+                ns.check(i, phase, t, phase.steps)
+        outs = {}
+        for k, i in enumerate(ids):
+            ns.state[i] = {**ns.state[i], "s": loop.state[2 * k].clone(), "a": loop.state[2 * k + 1].clone()}
+            outs[i] = {"a": ns.state[i]["a"]}
+        return outs

@@ -1,17 +1,29 @@
-"""Resolves `engine`, `transport` and `granularity` in one place (like a run config), and starts Ray."""
+"""Resolves `engine`, `transport`, `granularity` and `fabric.hosts` in one place (like a run config), and starts Ray.
+
+`make_engine(cfg, model=None, protocol=None)` returns the engine the config names; `model` and `protocol` may be
+objects built in Python (experiments/api.py), a registered protocol's name, or None (from the config).
+"""
 from __future__ import annotations
 
 import os
 
 import torch
 
-from nodes.model import LayeredModel
+from nodes.layered import layered
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def model_from(cfg) -> LayeredModel:
-    return LayeredModel(cfg.model, tuple(cfg.sizes), cfg.activation, cfg.dt)
+def model_from(cfg):
+    return layered(cfg.model, tuple(cfg.sizes), cfg.activation, cfg.dt)
+
+
+def protocol_from(cfg, protocol=None):
+    """The run's protocol object: `protocol` (an object or a registered name; default cfg.protocol) with the config
+    keys it carries (its `keys`, e.g. N) set from cfg."""
+    from protocols import get_protocol
+    p = get_protocol(protocol if protocol is not None else cfg.protocol)
+    return p.configured(**{k: getattr(cfg, k) for k in p.keys}) if p.keys else p
 
 
 def init_ray(address=None, num_cpus=None) -> None:
@@ -27,18 +39,37 @@ def init_ray(address=None, num_cpus=None) -> None:
                  _node_ip_address="127.0.0.1")
 
 
-def make_engine(cfg, model=None, protocol=None):
-    """The engine named by cfg.engine: the in-process reference, or a fabric of Ray actors."""
+def ship_by_value(*objects) -> None:
+    """Code defined outside the installed packages (a protocol or a model's rule class in a test file, a script, a
+    notebook) travels to the actors by value: Ray's cloudpickle is told to serialise its module's code instead of a
+    reference the workers might not import (the control plane; the data plane never pickles)."""
+    import sys
+
+    from ray import cloudpickle
+    for obj in objects:
+        cls = obj if isinstance(obj, type) else type(obj)
+        mod = cls.__module__
+        if mod.split(".")[0] in ("protocols", "nodes", "cluster", "experiments", "builtins") or mod == "__main__":
+            continue  # installed packages go by reference, __main__ by value already
+        if mod in sys.modules:
+            cloudpickle.register_pickle_by_value(sys.modules[mod])
+
+
+def make_engine(cfg, model=None, protocol=None, local: bool = False):
+    """The engine named by cfg.engine: the in-process reference, or a fabric of Ray actors (`local`: hosts as
+    threads in this process, for tests)."""
+    from cluster.coordinator import lrs_by_param
     model = model or model_from(cfg)
-    protocol = protocol or cfg.protocol
+    protocol = protocol_from(cfg, protocol)
     if cfg.engine == "reference":
         from cluster.reference import ReferenceEngine
-        lrs = {f"{p}{n}": lr for n, lr in enumerate(cfg.lrs) for p in ("W", "b")}
-        return ReferenceEngine(model, protocol, DTYPES[cfg.dtype], lrs, cfg.optimizer, cfg.momentum, cfg.device)
+        return ReferenceEngine(model, protocol, DTYPES[cfg.dtype], lrs_by_param(model, cfg.lrs), cfg.optimizer,
+                               cfg.momentum, cfg.device)
     from cluster.coordinator import FabricEngine
-    init_ray(cfg.address)
-    settings = dict(granularity=cfg.granularity, split=cfg.fabric.split, lr=cfg.lrs, protocol=protocol,
+    if not local:
+        init_ray(cfg.address)
+    settings = dict(granularity=cfg.granularity, split=cfg.fabric.split, hosts=cfg.fabric.hosts, lr=cfg.lrs,
                     dtype=cfg.dtype, optimizer=cfg.optimizer, momentum=cfg.momentum, transport=cfg.transport,
                     host=cfg.fabric.host, wire=cfg.fabric.wire, log=cfg.fabric.log, timeout_s=cfg.fabric.timeout_s,
                     actor_cpus=cfg.fabric.actor_cpus)
-    return FabricEngine(model, settings)
+    return FabricEngine(model, protocol, settings, local=local)

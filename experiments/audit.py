@@ -1,8 +1,10 @@
 """`audit`: freeze the weights and a batch, run the protocol on the engine, compare with BPTT (§12).
 
-Writes `audit.npz` (the pinned bundle, ALGORITHMS.md §1) and `audit.json` (total and per-tensor cosine,
-rel_l2, norm_ratio, sign_agreement; locality; replica drift; with steps=true the GDU metrics and a PNG).
-`replay=BUNDLE.npz` re-runs on another bundle's parameters, batch and settings.
+Writes `audit.npz` (the pinned bundle, ALGORITHMS.md §1), `audit.json` (total and per-tensor cosine, rel_l2,
+norm_ratio, sign_agreement; the residual of every phase; the locality report from the receivers' logs; the replica
+drift of the updates each end computed; with steps=true the GDU metrics) and the plots `locality.png` (the node
+graph weighted by delivered messages) and, with steps=true, `gdu.png`. `replay=BUNDLE.npz` re-runs on another
+bundle's parameters, batch and settings. The same code runs on either engine (cluster/engine.py).
 """
 from __future__ import annotations
 
@@ -15,15 +17,16 @@ import torch
 from cluster.audit import compare, gdu_metrics, read_bundle, write_bundle
 from cluster.bptt import bptt_grad, bptt_steps
 from cluster.locality import locality_report
-from cluster.runtime import make_engine, model_from
+from cluster.runtime import make_engine, model_from, protocol_from
 from experiments.config import ConfigError
 from experiments.datasets import load_dataset, one_hot
-from experiments.results import prepare, pyplot, write_json
+from experiments.plots import plot_gdu, plot_locality
+from experiments.results import prepare, write_json
 from experiments.train import check_data
-from protocols import get_protocol
-from protocols.base import run_schedule
 
 META_KEYS = ("model", "sizes", "activation", "protocol", "beta", "T1", "T2", "dt", "N", "seed")
+REPLAY_KEYS = ("granularity", "transport", "engine", "fabric.log", "fabric.split", "fabric.hosts", "fabric.wire",
+               "steps")
 
 
 def replay_config(cfg, sets=()):
@@ -41,26 +44,29 @@ def replay_config(cfg, sets=()):
     from experiments.config import Config, _build, _set_dotted, parse_value, validate
     for item in sets:
         k, v = item.split("=", 1)
-        if k.strip() in ("granularity", "transport", "engine", "fabric.log", "fabric.split", "steps"):
+        if k.strip() in REPLAY_KEYS:
             _set_dotted(data, k.strip(), parse_value(v))
     return validate(_build(Config, data)), bundle
 
 
 def audit_batch(cfg, model):
-    """The frozen batch: the first `batch` training samples of the dataset, and the seeded initial weights."""
-    ds = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed, cfg.test_fraction, cfg.data_path)
+    """The frozen batch: the first `batch` training samples of the dataset, and the seeded initial weights (times
+    init_scale)."""
+    ds = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed, cfg.test_fraction, cfg.data_path, cfg.sizes)
     check_data(cfg, ds)
     x = torch.from_numpy(ds.x_train[:cfg.batch])
     y = torch.from_numpy(one_hot(ds.y_train[:cfg.batch], ds.n_classes))
-    return x, y, model.init_params(cfg.seed, torch.float64)
+    return x, y, model.init_params(cfg.seed, torch.float64, cfg.init_scale)
 
 
-def run_audit(cfg, out_dir: str, sets=(), quiet: bool = False) -> dict:
+def run_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=None, protocol=None) -> dict:
+    """The audit of cfg's protocol (or `protocol`, an object) on cfg's engine; writes out_dir; returns the report."""
     bundle = None
     if cfg.replay:
         cfg, bundle = replay_config(cfg, [a for a in sets if "=" in a])
     cfg = dataclasses.replace(cfg, dtype="float64")
-    model = model_from(cfg)
+    model = model or model_from(cfg)
+    proto = protocol_from(cfg, protocol)
     if bundle is not None:
         x, y, params = bundle["x"], bundle["y"], {k: v.double() for k, v in bundle["param"].items()}
         if set(params) != set(model.param_shapes()) or any(
@@ -68,38 +74,40 @@ def run_audit(cfg, out_dir: str, sets=(), quiet: bool = False) -> dict:
             raise ConfigError("replay", "the bundle's parameters do not match its sizes")
     else:
         x, y, params = audit_batch(cfg, model)
-    protocol = get_protocol(cfg.protocol)
-    beta = protocol.batch_beta(cfg.beta, np.random.default_rng(cfg.seed))
+    beta = proto.batch_beta(cfg.beta, np.random.default_rng(cfg.seed))
     prepare(out_dir, cfg)
-    engine = make_engine(cfg, model)
+    engine = make_engine(cfg, model, proto)
     try:
         engine.set_params(params)
         engine.set_batch(x, y)
-        phases = run_schedule(protocol, engine, beta, cfg.T1, cfg.T2, record_grads=cfg.steps)
-        estimate = engine.update(beta, apply=False)
-        logs = engine.message_logs() if engine.name == "fabric" else {}
-        drift = engine.replica_drift() if engine.name == "fabric" else {}
-        blocks = list(engine.blocks.values()) if engine.name == "fabric" else []
+        program = engine.program(beta, cfg.T1, cfg.T2)
+        phases = engine.run_program(program, record_grads=cfg.steps)
+        estimate = engine.estimate()
+        drift = engine.estimate_drift()
+        logs = engine.message_logs()
     finally:
         engine.close()
     truth = bptt_grad(model, params, x, y, cfg.T1)
     report = compare(estimate, truth)
     report["beta_used"] = beta
-    report["residuals"] = {k: v.get("residual") for k, v in phases.items()}
-    report["locality"] = (locality_report(model, blocks, logs) if logs
-                          else {"messages": 0, "violations": [], "note": "reference engine: no fabric"})
+    report["engine"] = cfg.engine
+    report["residuals"] = {k: v["residual"] for k, v in phases.items()}
+    report["locality"] = locality_report(engine.specs, logs, proto)
+    if cfg.engine == "reference":
+        report["locality"]["note"] = "in-process engine: messages are passed by reference and not logged"
     report["replica_drift"] = drift
     meta = {k: getattr(cfg, k) for k in META_KEYS}
     meta.update(beta_used=beta, granularity=cfg.granularity, transport=cfg.transport, engine=cfg.engine,
-                dtype="float64")
+                hosts=cfg.fabric.hosts, dtype="float64")
     est_steps = bptt_s = None
     if cfg.steps:
-        est_steps = phases[protocol.nudged_phase().name]["grad_steps"]
+        est_steps = phases[proto.gdu_phase(program).name]["grad_steps"]
         bptt_s = bptt_steps(model, params, x, y, cfg.T1, cfg.T2)
         report["steps"] = gdu_metrics(est_steps, bptt_s)
         plot_gdu(os.path.join(out_dir, "gdu.png"), est_steps, bptt_s)
     write_bundle(os.path.join(out_dir, "audit.npz"), meta, x, y, params, estimate, truth, est_steps, bptt_s)
     write_json(os.path.join(out_dir, "audit.json"), report)
+    plot_locality(os.path.join(out_dir, "locality.png"), engine.specs, report["locality"])
     if not quiet:
         t = report["total"]
         print(f"audit {cfg.protocol} beta={beta:g} on {cfg.engine}/{cfg.granularity}/{cfg.transport}: "
@@ -107,24 +115,3 @@ def run_audit(cfg, out_dir: str, sets=(), quiet: bool = False) -> dict:
               f"locality violations {len(report['locality']['violations'])} "
               f"({report['locality']['messages']} messages) -> {out_dir}")
     return report
-
-
-def plot_gdu(path: str, est_steps: dict, bptt_s: dict, per_tensor: int = 3) -> None:
-    """Cumulative EP (dashed) vs BPTT (solid) for a few elements of every tensor (Ernoult et al. 2019)."""
-    plt = pyplot()
-    names = list(bptt_s)
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
-    for ax, k in zip(axes[0], names):
-        e = est_steps[k].reshape(len(est_steps[k]), -1).numpy()
-        b = bptt_s[k].reshape(len(bptt_s[k]), -1).numpy()
-        idx = np.argsort(-np.abs(b).sum(0))[:per_tensor]
-        for j, i in enumerate(idx):
-            c = f"C{j}"
-            ax.plot(np.cumsum(b[:, i]), c, lw=1.5)
-            ax.plot(np.cumsum(e[:, i]), c, ls="--", lw=1.5)
-        ax.set_title(k)
-        ax.set_xlabel("t (steps before the end)")
-    axes[0][0].set_ylabel("cumulative update (EP dashed, BPTT solid)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

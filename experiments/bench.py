@@ -18,13 +18,13 @@ import time
 import torch
 import yaml
 
+from cluster.coordinator import lrs_by_param
 from cluster.reference import ReferenceEngine
 from cluster.runtime import DTYPES, init_ray, make_engine, model_from
 from cluster.transport import resolve_wire
 from experiments import bench_raw
 from nodes.activations import ACTIVATIONS
-from protocols import get_protocol
-from protocols.base import run_schedule
+from protocols.base import Phase
 
 TARGETS = {  # ratio key -> (comparison, target)
     "layer_fabric_over_inprocess": ("<=", 1.0),
@@ -68,32 +68,33 @@ def per_step(engines: dict, steps: int, repeats: int) -> dict:
     interleaved so that load from elsewhere hits every engine alike: {name: median seconds per step}.
     A short pause before each timing lets the previous engine's background work (Ray's clean-up of
     fire-and-forget calls, zmq I/O threads) finish."""
+    free = Phase("free", steps)
     for eng in engines.values():
-        eng.run_phase("free", steps, 0.0, "zero")
+        eng.run_phase(free)
     times = {k: [] for k in engines}
     for _ in range(repeats):
         for k, eng in engines.items():
             time.sleep(SETTLE_S)
             t0 = time.perf_counter()
-            eng.run_phase("free", steps, 0.0, "zero")
+            eng.run_phase(free)
             times[k].append((time.perf_counter() - t0) / steps)
     return {k: statistics.median(v) for k, v in times.items()} | {k + "_min": min(v) for k, v in times.items()}
 
 
 def phase_call_us(eng, repeats: int) -> float:
     """A zero-step phase: the coordinator's call to every node plus one exchange (the per-phase overhead)."""
-    eng.run_phase("free", 0, 0.0, "zero")
+    eng.run_phase(Phase("free", 0))
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        eng.run_phase("free", 0, 0.0, "zero")
+        eng.run_phase(Phase("free", 0))
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e6
 
 
 def state_messages(logs: dict) -> int:
-    """Data messages (kind "state") in message_logs() counters: [src, dst, kind, phase, count, bytes]."""
-    return sum(c[4] for node in logs.values() for c in node["counters"] if c[2] == "state")
+    """Data-plane messages in message_logs() counters: [src, dst, kind, phase, count, bytes], src a node."""
+    return sum(c[4] for node in logs["nodes"].values() for c in node["counters"] if c[0] != "coordinator")
 
 
 # ---- layer fabric vs in-process (and vs the Ray transport on the main net) -------------------------------
@@ -136,7 +137,7 @@ def layer_grid(cfg, main, grid, steps, repeats, rt_bytes, rt_iters) -> tuple:
                         log(f"  raw pyzmq + torch, same pattern and processes: "
                             f"{rows[-1]['raw_same_pattern_step_us']:.0f} µs/step")
                     if "ray" in t:
-                        handle = next(iter(fabs["ray"].fabric.nodes.values()))
+                        handle = next(iter(fabs["ray"].fabric.hosts.values()))
                         ray_out = {"sizes": list(sizes), "batch": batch, "dtype": dtype, "steps": steps,
                                    "step_us": t["ray"] * 1e6, "zmq_step_us": t["zmq"] * 1e6,
                                    "fabric_start_s": fabs["ray"].fabric.start_s,
@@ -156,15 +157,15 @@ def neuron_fabric(cfg, n: int, steps: int, repeats: int, memory: bool) -> dict:
     used0 = bench_raw.used_memory_mb()
     c, fab = _engine(cfg, engine="fabric", granularity="neuron", transport="zmq", sizes=sizes, fabric=fab_cfg)
     try:
-        out = {"actors": len(fab.fabric.nodes), "sizes": sizes, "batch": c.batch, "steps": steps,
+        out = {"actors": len(fab.fabric.hosts), "sizes": sizes, "batch": c.batch, "steps": steps,
                "fabric_start_s": fab.fabric.start_s}
         fab.set_batch(*_batch(c, sizes, c.batch, DTYPES[c.dtype]))
-        fab.run_phase("free", steps, 0.0, "zero")  # warm-up
+        fab.run_phase(Phase("free", steps))  # warm-up
         fab.message_logs(clear=True)
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            fab.run_phase("free", steps, 0.0, "zero")
+            fab.run_phase(Phase("free", steps))
             times.append(time.perf_counter() - t0)
         msgs = state_messages(fab.message_logs(clear=True))
         out.update(step_us=statistics.median(times) / steps * 1e6, state_messages=msgs,
@@ -172,7 +173,7 @@ def neuron_fabric(cfg, n: int, steps: int, repeats: int, memory: bool) -> dict:
                    payload_bytes=c.batch * torch.empty((), dtype=DTYPES[c.dtype]).element_size())
         if memory:
             import ray
-            pids = ray.get([h.__ray_call__.remote(bench_raw.actor_pid) for h in fab.fabric.nodes.values()])
+            pids = ray.get([h.__ray_call__.remote(bench_raw.actor_pid) for h in fab.fabric.hosts.values()])
             mem = [bench_raw.proc_memory_mb(p) for p in pids]
             rss = [m["vmrss"] for m in mem if "vmrss" in m]
             pss = [m["pss"] for m in mem if "pss" in m]
@@ -199,13 +200,13 @@ class Products:
     def __init__(self, cfg, sizes, batch, dtype, device="cpu"):
         model = model_from(dataclasses.replace(cfg, sizes=list(sizes)))
         self.p = {k: v.to(device) for k, v in model.init_params(cfg.seed, dtype).items()}
-        self.N, self.device = model.N, str(device)
+        self.N, self.device = len(model.sizes) - 1, str(device)
         gen = torch.Generator().manual_seed(cfg.seed)
         self.a = [None] + [torch.rand(batch, d, generator=gen, dtype=dtype).to(device) for d in sizes[1:]]
         self.c1 = torch.rand(batch, sizes[1], generator=gen, dtype=dtype).to(device)
 
-    def run_phase(self, name, steps, beta, start):
-        a, p, N = self.a, self.p, self.N
+    def run_phase(self, phase):
+        a, p, N, steps = self.a, self.p, self.N, phase.steps
         for _ in range(steps):
             for n in range(1, N + 1):
                 h = self.c1 if n == 1 else torch.addmm(p[f"b{n - 1}"], a[n - 1], p[f"W{n - 1}"].T)
@@ -260,16 +261,15 @@ def explicit_vs_autograd(cfg, repeats) -> dict:
     model = model_from(c)
     params = model.init_params(c.seed, dtype)
     x, y = _batch(c, c.sizes, c.batch, dtype)
-    proto = get_protocol(c.protocol)
     ref = make_engine(c)
     ref.set_params(params)
     ref.set_batch(x, y)
 
-    def explicit():
-        run_schedule(proto, ref, c.beta, c.T1, c.T2)
-        return ref.update(c.beta, apply=True)
+    def explicit():  # what a training batch does: the program and the nodes' local updates
+        ref.run_program(ref.program(c.beta, c.T1, c.T2))
+        ref.update()
 
-    N = model.N
+    N = len(model.sizes) - 1
     W = [params[f"W{n}"].clone().requires_grad_() for n in range(N)]
     b = [params[f"b{n}"].clone().requires_grad_() for n in range(N)]
     rho = ACTIVATIONS[c.activation][0]
@@ -279,7 +279,9 @@ def explicit_vs_autograd(cfg, repeats) -> dict:
 
     # correctness first: both estimates from the same initial parameters
     ref.set_params(params)
-    g_ref, g_ag = explicit(), research()
+    ref.run_program(ref.program(c.beta, c.T1, c.T2))
+    g_ref, g_ag = ref.estimate(), research()
+    ref.update()
     diff = max(float((g_ref[f"{k}{n}"] - g.detach()).norm() / (g.norm() + 1e-30))
                for n in range(N) for k, g in (("W", g_ag[n]), ("b", g_ag[N + n])))
     out = {"setting": {k: c.to_dict()[k] for k in PUBLISHED} | {"dtype": c.dtype}, "max_rel_l2_update_diff": diff}
@@ -303,7 +305,8 @@ def cuda_step(cfg, sizes, batch, steps, repeats) -> dict:
     model = model_from(dataclasses.replace(cfg, sizes=list(sizes)))
     engines = {}
     for name, capture in (("graph", True), ("eager", False)):
-        eng = engines[name] = ReferenceEngine(model, cfg.protocol, dtype, device=device, capture=capture)
+        eng = engines[name] = ReferenceEngine(model, cfg.protocol, dtype, lrs_by_param(model, cfg.lrs), device=device,
+                                              capture=capture)
         eng.set_params(model.init_params(cfg.seed, dtype))
         eng.set_batch(*_batch(cfg, sizes, batch, dtype))
     engines["mm"] = Products(cfg, sizes, batch, dtype, device)

@@ -1,4 +1,4 @@
-"""Checkpoints: engine state (parameters and optimiser state, per node on a fabric), epoch, metrics so far.
+"""Checkpoints: engine state (held tensors and optimiser state, per logical node), epoch, metrics so far.
 
 Written atomically (temporary file, then rename) so a crash never leaves a half-written checkpoint. The
 data order and random signs of epoch e come from `default_rng([seed, e])`, so the RNG state of a resumed
@@ -12,34 +12,26 @@ import os
 import numpy as np
 import torch
 
-from cluster.messages import pack_arrays, unpack_arrays
-
 FILE = "checkpoint.npz"
 
 
 def engine_state(engine) -> dict:
-    """{key: bytes}: one packed entry per fabric node, or one for the in-process engine."""
-    if engine.name == "fabric":
-        return {f"node/{k}": v for k, v in engine.get_state().items()}
-    flat = {f"param/{k}": v for k, v in engine.params.items()}
-    flat.update({f"opt/{k}": v for k, v in engine.opt.get_state().items()})
-    return {"engine": pack_arrays(flat)}
+    """{key: bytes}: one packed entry per logical node (its held tensors and optimiser state), on either engine."""
+    return {f"node/{k}": v for k, v in engine.get_state().items()}
 
 
 def set_engine_state(engine, state: dict) -> None:
-    if engine.name == "fabric":
-        engine.set_state({k[5:]: v for k, v in state.items() if k.startswith("node/")})
-        return
-    flat = unpack_arrays(state["engine"])
-    engine.set_params({k[6:]: v for k, v in flat.items() if k.startswith("param/")})
-    engine.opt.set_state({k[4:]: v for k, v in flat.items() if k.startswith("opt/")})
+    nodes = {k[5:]: v for k, v in state.items() if k.startswith("node/")}
+    if set(nodes) != set(engine.specs):
+        raise ValueError(f"checkpoint: its nodes {sorted(nodes)[:4]}... are not this run's {sorted(engine.specs)[:4]}...")
+    engine.set_state(nodes)
 
 
 def save(out_dir: str, epoch: int, engine, metrics: dict, baseline=None) -> None:
     arrays = {k: np.frombuffer(v, dtype=np.uint8) for k, v in engine_state(engine).items()}
     if baseline is not None:
         arrays.update({f"baseline/{k}": np.frombuffer(v, dtype=np.uint8)
-                       for k, v in engine_state(baseline).items()})
+                       for k, v in baseline.get_state().items()})
     arrays["info"] = np.array(json.dumps({"epoch": epoch, "metrics": metrics}))
     tmp = os.path.join(out_dir, FILE + ".tmp.npz")
     np.savez(tmp, **arrays)

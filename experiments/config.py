@@ -16,7 +16,7 @@ import yaml
 
 from cluster.transport import LOOPBACK, WIRES
 from nodes.activations import ACTIVATIONS
-from nodes.model import MODELS
+from nodes.layered import MODELS
 from nodes.optim import OPTIMIZERS
 from protocols import PROTOCOLS
 
@@ -33,6 +33,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class FabricSection:
     split: int = 1                 # blocks per layer with granularity=layer
+    hosts: int = 0                 # Ray actors hosting the logical nodes (round-robin); 0: one per node
     log: str = "counters"          # message log: "full" records or "counters"
     timeout_s: float = 60.0        # every wait for a neighbour's message
     actor_cpus: float = 0.0        # Ray CPUs reserved per node actor
@@ -75,6 +76,7 @@ class Config:
     data_dir: typing.Optional[str] = None
     data_path: typing.Optional[str] = None
     test_fraction: float = 0.2
+    init_scale: float = 1.0        # the seeded initial weights are multiplied by this
     steps: bool = False
     replay: typing.Optional[str] = None
     address: typing.Optional[str] = None
@@ -149,8 +151,11 @@ def _build(cls, data: dict, prefix: str = ""):
     return cls(**kwargs)
 
 
-def validate(cfg: Config) -> Config:
+def validate(cfg: Config, model=None, protocol=None) -> Config:
+    """Check every field; `model` / `protocol` objects (the Python API) stand in for the named ones."""
     for key, allowed in CHOICES.items():
+        if (key == "model" and model is not None) or (key == "protocol" and protocol is not None):
+            continue
         value = cfg
         for part in key.split("."):
             value = getattr(value, part)
@@ -163,8 +168,15 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(k, f"must be >= 1, got {getattr(cfg, k)}")
     if cfg.epochs < 0:
         raise ConfigError("epochs", f"must be >= 0, got {cfg.epochs}")
-    if cfg.protocol.startswith("ep") and cfg.beta == 0:
-        raise ConfigError("beta", f"must be non-zero for protocol {cfg.protocol}")
+    from protocols import get_protocol
+    proto = get_protocol(protocol if protocol is not None else cfg.protocol)
+    try:
+        proto.validate(cfg.beta, **{k: getattr(cfg, k) for k in proto.keys})
+    except ValueError as err:
+        name, _, msg = str(err).partition(": ")
+        raise ConfigError(name, msg) from None
+    if not cfg.init_scale > 0:
+        raise ConfigError("init_scale", f"must be > 0, got {cfg.init_scale}")
     if not cfg.dt > 0:
         raise ConfigError("dt", f"must be > 0, got {cfg.dt}")
     if cfg.N < 2:
@@ -184,6 +196,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("lr", f"learning rates must be >= 0, got {lr!r}")
     if cfg.fabric.split < 1:
         raise ConfigError("fabric.split", f"must be >= 1, got {cfg.fabric.split}")
+    if cfg.fabric.hosts < 0:
+        raise ConfigError("fabric.hosts", f"must be >= 0 (0: one host per logical node), got {cfg.fabric.hosts}")
     if cfg.fabric.wire not in WIRES:
         raise ConfigError("fabric.wire", f"expected one of {WIRES}, got {cfg.fabric.wire!r}")
     if cfg.fabric.wire == "ipc" and cfg.fabric.host not in LOOPBACK:

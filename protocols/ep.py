@@ -2,10 +2,14 @@
 
 g_hat = (G(s_beta) - G(s0)) / beta, bias O(beta).
 """
-from protocols.base import FREE, Phase, Protocol
+from protocols.base import Phase, Protocol
 
-PROTOCOL = Protocol(
-    name="ep",
-    phases=(FREE, Phase("nudged", "T2", +1, "free")),
-    coefficients=lambda beta: {"nudged": 1.0 / beta, "free": -1.0 / beta},
-)
+
+class EP(Protocol):
+    name = "ep"
+
+    def program(self, beta, T1, T2):
+        return (Phase("free", T1, 0.0, "zero", coef=-1.0 / beta), Phase("nudged", T2, beta, "free", coef=1.0 / beta))
+
+
+PROTOCOL = EP()

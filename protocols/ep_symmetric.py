@@ -2,10 +2,15 @@
 
 g_hat = (G(s_{+beta}) - G(s_{-beta})) / (2 beta), bias O(beta^2).
 """
-from protocols.base import FREE, Phase, Protocol
+from protocols.base import Phase, Protocol
 
-PROTOCOL = Protocol(
-    name="ep-symmetric",
-    phases=(FREE, Phase("plus", "T2", +1, "free"), Phase("minus", "T2", -1, "free")),
-    coefficients=lambda beta: {"plus": 0.5 / beta, "minus": -0.5 / beta},
-)
+
+class EPSymmetric(Protocol):
+    name = "ep-symmetric"
+
+    def program(self, beta, T1, T2):
+        return (Phase("free", T1, 0.0, "zero"), Phase("plus", T2, beta, "free", coef=0.5 / beta),
+                Phase("minus", T2, -beta, "free", coef=-0.5 / beta))
+
+
+PROTOCOL = EPSymmetric()

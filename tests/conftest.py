@@ -21,17 +21,26 @@ def ray_session():
 
 
 def batch(model, B=6, seed=0, dtype=torch.float64):
-    """A random input batch and one-hot targets for `model`."""
+    """A random input batch and one-hot targets for `model` (sizes of its input and output groups)."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.rand(B, model.sizes[0], generator=g, dtype=dtype)
-    y = torch.nn.functional.one_hot(torch.randint(0, model.sizes[-1], (B,), generator=g),
-                                    model.sizes[-1]).to(dtype)
+    d_in = next(gr.size for gr in model.groups if gr.role == "input")
+    d_out = model.output_group.size
+    x = torch.rand(B, d_in, generator=g, dtype=dtype)
+    y = torch.nn.functional.one_hot(torch.randint(0, d_out, (B,), generator=g), d_out).to(dtype)
     return x, y
 
 
 def scaled_params(model, seed=1, scale=2.0):
     """Initial weights scaled up so gradients are O(0.1) (relative comparisons are then meaningful)."""
-    return {k: v * scale for k, v in model.init_params(seed).items()}
+    return model.init_params(seed, torch.float64, scale)
+
+
+def lrs(model, lr=0.1):
+    return {p: lr for p in model.param_shapes()}
+
+
+def rel(a, b):
+    return float((a - b).norm() / b.norm())
 
 
 def run_cli(*args, timeout=300):

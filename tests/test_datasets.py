@@ -201,3 +201,14 @@ def test_one_hot():
     assert one_hot(np.array([1]), 2, dtype=np.float32).dtype == np.float32
     with pytest.raises(ValueError):
         one_hot(np.array([3]), 3)
+
+
+def test_random_is_seeded_and_shaped_by_the_net():
+    ds = load_dataset("random", seed=3, sizes=[5, 8, 6, 3])
+    assert ds.x_train.shape == (256, 5) and ds.x_test.shape == (64, 5) and ds.n_classes == 3
+    assert 0 <= ds.x_train.min() and ds.x_train.max() < 1 and set(np.unique(ds.y_train)) == {0, 1, 2}
+    again, other = load_dataset("random", seed=3, sizes=[5, 3]), load_dataset("random", seed=4, sizes=[5, 3])
+    np.testing.assert_array_equal(again.x_train, ds.x_train)
+    assert not np.array_equal(other.x_train, ds.x_train)
+    with pytest.raises(DatasetError, match="random: needs the net's sizes"):
+        load_dataset("random")

@@ -2,10 +2,29 @@
 import pytest
 import torch
 
-from cluster.reference import layer_grads, relax
+from cluster.reference import relax
 from nodes.activations import ACTIVATIONS
-from nodes.model import LayeredModel
+from nodes.graph import assemble
+from nodes.layered import layered
+from nodes.rules import NodeRule
+from protocols.base import Protocol
 from tests.conftest import batch, scaled_params
+
+
+def LayeredModel(kind, sizes, activation, dt=1.0):
+    return layered(kind, sizes, activation, dt)
+
+
+def layer_grads(m, x, s):
+    """G(s) of every parameter from the nodes' own rule (NodeRule.G) on the layer partition, owners' copies."""
+    specs = m.node_specs(m.partition("layer"))
+    rules = {i: NodeRule(sp, Protocol()) for i, sp in specs.items()}
+    a = {i: rules[i].phys.signal(sn) for i, sn in zip(specs, s)}
+    held = {}
+    for i, sp in specs.items():
+        inbox = {name: a[sl.parts[0][0]] for name, sl in sp.slots.items()}
+        held[i] = rules[i].G(a[i], inbox, {"x": x})
+    return assemble(m, specs, held)
 
 
 def energy(model, params, x, s, beta=0.0, y=None):
@@ -13,7 +32,7 @@ def energy(model, params, x, s, beta=0.0, y=None):
     rho = ACTIVATIONS[model.activation][0]
     a = [x] + [rho(sn) for sn in s]
     E = sum(0.5 * (sn ** 2).sum() for sn in s)
-    E = E - sum((a[n + 1] * (a[n] @ params[f"W{n}"].T + params[f"b{n}"])).sum() for n in range(model.N))
+    E = E - sum((a[n + 1] * (a[n] @ params[f"W{n}"].T + params[f"b{n}"])).sum() for n in range(len(model.sizes) - 1))
     if y is not None:
         E = E + beta * 0.5 * ((s[-1] - y) ** 2).sum()
     return E
@@ -21,7 +40,7 @@ def energy(model, params, x, s, beta=0.0, y=None):
 
 def phi(model, params, x, s, beta=0.0, y=None):
     a = [x] + list(s)
-    P = sum((a[n + 1] * (a[n] @ params[f"W{n}"].T + params[f"b{n}"])).sum() for n in range(model.N))
+    P = sum((a[n + 1] * (a[n] @ params[f"W{n}"].T + params[f"b{n}"])).sum() for n in range(len(model.sizes) - 1))
     if y is not None:
         P = P - beta * 0.5 * ((s[-1] - y) ** 2).sum()
     return P

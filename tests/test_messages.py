@@ -1,20 +1,30 @@
-"""Wire format: msgpack header + raw bytes, complex dtypes, schema checks, timeouts that name the step."""
+"""Wire format (msgpack header + raw bytes, complex dtypes), connection identity, and the in-port checks a message
+passes before it reaches a node's arithmetic."""
+import time
+
+import msgpack
+import numpy as np
 import pytest
 import torch
 
-from cluster.channel import LocalityError, NodeChannel, PhaseError
-from cluster.message_log import MessageLog
-from cluster.messages import MessageError, array_bytes, array_from, pack_arrays, unpack_arrays
-from cluster.transport import LocalTransport, ZmqTransport
+from cluster.messages import (MessageError, array_bytes, array_from, decode_header, encode_header, pack_arrays,
+                              unpack_arrays)
+from cluster.ports import MAX_AHEAD, NodeInbox
+from cluster.transport import LocalTransport, ZmqTransport, new_token
+from nodes.layered import layered
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64, torch.complex128])
-def test_arrays_round_trip_without_pickle(dtype):
+def test_arrays_round_trip_as_plain_msgpack_of_dtype_shape_and_raw_bytes(dtype):
     t = torch.randn(3, 4, dtype=dtype)
     packed = pack_arrays({"a": t, "b": t[:1]})
-    assert b"pickle" not in packed and isinstance(packed, bytes)
+    plain = msgpack.unpackb(packed, ext_hook=lambda code, data: pytest.fail(f"msgpack extension type {code}"))
+    assert plain == {"a": [str(dtype)[6:], [3, 4], t.numpy().tobytes()], "b": [str(dtype)[6:], [1, 4],
+                                                                              t[:1].numpy().tobytes()]}
     out = unpack_arrays(packed)
     assert torch.equal(out["a"], t) and out["a"].dtype == dtype and torch.equal(out["b"], t[:1])
+    out["a"].add_(1)  # the tensors own writable memory
+    assert not torch.equal(out["a"], t)
 
 
 def test_payload_length_mismatch_is_an_error():
@@ -23,52 +33,94 @@ def test_payload_length_mismatch_is_an_error():
         array_from(buf, "float64", [4])
 
 
-def _pair(kind="local"):
-    T = LocalTransport if kind == "local" else ZmqTransport
-    ta, tb = T(), T()
-    a = NodeChannel("L1", ta, {"L2": 3}, "float64", MessageLog("full"), timeout_s=0.3)
-    b = NodeChannel("L2", tb, {"L1": 2}, "float64", MessageLog("full"), timeout_s=0.3)
-    a.connect({"L2": tb.address})
-    b.connect({"L1": ta.address})
-    return a, b
+@pytest.mark.parametrize("frame", [b"\x93\x01", b"random bytes \xff\xfe", msgpack.packb(["L1", "L2"]),
+                                   msgpack.packb(["L1", "L2", "a", "free", "1", 0, "float64", [2, 3]]),
+                                   msgpack.packb(["L1", "L2", "a", "free", 1, 0, "float64", [-2, 3]])])
+def test_malformed_headers_are_message_errors(frame):
+    with pytest.raises(MessageError, match="header"):
+        decode_header(frame)
 
 
-@pytest.mark.parametrize("kind", ["local", "zmq"])
-def test_channel_delivers_by_step_and_logs(kind):
-    a, b = _pair(kind)
+def test_zmq_identity_comes_from_the_connection_and_bad_credentials_are_refused():
+    rx, good, bad, anon = ZmqTransport("H2"), ZmqTransport("H1"), ZmqTransport("H3"), ZmqTransport("H4")
     try:
-        for t in range(3):  # sender runs ahead; the receiver buffers by step
-            a.broadcast("free", 1, t, torch.full((5, 2), float(t), dtype=torch.float64))
-        for t in range(3):
-            got = b.gather("free", 1, t, ["L1"])
-            assert torch.equal(torch.from_numpy(got["L1"].copy()), torch.full((5, 2), float(t), dtype=torch.float64))
-        assert [r[:5] for r in b.log.records] == [("L1", "L2", "state", "free", t) for t in range(3)]
+        token = new_token()
+        rx.admit({"H1": token, "H3": new_token()})
+        good.connect("H2", rx.address, token)
+        bad.connect("H2", rx.address, "not-the-token")  # a known user with the wrong credential
+        anon.connect("H2", rx.address, token)          # someone else's credential under its own name
+        for t in (good, bad, anon):
+            t.send("H2", encode_header("L1", "L2", "a", "free", 1, 0, "float64", [1, 1]),
+                   bytes(8))
+        got = []
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and (len(rx.refused()) < 2 or not got):
+            m = rx.recv(0.1)
+            if m:
+                got.append(m[0])
+        assert got == ["H1"]  # only the admitted connection delivered, and the user is its authenticated name
+        assert sorted(r["user"] for r in rx.refused()) == ["H3", "H4"]
     finally:
-        a.close(), b.close()
+        for t in (rx, good, bad, anon):
+            t.close()
 
 
-def test_send_to_non_neighbour_raises():
-    a, b = _pair()
-    with pytest.raises(LocalityError, match="L3.*not a graph neighbour"):
-        a.send("L3", "state", "free", 1, 0, torch.zeros(1, 2, dtype=torch.float64))
-    with pytest.raises(LocalityError, match="not a graph neighbour"):
-        a.connect({"L3": "local:0"})
+def test_token_transports_map_tokens_to_users_and_refuse_unknown_ones():
+    rx, tx = LocalTransport("H2"), LocalTransport("H1")
+    token = new_token()
+    rx.admit({"H1": token})
+    tx.connect("H2", rx.address, token)
+    tx.send("H2", b"h", b"p")
+    rx.deliver("forged", b"h", b"p")
+    assert rx.recv(1.0) == ("H1", b"h", b"p") and rx.recv(0.01) is None
+    assert rx.refused() == [{"user": "", "mechanism": "token", "address": ""}]
+    rx.close(), tx.close()
 
 
-def test_wrong_shape_or_dtype_names_node_phase_step():
-    a, b = _pair()
-    a.broadcast("nudged", 1, 4, torch.zeros(5, 7, dtype=torch.float64))
-    with pytest.raises(MessageError, match=r"node L2, phase nudged, step 4.*shape \[5, 7\]"):
-        b.gather("nudged", 1, 4, ["L1"])
-    a.broadcast("nudged", 1, 5, torch.zeros(5, 2, dtype=torch.float32))
-    with pytest.raises(MessageError, match="node L2, phase nudged, step 5.*dtype float32"):
-        b.gather("nudged", 1, 5, ["L1"])
+def inbox():
+    m = layered("energy", (4, 5, 3, 2), "sigmoid", 0.5)
+    return NodeInbox(m.node_specs(m.partition("layer"))["L2"])  # ports L1 -> L2 (5 wide), L3 -> L2 (2 wide)
 
 
-def test_missing_neighbour_times_out_with_a_message():
-    a, b = _pair()
-    with pytest.raises(PhaseError, match=r"node L2, phase free, step 3: no message from \['L1'\]"):
-        b.gather("free", 1, 3, ["L1"])
+def msg(width, B=4, dtype=np.float64, value=0.0):
+    return np.full((B, width), value, dtype=dtype)
+
+
+def test_inbox_assembles_a_complete_step_and_checks_batch_dtype_and_width():
+    box = inbox()
+    box.start(1)
+    box.accept("L1", "a", "free", 1, 0, "float64", [4, 5], msg(5, value=1.0))
+    assert not box.complete(1, 0) and box.missing(1, 0) == ["L3"]
+    box.accept("L3", "a", "free", 1, 0, "float64", [4, 2], msg(2, value=3.0))
+    assert box.complete(1, 0)
+    got = box.take(1, 0, "free", 4, torch.float64, own=torch.zeros(4, 3, dtype=torch.float64))
+    assert torch.equal(got["L1.a"], torch.ones(4, 5, dtype=torch.float64)) and got["L3.a"].eq(3).all()
+    for shape, dtype, what in (([1, 5], "float64", r"float64\[1, 5\], expected float64\[4, 5\]"),
+                               ([4, 5], "float32", r"float32\[4, 5\], expected float64\[4, 5\]")):
+        box.accept("L1", "a", "free", 1, 1, dtype, shape, msg(shape[1], B=shape[0], dtype=np.dtype(dtype)))
+        box.accept("L3", "a", "free", 1, 1, "float64", [4, 2], msg(2))
+        with pytest.raises(MessageError, match=r"node L2, phase free, step 1, message from L1: " + what):
+            box.take(1, 1, "free", 4, torch.float64, own=torch.zeros(4, 3, dtype=torch.float64))
+        box.start(2)  # the failed phase's leftovers are stale at the next one
+        box.start(1)
+
+
+def test_inbox_rejects_duplicates_and_floods_and_drops_stale_phases():
+    box = inbox()
+    box.start(5)
+    box.accept("L1", "a", "free", 5, 0, "float64", [4, 5], msg(5))
+    with pytest.raises(MessageError, match="node L2, phase free, step 0: duplicate message from L1"):
+        box.accept("L1", "a", "free", 5, 0, "float64", [4, 5], msg(5))
+    box.accept("L1", "a", "free", 4, 0, "float64", [4, 5], msg(5))  # an older (aborted) phase's: dropped
+    assert box.stale == 1 and len(box.buffer) == 1
+    for t in range(1, MAX_AHEAD):
+        box.accept("L1", "a", "free", 5, t, "float64", [4, 5], msg(5))
+    with pytest.raises(MessageError, match=f"more than {MAX_AHEAD} messages held from L1"):
+        box.accept("L1", "a", "free", 5, MAX_AHEAD, "float64", [4, 5], msg(5))
+    box.start(6)
+    assert not box.buffer and box.stale == 1 + MAX_AHEAD
+    with pytest.raises(MessageError, match="payload has 8 bytes"):
+        box.accept("L1", "a", "free", 6, 0, "float64", [4, 5], bytes(8))
 
 
 def test_ipc_wire_with_a_cluster_host_is_a_config_error():
@@ -80,12 +132,14 @@ def test_ipc_wire_with_a_cluster_host_is_a_config_error():
 
 @pytest.mark.parametrize("wire", ["ipc", "tcp"])
 def test_zmq_wires_deliver(wire):
-    a, b = ZmqTransport(wire=wire), ZmqTransport(wire=wire)
+    a, b = ZmqTransport("a", wire=wire), ZmqTransport("b", wire=wire)
     try:
         assert a.address.startswith(f"{wire}://")
-        a.connect("b", b.address)
+        token = new_token()
+        b.admit({"a": token})
+        a.connect("b", b.address, token)
         a.send("b", b"header", b"payload")
-        h, p = b.recv(5.0)
-        assert h == b"header" and bytes(p) == b"payload"
+        user, h, p = b.recv(5.0)
+        assert user == "a" and h == b"header" and bytes(p) == b"payload"
     finally:
         a.close(), b.close()

@@ -1,0 +1,90 @@
+"""The one engine interface, shared by the in-process engine (cluster/reference.py) and the fabric
+(cluster/coordinator.py), so experiments and tests run unchanged on either.
+
+    set_params(full) / get_params() -> full         the owners' copies, assembled
+    set_batch(x, y=None)                             boundary signals, routed per node
+    begin()                                          empty accumulators in every node
+    run_phase(phase, record_states=False, record_grads=False) -> {"residual", ["states"], ["grad_steps"]}
+    run_program(program, record_grads=False)         begin, then every phase (the GDU series on the first nudged)
+    estimate() -> g_hat (owners' copies); estimate_drift() / replica_drift(): primary vs replica, per tensor
+    update(); train_batch(x, y, beta, T1, T2) -> prediction; infer(x, steps) -> output; output(name)
+    get_state() -> {node: bytes} / set_state(...); message_logs() -> {"nodes": {...}, "refused", "unknown"}; close()
+
+Both raise the same errors: a PhaseError-derived FabricError from the fabric and a PhaseError from the in-process
+engine name node, phase and step (cluster/nodeset.PhaseError is the common base).
+"""
+from __future__ import annotations
+
+import torch
+
+from nodes.graph import assemble
+from protocols import get_protocol
+from protocols.base import Phase
+
+
+class Engine:
+    name = ""
+
+    def __init__(self, model, protocol, specs: dict):
+        self.model, self.protocol, self.specs = model, get_protocol(protocol), specs
+
+    # subclasses: set_params, set_batch, begin, run_phase, update, output, get_state, set_state, message_logs,
+    # close, and _held() / _estimates() -> {node: {local: tensor}}
+
+    def get_params(self) -> dict:
+        return assemble(self.model, self.specs, self._held())
+
+    def estimate(self) -> dict:
+        """g_hat gathered from the owners' local estimates (for audits; training never gathers)."""
+        return assemble(self.model, self.specs, self._estimates())
+
+    def replica_drift(self) -> dict:
+        """max |primary - replica| per replicated parameter, over the tensors each end holds now."""
+        return self._drift(self._held())
+
+    def estimate_drift(self) -> dict:
+        """max |primary - replica| per replicated parameter over the updates each end computed itself."""
+        return self._drift(self._estimates())
+
+    def _drift(self, held: dict) -> dict:
+        replicated = {h.param for s in self.specs.values() for h in s.held.values() if h.role == "replica"}
+        if not replicated:
+            return {}
+        prim, repl = assemble(self.model, self.specs, held, "primary"), assemble(self.model, self.specs, held, "replica")
+        return {k: float((prim[k] - repl[k]).abs().max()) for k in sorted(replicated)}
+
+    def run_program(self, program, record_grads: bool = False) -> dict:
+        """begin, then every phase of the program; with `record_grads` the GDU phase returns its series."""
+        self.begin()
+        gdu = self.protocol.gdu_phase(program) if record_grads else None
+        return {ph.name: self.run_phase(ph, record_grads=ph is gdu) for ph in program}
+
+    def program(self, beta, T1: int, T2: int) -> tuple:
+        return self.protocol.program(beta, int(T1), int(T2))
+
+    def train_batch(self, x, y, beta, T1: int, T2: int):
+        """set_batch, the program, the update; returns the first phase's output (the free prediction)."""
+        self.set_batch(x, y)
+        program = self.program(beta, T1, T2)
+        self.run_program(program)
+        self.update()
+        return self.output(program[0].name)
+
+    def infer(self, x, steps: int):
+        self.set_batch(x)
+        self.run_phase(Phase("free", int(steps)))
+        return self.output("free")
+
+    def _groups(self, per_node: dict, dim: int) -> list:
+        """Per dynamic group, the nodes' tensors side by side in unit order (along `dim`)."""
+        out = []
+        for g in self.model.dynamic_groups:
+            ids = sorted((i for i, s in self.specs.items() if s.block.group == g.name),
+                         key=lambda i: self.specs[i].block.lo)
+            out.append(torch.cat([per_node[i] for i in ids], dim=dim))
+        return out
+
+    def _output_of(self, per_node: dict):
+        out = self.model.output_group.name
+        ids = sorted((i for i in per_node if self.specs[i].block.group == out), key=lambda i: self.specs[i].block.lo)
+        return torch.cat([per_node[i] for i in ids], dim=1)

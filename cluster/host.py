@@ -1,0 +1,339 @@
+"""A host: the logical nodes placed on one process (a Ray actor, or a thread in tests) and their data plane.
+
+`Host` is a plain class (cluster/fabric.py wraps it in a Ray actor at build time). In a phase it runs every local
+node in lockstep: at step t each node's outbox is sent on its out-ports (to a node on the same host through that
+node's in-ports, checks and log, exactly as if it had crossed the wire; to another host over the transport), then
+each node waits for its own in-ports' messages tagged t and its rule computes step t+1 (nodes/rules.py). A node's
+rule is called with its own inbox only.
+
+What arrives on the wire is checked before it touches a node: the connection's authenticated user (a host, or the
+coordinator) must be the host that runs the node the header claims as sender, the destination must be on this
+host, the port (src, kind) must be one of the destination's in-ports (else the message is logged, dropped and the
+locality report flags it), and only the coordinator may abort. Everything the coordinator sends is logged at every
+node that receives it, by kind (control, boundary, global), from the call's own structure.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+import zmq
+
+from cluster.message_log import COORDINATOR, MessageLog
+from cluster.messages import (MessageError, array_bytes, decode_header, dtype_name, encode_control, encode_header,
+                              pack_arrays, unpack_arrays)
+from cluster.nodeset import Aborted, NodeSet, PhaseError
+from cluster.ports import NodeInbox, as_payload
+from cluster.transport import make_transport
+from nodes.rules import LocalityError
+
+HEARTBEAT_S = 1.0  # a host in a phase tells the coordinator it is alive at most this often
+
+
+class Heartbeat:
+    """A PUSH socket to the coordinator's progress endpoint, authenticated like any data-plane connection."""
+
+    def __init__(self, me: str, address: str, token: str, ctx=None):
+        self.own = ctx is None
+        self.ctx = ctx or zmq.Context()
+        self.sock = self.ctx.socket(zmq.PUSH)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, 4)
+        self.sock.plain_username, self.sock.plain_password = me.encode(), token.encode()
+        self.sock.connect(address)
+        self.me, self.last = me, 0.0
+
+    def beat(self, serial: int, step: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= HEARTBEAT_S:
+            self.last = now
+            try:
+                self.sock.send_multipart([encode_control(self.me, "progress", serial, step), b""], zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+
+    def close(self) -> None:
+        self.sock.close(0)
+        if self.own:
+            self.ctx.term()
+
+
+class Host(NodeSet):
+    POLL_S = 0.05
+
+    def __init__(self, host_id: str, specs: dict, protocol, settings: dict, threads: int | None = 1):
+        """specs: the logical nodes placed here; settings: dtype, lrs, optimizer, momentum, transport, host, wire,
+        log, timeout_s."""
+        if threads:
+            torch.set_num_threads(threads)
+        from cluster.messages import torch_dtype
+        super().__init__(specs, protocol, torch_dtype(settings["dtype"]), settings.get("lrs"),
+                         settings.get("optimizer", "sgd"), settings.get("momentum", 0.0),
+                         settings.get("diverge_limit", 1e6))
+        self.host_id = host_id
+        self.timeout_s = float(settings.get("timeout_s", 60.0))
+        self.logs = {i: MessageLog(settings.get("log", "counters")) for i in self.ids}
+        self.inboxes = {i: NodeInbox(s) for i, s in self.specs.items()}
+        self.transport = make_transport(settings.get("transport", "zmq"), host_id, settings.get("host", "127.0.0.1"),
+                                        settings.get("wire", "auto"))
+        self.placement = {i: host_id for i in self.ids}
+        self.aborted_upto = -1
+        self.beat = None
+        self.unknown = []  # messages whose header could not be attributed to a local node
+        self.busy = threading.RLock()  # one phase at a time: a new call waits until an aborted one has stopped
+        for i in self.ids:  # the protocol and its settings reach every node when the host is built
+            self._from_coordinator(i, "global", "protocol", 0)
+            for k in protocol.settings:
+                self._from_coordinator(i, "global", k, 8)
+
+    def _from_coordinator(self, i: str, kind: str, name: str, nbytes: int) -> None:
+        self.logs[i].record(COORDINATOR, i, kind, name, -1, nbytes)
+
+    def _control(self, name: str) -> None:
+        for i in self.ids:
+            self._from_coordinator(i, "control", name, 0)
+
+    # ---- control plane -------------------------------------------------------------------------------------
+    def endpoint(self):
+        return self.transport.address
+
+    def admit(self, admitted: dict) -> None:
+        """admitted {user: token}: who may send here (before anyone connects, so no handshake finds it missing)."""
+        self._control("admit")
+        self.transport.admit(admitted)
+
+    def connect(self, peers: dict, placement: dict, beat=None) -> None:
+        """peers {host: (address or handle, token)}: where to send; placement {node: host} of every node (so the
+        sender a message claims can be checked against the connection); beat (address, token) of the coordinator's
+        heartbeat endpoint."""
+        self._control("connect")
+        for peer, (address, token) in peers.items():
+            self.transport.connect(peer, address, token)
+        self.placement.update(placement)
+        if beat is not None:
+            self.beat = Heartbeat(self.host_id, beat[0], beat[1], getattr(self.transport, "ctx", None))
+
+    def deliver(self, token: str, header: bytes, payload: bytes) -> None:
+        """The Ray transport's receive path (a call on this actor's second thread)."""
+        self.transport.deliver(token, header, payload)
+
+    def set_params(self, per_node: dict) -> None:
+        with self.busy:
+            held = {}
+            for i, packed in per_node.items():
+                self._from_coordinator(i, "control", "set_params", len(packed))
+                held[i] = unpack_arrays(packed)
+            self.set_held(held)
+
+    def get_params(self) -> dict:
+        self._control("get_params")
+        return {i: pack_arrays(p) for i, p in self.params.items()}
+
+    def set_batch(self, batch: int, per_node: dict) -> None:
+        """The batch size to every node (global), and the boundary signals routed to each (x, y)."""
+        self.batch = int(batch)
+        for i in self.ids:
+            self._from_coordinator(i, "control", "set_batch", 0)
+            self._from_coordinator(i, "global", "batch", 8)
+            arrays = unpack_arrays(per_node[i]) if per_node.get(i) else {}
+            for k, v in arrays.items():
+                self._from_coordinator(i, "boundary", k, v.numel() * v.element_size())
+            self.set_routed(i, arrays)
+
+    def begin(self) -> None:
+        self._control("begin")
+        self.begin_all()
+
+    def estimate(self) -> dict:
+        self._control("estimate")
+        return {i: pack_arrays(self.estimate_of(i)) for i in self.ids}
+
+    def update(self) -> None:
+        self._control("update")
+        for i in self.ids:
+            self.update_of(i)
+
+    def output(self, name: str = "free") -> dict:
+        self._control("output")
+        return {i: pack_arrays({"s": self.saved(i, name)}) for i in self.ids if self.specs[i].is_output}
+
+    def message_log(self, clear: bool = False) -> dict:
+        out = {"nodes": {i: log.export() for i, log in self.logs.items()}, "refused": self.transport.refused(),
+               "unknown": list(self.unknown)}
+        if clear:
+            for log in self.logs.values():
+                log.clear()
+            self.unknown.clear()
+        return out
+
+    def get_state(self) -> dict:
+        self._control("get_state")
+        return {i: self.pack_state(i) for i in self.ids}
+
+    def set_state(self, per_node: dict) -> None:
+        with self.busy:
+            for i, packed in per_node.items():
+                self._from_coordinator(i, "control", "set_state", len(packed))
+                self.load_state(i, packed)
+
+    def close(self) -> None:
+        if self.beat is not None:
+            self.beat.close()
+        self.transport.close()
+
+    # ---- phases --------------------------------------------------------------------------------------------
+    def run_phase(self, serial: int, phase, record_states: bool = False, record_grads: bool = False) -> dict:
+        with self.busy:
+            return self._phase(serial, phase, record_states, record_grads)
+
+    def run_batch(self, serial: int, batch: int, per_node: dict, program: tuple, apply: bool = True) -> dict:
+        """A whole training batch from one control call: the boundary, the program's phases (serials serial,
+        serial + 1, ...) and the local update. Output nodes return their first phase's state (the prediction)."""
+        with self.busy:
+            self._control("run_batch")
+            self.set_batch(batch, per_node)
+            self.begin_all()
+            for k, ph in enumerate(program):
+                self._phase(serial + k, ph)
+            if apply:
+                for i in self.ids:
+                    self.update_of(i)
+            return {i: pack_arrays({"s": self.saved(i, program[0].name)})
+                    for i in self.ids if self.specs[i].is_output}
+
+    @torch.no_grad()
+    def _phase(self, serial: int, phase, record_states=False, record_grads=False) -> dict:
+        ids = self.ids
+        if serial <= self.aborted_upto:
+            raise Aborted(f"host {self.host_id}, phase {phase.name}: aborted by the coordinator before it began")
+        for i in ids:
+            self.inboxes[i].start(serial)
+            self._from_coordinator(i, "control", phase.name, 0)
+            self._from_coordinator(i, "global", "beta", 16 if isinstance(phase.beta, complex) else 8)
+        rules = {i: self.rules[i].phase(phase) for i in ids}
+        bnd = {i: self.boundary(i, phase) for i in ids}
+        out, prev = {}, {}
+        for i in ids:
+            self.state[i], out[i] = rules[i].enter(self.state[i], self.params[i], bnd[i])
+        rec_s = {i: [self.state[i]["s"]] for i in ids} if record_states else None
+        rec_g = {i: [] for i in ids} if record_grads else None
+        steps = phase.steps
+        for t in range(steps):
+            for i in ids:
+                self._send(i, out[i], serial, phase, t)
+            for i in ids:
+                inbox = self._gather(i, serial, phase, t)
+                if record_grads:
+                    rec_g[i].append(self.rules[i].G(self.state[i]["a"], inbox, bnd[i]))
+                prev[i] = self.state[i]["s"]
+                self.state[i], out[i], delta = rules[i].step(self.state[i], inbox, self.params[i], bnd[i], t)
+                self.commit(i, delta)
+                self.check(i, phase, t + 1, steps)
+                if record_states:
+                    rec_s[i].append(self.state[i]["s"])
+            if self.beat is not None:
+                self.beat.beat(serial, t)
+        for i in ids:
+            self._send(i, out[i], serial, phase, steps)
+        res = {}
+        for i in ids:
+            inbox = self._gather(i, serial, phase, steps)
+            if record_grads:
+                rec_g[i].append(self.rules[i].G(self.state[i]["a"], inbox, bnd[i]))
+            self.state[i], delta = rules[i].exit(self.state[i], inbox, self.params[i], bnd[i], steps)
+            self.commit(i, delta)
+            s = self.state[i]["s"]
+            res[i] = {"residual": float((s - prev[i]).abs().max()) if i in prev and s.numel() else 0.0}
+            if record_states:
+                res[i]["states"] = pack_arrays({"s": torch.stack(rec_s[i])})
+            if record_grads:
+                g = rec_g[i]
+                res[i]["grad_steps"] = pack_arrays({k: (torch.stack([x[k] for x in g[1:]])
+                                                        - torch.stack([x[k] for x in g[:-1]])) / phase.beta
+                                                    for k in g[0]})
+        return res
+
+    def _send(self, i: str, outbox: dict, serial: int, phase, t: int) -> None:
+        """Node i's outbox on its out-ports: {kind: tensor} to every out-port of that kind, {(dst, kind): tensor} to
+        one. A targeted send to a node that is not an out-port is a LocalityError."""
+        spec = self.specs[i]
+        for key in outbox:
+            if isinstance(key, tuple) and not any((p.dst, p.kind) == key for p in spec.out_ports):
+                raise LocalityError(f"node {i}, phase {phase.name}, step {t}: sends to {key[0]}, which is not a "
+                                    f"graph neighbour (no out-port {key[0]}/{key[1]})")
+        encoded = {}
+        for p in spec.out_ports:
+            payload = outbox.get((p.dst, p.kind))
+            if payload is None:
+                payload = outbox.get(p.kind)
+            if payload is None:
+                raise PhaseError(f"node {i}, phase {phase.name}, step {t}: nothing to send on its port to {p.dst} "
+                                 f"(kind {p.kind})")
+            host = self.placement[p.dst]
+            if host == self.host_id:
+                self.logs[p.dst].record(i, p.dst, p.kind, phase.name, t, payload.numel() * payload.element_size())
+                self.inboxes[p.dst].accept(i, p.kind, phase.name, serial, t, dtype_name(payload), payload.shape,
+                                           as_payload(payload))
+                continue
+            raw = encoded.get(id(payload))
+            if raw is None:
+                raw = encoded[id(payload)] = array_bytes(payload)
+            try:
+                self.transport.send(host, encode_header(i, p.dst, p.kind, phase.name, serial, t, dtype_name(payload),
+                                                        payload.shape), raw)
+            except KeyError:
+                raise LocalityError(f"node {i}, phase {phase.name}, step {t}: host {self.host_id} has no connection "
+                                    f"to {host}, which runs {p.dst}") from None
+
+    def _gather(self, i: str, serial: int, phase, t: int) -> dict:
+        """Wait for node i's step-t messages (dispatching whatever arrives to its local destination); the deadline
+        is checked after every message, so unrelated traffic cannot postpone it."""
+        inbox = self.inboxes[i]
+        if not inbox.complete(serial, t):
+            deadline = time.monotonic() + self.timeout_s
+            while not inbox.complete(serial, t):
+                if serial <= self.aborted_upto:
+                    raise Aborted(f"node {i}, phase {phase.name}, step {t}: aborted by the coordinator")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise PhaseError(f"node {i}, phase {phase.name}, step {t}: no message from "
+                                     f"{inbox.missing(serial, t)} within {self.timeout_s:g} s")
+                msg = self.transport.recv(min(self.POLL_S, left))
+                if msg is not None:
+                    self._dispatch(*msg)
+                if self.beat is not None:  # alive, waiting: a neighbour's silence is this wait's own timeout
+                    self.beat.beat(serial, t)
+        return inbox.take(serial, t, phase.name, self.batch, self.state[i]["dtype"], self.state[i]["a"])
+
+    def _dispatch(self, user: str, header: bytes, payload) -> None:
+        """Check one message from the wire against its connection and its destination's ports, then buffer it."""
+        try:
+            src, dst, kind, phase, serial, step, dtype, shape = decode_header(header)
+        except MessageError as err:
+            self.unknown.append({"user": user, "why": str(err)})
+            raise MessageError(f"host {self.host_id}: message on {user}'s connection: {err}") from None
+        if kind in ("abort", "progress"):
+            if user != COORDINATOR or kind != "abort":
+                self.unknown.append({"user": user, "why": f"{kind} from {user}"})
+                raise MessageError(f"host {self.host_id}: an {kind} message on {user}'s connection (claiming "
+                                   f"{src}); only the coordinator may abort")
+            for i in self.ids:
+                self._from_coordinator(i, "control", "abort", len(header))
+            self.aborted_upto = max(self.aborted_upto, serial)
+            return
+        where = f"node {dst}, phase {phase}, step {step}"
+        if dst not in self.inboxes:
+            self.unknown.append({"user": user, "why": f"for {dst}, which is not on host {self.host_id}"})
+            raise MessageError(f"host {self.host_id}: a message on {user}'s connection for {dst}, which is not here")
+        if self.placement.get(src) != user:
+            self.logs[dst].reject(src, dst, f"claimed by {user}'s connection")
+            raise MessageError(f"{where}: a message on {user}'s connection claims to come from {src} (forged sender)")
+        if payload is None:
+            self.logs[dst].reject(src, dst, "more than two frames")
+            raise MessageError(f"{where}, message from {src}: more than two frames")
+        self.logs[dst].record(src, dst, kind, phase, step, len(payload))
+        inbox = self.inboxes[dst]
+        if not inbox.has_port(src, kind):  # delivered, so it is in the log (the report flags it); never used
+            return
+        inbox.accept(src, kind, phase, serial, step, dtype, shape, payload)

@@ -1,0 +1,111 @@
+"""The logical nodes one process runs: their rules, the tensors each holds, their optimisers and phase states.
+
+Shared by a fabric host (cluster/host.py: the nodes placed on one Ray actor) and the in-process engine
+(cluster/reference.py: every node of a partition). Each node holds its own copies (the owner's rows, the replica's
+columns), updates them with its own optimiser from its own estimate, and keeps its phase state (nodes/rules.py).
+`boundary(i, phase)` is what node i's rule may read: the signals the model routes to it (x, y) and the globals
+(beta, batch size, dtype); anything else is a LocalityError naming node, phase and step.
+"""
+from __future__ import annotations
+
+import torch
+
+from cluster.messages import pack_arrays, unpack_arrays
+from nodes.dynamics import check_due, divergence
+from nodes.optim import Optimizer
+from nodes.rules import Guarded, rule_of
+
+
+class PhaseError(RuntimeError):
+    """A phase failed at a node (timeout, divergence, abort); the text names node, phase and step."""
+
+
+class Aborted(PhaseError):
+    pass
+
+
+class NodeSet:
+    def __init__(self, specs: dict, protocol, dtype=torch.float64, lrs: dict | None = None, optimizer: str = "sgd",
+                 momentum: float = 0.0, diverge_limit: float = 1e6, device="cpu"):
+        """specs {node id: NodeSpec}; lrs {parameter: learning rate}."""
+        self.specs, self.protocol, self.dtype, self.device = dict(specs), protocol, dtype, torch.device(device)
+        self.ids = tuple(self.specs)
+        self.rules = {i: rule_of(s, protocol) for i, s in self.specs.items()}
+        self.params = {i: {k: torch.zeros(self._shape(s, h), dtype=dtype, device=self.device)
+                           for k, h in s.held.items()}
+                       for i, s in self.specs.items()}
+        lrs = lrs or {}
+        self.lrs = {i: {k: float(lrs.get(h.param, 0.0)) for k, h in s.held.items()} for i, s in self.specs.items()}
+        self.opts = {i: Optimizer(optimizer, momentum) for i in self.ids}
+        self.state = {i: {} for i in self.ids}
+        self.routed = {i: {} for i in self.ids}   # node -> {boundary key: tensor}
+        self.batch = 0
+        self.diverge_limit = diverge_limit
+
+    @staticmethod
+    def _shape(spec, h):
+        full = spec.model.param_shapes()[h.param]
+        rows = full[0] if h.rows is None else h.rows[1] - h.rows[0]
+        if len(full) == 1:
+            return (rows,)
+        return (rows, full[1] if h.cols is None else h.cols[1] - h.cols[0])
+
+    # ---- parameters, boundary, checkpoints ---------------------------------------------------------------
+    def set_held(self, held: dict) -> None:
+        """held {node: {local: tensor}} (copies are taken)."""
+        for i, tensors in held.items():
+            for k, v in tensors.items():
+                want = self.params[i][k].shape
+                if tuple(v.shape) != tuple(want):
+                    raise ValueError(f"node {i}: set_params {k} has shape {tuple(v.shape)}, expected {tuple(want)}")
+                self.params[i][k] = v.detach().to(self.device, self.dtype).clone().contiguous()
+
+    def set_routed(self, i: str, arrays: dict) -> None:
+        """The boundary signals for node i (only keys the model routes to it are kept: see `boundary`)."""
+        self.routed[i] = {k: v.to(self.device, self.dtype) for k, v in arrays.items() if k in self.specs[i].boundary}
+
+    def boundary(self, i: str, phase) -> Guarded:
+        b = {**self.routed[i], "beta": phase.beta, "batch": self.batch, "dtype": self.dtype, "device": self.device}
+        return Guarded(b, f"node {i}, phase {phase.name}", "boundary")
+
+    def commit(self, i: str, delta) -> None:
+        """theta += delta on node i's own tensors (a rule's per-step change; parameters are real)."""
+        if delta:
+            for k, d in delta.items():
+                if d.is_complex():
+                    raise PhaseError(f"node {i}: the change of {k} is complex; parameters are real")
+                self.params[i][k].add_(d)
+
+    def pack_state(self, i: str) -> bytes:
+        return pack_arrays({**{f"param/{k}": v for k, v in self.params[i].items()},
+                            **{f"opt/{k}": v for k, v in self.opts[i].get_state().items()}})
+
+    def load_state(self, i: str, packed: bytes) -> None:
+        flat = unpack_arrays(packed)
+        self.set_held({i: {k[6:]: v for k, v in flat.items() if k.startswith("param/")}})
+        self.opts[i].set_state({k[4:]: v for k, v in flat.items() if k.startswith("opt/")})
+
+    # ---- the learning rule's end of a batch ---------------------------------------------------------------
+    def begin_all(self) -> None:
+        """A new batch: every node's accumulators start empty."""
+        for i in self.ids:
+            self.state[i] = {**self.state[i], "mem": {}}
+
+    def estimate_of(self, i: str) -> dict:
+        return self.protocol.estimate(self.state[i].get("mem", {}), self.params[i])
+
+    def update_of(self, i: str) -> None:
+        """The optimiser step on node i's held tensors from its own estimate (none if the protocol changed the
+        parameters inside its phases)."""
+        if not self.protocol.updates_in_phases:
+            self.opts[i].step(self.params[i], self.estimate_of(i), self.lrs[i])
+
+    def saved(self, i: str, name: str):
+        return self.state[i]["saved"][name]
+
+    def check(self, i: str, phase, t: int, steps: int) -> None:
+        """Divergence check of node i's state after step t (every CHECK_EVERY steps and the last)."""
+        if check_due(t, steps):
+            bad = divergence(self.state[i]["s"], self.diverge_limit)
+            if bad:
+                raise PhaseError(f"node {i}, phase {phase.name}, step {t}: state {bad}")

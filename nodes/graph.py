@@ -1,0 +1,348 @@
+"""One declaration of a model as a graph: unit groups, parameters, interactions (DESIGN.md "How the pieces fit").
+
+A `Model` lists its unit groups (`Group`: a name, a size, a role: `input` (clamped, the boundary signal x),
+`hidden`, or `output` (the cost's target y is routed there)) and its interactions (`Dense`: a weight matrix from a
+source group to a destination group, an optional bias, symmetric or directed, an optional structural mask). From it
+the rest of the project derives everything it needs:
+
+  * the parameters and their shapes (`param_shapes`), and their seeded initial values (`init_params`),
+  * a partition of every non-input group into blocks, one per logical node (`partition`),
+  * each logical node's interface (`NodeSpec`): the tensors it holds (rows it owns, columns it replicates), the
+    terms of its drive, the ports it sends and receives on, how its inbox is assembled, the boundary keys routed
+    to it, and the G tensors of its local updates,
+  * the legal edges of the locality audit (`legal_edges`) and the routing of boundary signals (`routes`).
+
+A Dense interaction contributes a(dst) . (W a(src) + b) to the energy (or primitive); its partial with respect to
+the destination's signal, W a_src + b, drives the destination; if it is symmetric, its partial with respect to the
+source's signal, W^T a_dst, drives the source too (the source's node then holds a replica of W's columns). A
+directed interaction drives its destination only: feedback weights `B{n}` are directed Dense terms from layer n+1
+to layer n, owned by layer n. Nothing here knows the runtime: no sockets, no Ray.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+ROLES = ("input", "hidden", "output")
+SIGNAL = "a"  # the message kind of the layered physics: a node's signal a(s)
+
+
+@dataclass(frozen=True)
+class Group:
+    """A unit group: `size` units with state fields `layout` (e.g. ("s",), ("m", "d"), ("phi", "pi"))."""
+
+    name: str
+    size: int
+    role: str = "hidden"
+    layout: tuple = ("s",)
+
+
+@dataclass(frozen=True)
+class Dense:
+    """E (or Phi) contains a(dst) . (W a(src) + b); W has shape (dst size, src size).
+
+    symmetric: the source is driven by W^T a(dst) as well (both ends hold W: the destination its rows, the source
+    a replica of its columns). mask: structural zeros, a tuple of dst-size tuples of 0/1 (None: dense); blocks
+    with no non-zero entry between them are not neighbours through this interaction.
+    """
+
+    src: str
+    dst: str
+    W: str
+    b: str | None = None
+    symmetric: bool = True
+    mask: tuple | None = None
+
+
+@dataclass(frozen=True)
+class Block:
+    """A logical node's share of the units: group `group`, units [lo, hi)."""
+
+    node_id: str
+    group: str
+    lo: int
+    hi: int
+
+    @property
+    def width(self) -> int:
+        return self.hi - self.lo
+
+
+@dataclass(frozen=True)
+class Port:
+    """A directed data-plane connection: `src` sends messages of `kind` ((B, width) arrays) to `dst`."""
+
+    src: str
+    dst: str
+    kind: str
+    width: int
+
+
+@dataclass(frozen=True)
+class Held:
+    """A tensor a node holds: W[rows, cols] of parameter `param` (None = all), as owner or replica."""
+
+    param: str
+    rows: tuple | None
+    cols: tuple | None
+    role: str  # "primary" (the owner's copy, gathered for audits) or "replica"
+
+    def take(self, full):
+        t = full if self.rows is None else full[self.rows[0]:self.rows[1]]
+        return t if self.cols is None else t[:, self.cols[0]:self.cols[1]]
+
+
+@dataclass(frozen=True)
+class Term:
+    """One contribution to a node's drive u.
+
+    fwd:     u += a_slot W^T   (W the node's rows of a Dense, (width, d_slot))
+    bwd:     u += a_slot W     (W the node's replica columns of a symmetric Dense, (d_slot, width))
+    clamped: u += x W^T        (x the boundary signal of an input group; constant within a batch)
+    bias:    u += b
+    """
+
+    kind: str
+    weight: str
+    slot: str | None = None
+
+
+@dataclass(frozen=True)
+class Slot:
+    """An inbox entry: the signal of `group`, (B, width), assembled from `parts` = ((source, lo, hi), ...), where a
+    source is a neighbour's node id (a port of kind `kind`) or "self"."""
+
+    name: str
+    group: str
+    kind: str
+    width: int
+    parts: tuple
+
+
+@dataclass(frozen=True)
+class Grad:
+    """G of a held tensor at a state (ALGORITHMS.md §1): rows: -a_own^T a_slot / B; cols: -a_slot^T a_own / B;
+    bias: -mean a_own; clamped: -a_own^T x / B. `mask` (rows, cols) keeps structural zeros at zero."""
+
+    kind: str
+    slot: str | None = None
+    mask: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """A logical node's interface: plain data, derived from the model and the partition."""
+
+    id: str
+    model: "Model"
+    block: Block
+    held: dict            # local tensor name -> Held
+    terms: tuple          # Term, in a fixed order
+    grads: dict           # local tensor name -> Grad
+    slots: dict           # slot name -> Slot
+    in_ports: tuple       # Port, sorted
+    out_ports: tuple      # Port, sorted
+    boundary: tuple       # boundary keys routed to this node ("x", "y")
+
+    @property
+    def width(self) -> int:
+        return self.block.width
+
+    @property
+    def is_output(self) -> bool:
+        return self.model.group(self.block.group).role == "output"
+
+
+def _block_mask(mask, rows, cols):
+    """The (rows, cols) sub-block of a structural mask as a tensor, or None when dense."""
+    if mask is None:
+        return None
+    return torch.tensor([row[cols[0]:cols[1]] for row in mask[rows[0]:rows[1]]], dtype=torch.float64)
+
+
+def _connected(mask, rows, cols) -> bool:
+    return mask is None or any(any(row[cols[0]:cols[1]]) for row in mask[rows[0]:rows[1]])
+
+
+@dataclass(frozen=True)
+class Model:
+    """A declaration: `physics` names the dynamics (nodes/dynamics.PHYSICS) that every node runs on it, and `rule`
+    the class of the nodes' local rule (a subclass of nodes.rules.NodeRule; None for the Dense-interaction rule)."""
+
+    name: str
+    physics: str
+    activation: str
+    groups: tuple
+    interactions: tuple
+    dt: float = 1.0
+    lr_index: dict = field(default_factory=dict, compare=False)  # parameter -> index into the run's lr list
+    rule: type | None = field(default=None, compare=False)  # the nodes' rule class (None: nodes.rules.NodeRule)
+
+    def __post_init__(self):
+        names = [g.name for g in self.groups]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model {self.name}: duplicate group names in {names}")
+        for g in self.groups:
+            if g.role not in ROLES or g.size < 1:
+                raise ValueError(f"model {self.name}: group {g.name} needs a role in {ROLES} and size >= 1")
+        for it in self.interactions:
+            for end in (it.src, it.dst):
+                if end not in names:
+                    raise ValueError(f"model {self.name}: interaction {it.W} names unknown group {end!r}")
+            if self.group(it.dst).role == "input":
+                raise ValueError(f"model {self.name}: interaction {it.W} drives the clamped input {it.dst}")
+            if it.mask is not None and (len(it.mask) != self.group(it.dst).size
+                                        or any(len(r) != self.group(it.src).size for r in it.mask)):
+                raise ValueError(f"model {self.name}: mask of {it.W} is not ({it.dst} size, {it.src} size)")
+
+    # ---- declaration queries ---------------------------------------------------------------------------------
+    def group(self, name: str) -> Group:
+        return next(g for g in self.groups if g.name == name)
+
+    @property
+    def sizes(self) -> tuple:
+        return tuple(g.size for g in self.groups)
+
+    @property
+    def dynamic_groups(self) -> tuple:
+        return tuple(g for g in self.groups if g.role != "input")
+
+    @property
+    def output_group(self) -> Group:
+        return next(g for g in self.groups if g.role == "output")
+
+    def param_shapes(self) -> dict:
+        shapes = {}
+        for it in self.interactions:
+            shapes[it.W] = (self.group(it.dst).size, self.group(it.src).size)
+            if it.b:
+                shapes[it.b] = (self.group(it.dst).size,)
+        return shapes
+
+    def init_params(self, seed: int, dtype=torch.float64, scale: float = 1.0) -> dict:
+        """U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for W and b (torch.nn.Linear's default), seeded, times `scale`;
+        structural zeros of a mask stay zero."""
+        gen = torch.Generator().manual_seed(int(seed))
+        params = {}
+        for it in self.interactions:
+            bound = 1.0 / math.sqrt(self.group(it.src).size)
+            for name in (it.W, it.b) if it.b else (it.W,):
+                shape = self.param_shapes()[name]
+                t = (torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1) * bound * scale
+                if name == it.W and it.mask is not None:
+                    t = t * torch.tensor(it.mask, dtype=torch.float64)
+                params[name] = t.to(dtype)
+        return params
+
+    # ---- partition into logical nodes --------------------------------------------------------------------
+    def partition(self, granularity: str = "layer", split: int = 1) -> tuple:
+        """Blocks of every non-input group: `layer` one block per group cut into `split` near-equal blocks,
+        `neuron` one block per unit. A single block is named after its group, others `group.lo`."""
+        blocks = []
+        for g in self.dynamic_groups:
+            if granularity == "neuron":
+                cuts = list(range(g.size + 1))
+            elif granularity == "layer":
+                k = max(1, min(int(split), g.size))
+                cuts = [round(i * g.size / k) for i in range(k + 1)]
+            else:
+                raise ValueError(f"granularity: expected 'layer' or 'neuron', got {granularity!r}")
+            single = len(cuts) == 2
+            for lo, hi in zip(cuts[:-1], cuts[1:]):
+                blocks.append(Block(g.name if single else f"{g.name}.{lo}", g.name, lo, hi))
+        return tuple(blocks)
+
+    def node_specs(self, blocks) -> dict:
+        """node id -> NodeSpec for every block of a partition (in the partition's order)."""
+        by_group = {}
+        for b in blocks:
+            by_group.setdefault(b.group, []).append(b)
+        specs = {b.node_id: self._spec(b, by_group) for b in blocks}
+        outs = {}
+        for s in specs.values():  # a node's out-ports are its neighbours' in-ports from it
+            for p in s.in_ports:
+                outs.setdefault(p.src, []).append(p)
+        return {i: dataclasses.replace(s, out_ports=tuple(sorted(outs.get(i, ()), key=lambda p: (p.dst, p.kind))))
+                for i, s in specs.items()}
+
+    def _spec(self, b: Block, by_group: dict) -> NodeSpec:
+        held, terms, grads, needed, boundary = {}, [], {}, {}, set()
+        own = (b.lo, b.hi)
+        for it in self.interactions:
+            src = self.group(it.src)
+            if it.dst == b.group:  # this block owns W[rows, :] and b[rows]
+                held[it.W] = Held(it.W, own, None, "primary")
+                mask = _block_mask(it.mask, own, (0, src.size))
+                if src.role == "input":
+                    terms.append(Term("clamped", it.W, "x"))
+                    grads[it.W] = Grad("clamped", "x", mask)
+                    boundary.add("x")
+                else:
+                    slot = self._need(needed, it.src, by_group, b, it.mask, rows=own)
+                    terms.append(Term("fwd", it.W, slot))
+                    grads[it.W] = Grad("rows", slot, mask)
+                if it.b:
+                    held[it.b] = Held(it.b, own, None, "primary")
+                    terms.append(Term("bias", it.b))
+                    grads[it.b] = Grad("bias")
+            if it.symmetric and it.src == b.group and src.role != "input":  # replica of W[:, cols]
+                local = it.W if it.dst != b.group else f"{it.W}.replica"
+                held[local] = Held(it.W, None, own, "replica")
+                mask = _block_mask(it.mask, (0, self.group(it.dst).size), own)
+                slot = self._need(needed, it.dst, by_group, b, it.mask, cols=own)
+                terms.append(Term("bwd", local, slot))
+                grads[local] = Grad("cols", slot, mask)
+        if self.group(b.group).role == "output":
+            boundary.add("y")
+        slots, in_ports = {}, set()
+        for group, sources in needed.items():
+            parts = []
+            for c in sorted(sources, key=lambda c: c.lo):
+                parts.append(("self" if c.node_id == b.node_id else c.node_id, c.lo, c.hi))
+                if c.node_id != b.node_id:
+                    in_ports.add(Port(c.node_id, b.node_id, SIGNAL, c.width))
+            name = f"{group}.{SIGNAL}"
+            slots[name] = Slot(name, group, SIGNAL, self.group(group).size, tuple(parts))
+        return NodeSpec(id=b.node_id, model=self, block=b, held=held, terms=tuple(terms), grads=grads,
+                        slots=slots, in_ports=tuple(sorted(in_ports, key=lambda p: (p.src, p.kind))),
+                        out_ports=(),
+                        boundary=tuple(sorted(boundary)))
+
+    def _need(self, needed: dict, group: str, by_group: dict, b: Block, mask, rows=None, cols=None) -> str:
+        """Record that block b reads the signal of `group` (from the blocks the mask connects it to)."""
+        src = needed.setdefault(group, set())
+        for c in by_group.get(group, ()):
+            r, k = (rows, (c.lo, c.hi)) if rows is not None else ((c.lo, c.hi), cols)
+            if _connected(mask, r, k):
+                src.add(c)
+        return f"{group}.{SIGNAL}"
+
+    # ---- what the audits derive ------------------------------------------------------------------------------
+    def legal_edges(self, blocks) -> set:
+        """Directed (src, dst) pairs allowed to carry data-plane messages: blocks that share an interaction."""
+        return {(p.src, p.dst) for s in self.node_specs(blocks).values() for p in s.in_ports}
+
+    def routes(self, blocks) -> dict:
+        """node id -> the boundary keys the model routes to it (x to the blocks driven by an input group, y to the
+        output group's blocks)."""
+        return {i: s.boundary for i, s in self.node_specs(blocks).items()}
+
+
+def slice_params(spec: NodeSpec, params: dict, copy: bool = True) -> dict:
+    """The tensors a node holds, cut from full parameters (contiguous copies, or views when copy=False)."""
+    return {k: (h.take(params[h.param]).clone().contiguous() if copy else h.take(params[h.param]))
+            for k, h in spec.held.items()}
+
+
+def assemble(model: Model, specs: dict, held: dict, role: str = "primary") -> dict:
+    """Full parameters from the nodes' held tensors of `role` (held: {node id: {local: tensor}})."""
+    some = next(t for h in held.values() for t in h.values())
+    full = {k: torch.zeros(v, dtype=some.dtype) for k, v in model.param_shapes().items()}
+    for i, spec in specs.items():
+        for local, h in spec.held.items():
+            if h.role == role:
+                h.take(full[h.param]).copy_(held[i][local])
+    return full

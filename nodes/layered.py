@@ -1,0 +1,77 @@
+"""Builders of model declarations (nodes/graph.py): layered nets and a directed graph of units.
+
+`layered("energy" | "prototypical", sizes, activation, dt)`: layers 0..N, layer 0 the clamped input x, layer N
+the output; `W{n}` (d_{n+1}, d_n) and `b{n}` (d_{n+1},) connect layer n to n+1 and are used both ways
+(ALGORITHMS.md §1, models `energy` and `prototypical`). `layered_asym(...)`: forward `W{n}`, `b{n}` owned by
+layer n+1 and feedback `B{n}` (d_n, d_{n+1}), no bias, owned by layer n, for n = 1..N-1 (§1, "Asymmetric layered
+networks"); `feedback=False` gives a feed-forward net. `directed_graph(...)`: one recurrent group of units driven
+by a (masked) directed weight matrix W and an input group through U (§13's toy, T1); the dynamics that run on it
+are the non-conservative issue's.
+"""
+from __future__ import annotations
+
+from nodes.activations import ACTIVATIONS
+from nodes.graph import Dense, Group, Model
+
+MODELS = ("energy", "prototypical")  # the layered physics a config's `model` may name
+
+
+def _groups(sizes) -> tuple:
+    sizes = tuple(int(d) for d in sizes)
+    if len(sizes) < 2 or any(d < 1 for d in sizes):
+        raise ValueError(f"sizes: need at least two layer sizes, each >= 1; got {list(sizes)}")
+    N = len(sizes) - 1
+    return sizes, tuple(Group(f"L{n}", d, "input" if n == 0 else "output" if n == N else "hidden")
+                        for n, d in enumerate(sizes))
+
+
+def _activation(activation: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation: unknown activation {activation!r}; expected one of {tuple(ACTIVATIONS)}")
+
+
+def layered(kind: str, sizes, activation: str, dt: float = 1.0) -> Model:
+    """The symmetric layered net of model `kind` (its physics has the same name)."""
+    if kind not in MODELS:
+        raise ValueError(f"model: unknown model {kind!r}; expected one of {MODELS}")
+    _activation(activation)
+    sizes, groups = _groups(sizes)
+    inter = tuple(Dense(f"L{n}", f"L{n + 1}", f"W{n}", f"b{n}", symmetric=True) for n in range(len(sizes) - 1))
+    lr = {p: n for n in range(len(sizes) - 1) for p in (f"W{n}", f"b{n}")}
+    return Model(kind, kind, activation, groups, inter, float(dt), lr)
+
+
+def layered_asym(sizes, activation: str, feedback: bool = True, dt: float = 1.0,
+                 physics: str = "prototypical") -> Model:
+    """Forward W{n}, b{n} (owned by layer n+1) and, with `feedback`, B{n} from layer n+1 to n (owned by layer n)."""
+    _activation(activation)
+    sizes, groups = _groups(sizes)
+    N = len(sizes) - 1
+    inter = [Dense(f"L{n}", f"L{n + 1}", f"W{n}", f"b{n}", symmetric=False) for n in range(N)]
+    if feedback:
+        inter += [Dense(f"L{n + 1}", f"L{n}", f"B{n}", None, symmetric=False) for n in range(1, N)]
+    lr = {p: n for n in range(N) for p in (f"W{n}", f"b{n}", f"B{n}")}
+    return Model("prototypical-asym" if feedback else "feed-forward", physics, activation, groups, tuple(inter),
+                 float(dt), lr)
+
+
+def directed_graph(n_units: int, n_inputs: int, n_outputs: int, mask=None, activation: str = "tanh",
+                   dt: float = 0.05, physics: str = "energy") -> Model:
+    """One recurrent group `S` of units (the last `n_outputs` also form no separate group: the cost reads them
+    through the output group `Y`), W (S -> S, directed, optionally masked), U (X -> S) and b. Declaration only:
+    the partition, ports and legal edges follow the mask."""
+    _activation(activation)
+    groups = (Group("X", n_inputs, "input"), Group("S", n_units - n_outputs, "hidden"),
+              Group("Y", n_outputs, "output"))
+    inter = []
+    for src in ("S", "Y"):
+        for dst in ("S", "Y"):
+            sub = None
+            if mask is not None:
+                rows = range(0, n_units - n_outputs) if dst == "S" else range(n_units - n_outputs, n_units)
+                cols = range(0, n_units - n_outputs) if src == "S" else range(n_units - n_outputs, n_units)
+                sub = tuple(tuple(int(mask[i][j]) for j in cols) for i in rows)
+            inter.append(Dense(src, dst, f"W_{dst}{src}", None, symmetric=False, mask=sub))
+    inter += [Dense("X", "S", "U_S", "b_S", symmetric=False), Dense("X", "Y", "U_Y", "b_Y", symmetric=False)]
+    return Model("directed-graph", physics, activation, groups, tuple(inter), float(dt),
+                 {p.W: 0 for p in inter} | {p.b: 0 for p in inter if p.b})

@@ -1,0 +1,196 @@
+"""A logical node's local rule: pure functions over its own state, parameters, inbox and boundary signals.
+
+For every phase (protocols/base.Phase) a node runs
+
+    state, outbox         = enter(state, params, boundary)                 # entry hook (reset, restart, cast)
+    state, outbox, delta  = step(state, inbox_t, params, boundary, t)      # t = 0 .. steps-1
+    state, delta          = exit(state, inbox_T, params, boundary, T)      # after one more exchange
+
+where inbox_t holds the neighbours' messages tagged t, assembled per slot (nodes/graph.Slot: the signal of one
+group, (B, d_group)), outbox the messages to send next ({kind: tensor} goes to every out-port of that kind), and
+delta a parameter change {local tensor: increment} that the runner commits before the next step (the step itself
+already uses theta + delta). The physics (nodes/dynamics) computes s_{t+1}; the protocol's learning hooks
+(`on_step`, `on_exit`) see only G of the node's own held tensors at its own state and inbox. The state is a dict:
+`s` (B, width), `a` = a(s) (what is sent), `const` (the clamped part of the drive), `saved` {phase: s} and `mem`
+(the protocol's accumulators). The same rule runs in the fabric's hosts and, on one partition, in the in-process
+engine, whose autograd gives BPTT: one arithmetic, two runners. Nothing here knows the runtime.
+"""
+from __future__ import annotations
+
+import torch
+
+from nodes.dynamics import physics_of
+from nodes.graph import SIGNAL, NodeSpec
+
+
+class LocalityError(RuntimeError):
+    """A node read or sent something that is not routed to it (a port it does not have, a boundary signal the
+    model does not route to it). The text names node, phase and step."""
+
+
+class Guarded(dict):
+    """A node's inbox or boundary: a missing key is a LocalityError naming node, phase, step and the key."""
+
+    __slots__ = ("where", "what")
+
+    def __init__(self, data, where: str, what: str):
+        super().__init__(data)
+        self.where, self.what = where, what
+
+    def __missing__(self, key):
+        raise LocalityError(f"{self.where}: reads {self.what} {key!r}, which is not routed to it")
+
+
+def complex_dtype(dtype):
+    return {torch.float32: torch.complex64, torch.float64: torch.complex128}.get(dtype, dtype)
+
+
+class NodeRule:
+    """The local rule of one logical node (its spec) under one protocol; `phase(ph)` binds it to a phase."""
+
+    def __init__(self, spec: NodeSpec, protocol):
+        self.spec, self.protocol = spec, protocol
+        self.id = spec.id
+        self.phys = physics_of(spec.model)
+        self.k = self.phys.k
+        self.const_terms = tuple(t for t in spec.terms if t.kind in ("clamped", "bias"))
+        self.const_weights = frozenset(t.weight for t in self.const_terms)
+        self.step_terms = tuple((t.kind == "fwd", t.weight, t.slot) for t in spec.terms if t.kind in ("fwd", "bwd"))
+        self.is_output = spec.is_output
+        self.grads = tuple(spec.grads.items())
+        self.step_hook = bool(protocol.has_step_rule)
+
+    def phase(self, ph) -> "PhaseRule":
+        return PhaseRule(self, ph)
+
+    # ---- the physics -----------------------------------------------------------------------------------------
+    def const(self, params, boundary, dtype):
+        """The clamped part of u: k (b + W x) + c for the constant terms (once per phase, not per step)."""
+        u = None
+        for t in self.const_terms:
+            W = params[t.weight].to(dtype)
+            if t.kind == "clamped":
+                x = boundary["x"].to(dtype)
+                u = torch.mm(x, W.T) if u is None else u.addmm_(x, W.T)
+            else:
+                u = W.clone() if u is None else u.add_(W)
+        if u is None:
+            u = torch.zeros(self.spec.width, dtype=dtype, device=boundary["device"])
+        if self.k != 1.0:
+            u.mul_(self.k)
+        if self.phys.c != 0.0:
+            u.add_(self.phys.c)
+        return u
+
+    def drive(self, const, inbox, params, batch: int, dtype):
+        """u = const + k (sum of W a_slot over the node's per-step terms). Always a new tensor."""
+        u, k = None, self.k
+        for fwd, w, slot in self.step_terms:
+            W = params[w]
+            if W.dtype != dtype:
+                W = W.to(dtype)
+            W = W.T if fwd else W
+            u = torch.addmm(const, inbox[slot], W, alpha=k) if u is None else u.addmm_(inbox[slot], W, alpha=k)
+        return const.expand(batch, self.spec.width).clone() if u is None else u
+
+    def advance(self, s, const, inbox, params, beta, y, dtype) -> tuple:
+        """The physics of one step: (s_{t+1}, a(s_{t+1})) from s_t, the drive's parts and the nudge."""
+        s = self.phys.step(s, self.drive(const, inbox, params, s.shape[0], dtype), beta, y)
+        return s, self.phys.signal(s)
+
+    def G(self, a_own, inbox, boundary, scale=1.0) -> dict:
+        """scale * G of every held tensor at the state whose signal is a_own, with the neighbours' signals in
+        inbox (ALGORITHMS.md §1: dE/dW = -rho(s_post) rho(s_pre)^T, batch mean). The factor -scale/B multiplies the
+        post-synaptic signal at both ends of an edge (the owner's own, the replica's neighbour's), so on one
+        partition the owner and the replica compute the very same product."""
+        c = -scale / a_own.shape[0]
+        own = None
+        out = {}
+        for local, g in self.grads:
+            if g.kind == "cols":
+                t = torch.mm((inbox[g.slot] * c).T, a_own)
+            else:
+                if own is None:
+                    own = a_own * c
+                if g.kind == "rows":
+                    t = torch.mm(own.T, inbox[g.slot])
+                elif g.kind == "clamped":
+                    t = torch.mm(own.T, boundary["x"].to(own.dtype))
+                else:
+                    t = own.sum(0)
+            out[local] = t if g.mask is None else t * g.mask.to(device=t.device, dtype=t.dtype)
+        return out
+
+
+def rule_of(spec: NodeSpec, protocol) -> NodeRule:
+    """The node's rule: the model's rule class (nodes/graph.Model.rule), NodeRule by default."""
+    return (spec.model.rule or NodeRule)(spec, protocol)
+
+
+def _plus(params: dict, delta: dict) -> dict:
+    return {k: (v + delta[k] if k in delta else v) for k, v in params.items()}
+
+
+class PhaseRule:
+    """enter / step / exit of one node in one phase (see the module docstring)."""
+
+    def __init__(self, node: NodeRule, ph):
+        self.node, self.ph = node, ph
+        self.proto = node.protocol
+
+    def enter(self, state: dict, params: dict, boundary) -> tuple:
+        """Entry hook: the phase's initial state (zeros, or a copy of a saved state, in the phase's dtype), its
+        clamped drive, and the first messages a(s_0)."""
+        n, ph = self.node, self.ph
+        dtype = boundary["dtype"]
+        if ph.complex:
+            dtype = complex_dtype(dtype)
+        if ph.start == "zero":
+            s = torch.zeros(boundary["batch"], n.spec.width, dtype=dtype, device=boundary["device"])
+        elif ph.start == "carry":
+            s = state["s"].to(dtype)
+        else:
+            s = state["saved"][ph.start].to(dtype).clone()
+        a = n.phys.signal(s)
+        state = {**state, "s": s, "a": a, "const": n.const(params, boundary, dtype), "dtype": dtype}
+        state.setdefault("saved", {})
+        state.setdefault("mem", {})
+        return state, {SIGNAL: a}
+
+    def step(self, state: dict, inbox, params: dict, boundary, t: int) -> tuple:
+        """s_{t+1} from s_t and the neighbours' a_t; the protocol's per-step rule first (C-EP style), so the
+        transition uses theta + delta."""
+        n = self.node
+        delta = None
+        const = state["const"]
+        if n.step_hook:
+            mem, delta = self.proto.on_step(self.ph, t, state["mem"], self._G(state, inbox, boundary))
+            state = {**state, "mem": mem}
+            if delta:
+                params = _plus(params, delta)
+                if n.const_weights & delta.keys():
+                    const = n.const(params, boundary, state["dtype"])
+                    state["const"] = const
+        beta = boundary["beta"]
+        y = boundary.get("y") if n.is_output else None
+        if y is None and beta != 0 and n.is_output:
+            raise ValueError(f"node {n.id}, phase {self.ph.name}, step {t}: nudged (beta = {beta}) with no target y")
+        s, a = n.advance(state["s"], const, inbox, params, beta, y, state["dtype"])
+        return {**state, "s": s, "a": a}, {SIGNAL: a}, delta
+
+    def exit(self, state: dict, inbox, params: dict, boundary, t: int) -> tuple:
+        """After the last exchange: the protocol's per-step rule once more (the last transition's change), its
+        exit rule (accumulators), and the final state saved under the phase's name."""
+        delta = None
+        mem = state["mem"]
+        if self.node.step_hook:
+            mem, delta = self.proto.on_step(self.ph, t, mem, self._G(state, inbox, boundary))
+        mem = self.proto.on_exit(self.ph, mem, self._G(state, inbox, boundary))
+        saved = {**state["saved"], self.ph.name: state["s"]}
+        return {**state, "mem": mem, "saved": saved}, delta
+
+    def _G(self, state, inbox, boundary):
+        """G at the node's current state and inbox, computed only if the protocol asks (scale folded in)."""
+        def G(scale=1.0):
+            return self.node.G(state["a"], inbox, boundary, scale)
+        return G

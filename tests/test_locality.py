@@ -1,0 +1,210 @@
+"""The locality audit cannot be fooled. Each way a node could break locality is tried against a running fabric and
+is caught with a named error or a listed violation, and the message never enters any arithmetic: (a) a send to a
+non-neighbour, (b) a forged sender id, (c) reading a boundary signal that is not routed to the node, (d) a forged
+coordinator abort, (e) a payload of the wrong batch size. A correct run lists no violation and beta as global."""
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from cluster.coordinator import FabricEngine
+from cluster.fabric import FabricError
+from cluster.locality import locality_report
+from cluster.messages import array_bytes, encode_control, encode_header
+from cluster.reference import ReferenceEngine
+from cluster.transport import ZmqTransport, new_token
+from nodes.layered import layered
+from nodes.rules import LocalityError, NodeRule, PhaseRule
+from protocols import get_protocol
+from protocols.base import Phase
+from tests.conftest import batch, lrs, run_cli, scaled_params
+
+DEEP = layered("energy", (4, 5, 3, 2), "sigmoid", dt=0.5)  # nodes L1 - L2 - L3: L1 and L3 are not neighbours
+EP = get_protocol("ep-symmetric")
+
+
+def settings(**kw):
+    return dict(granularity="layer", lr=[0.1] * 3, dtype="float64", transport="zmq", timeout_s=5.0) | kw
+
+
+class Tampered(PhaseRule):
+    """A phase rule whose step is followed by `tamper(node id, state, outbox, boundary)`."""
+
+    def step(self, state, inbox, params, boundary, t):
+        state, out, delta = super().step(state, inbox, params, boundary, t)
+        return state, self.node.tamper(state, out, boundary), delta
+
+
+class Rogue(NodeRule):
+    def phase(self, ph):
+        return Tampered(self, ph)
+
+    def tamper(self, state, out, boundary):
+        return out
+
+
+class SendsToL1(Rogue):
+    def tamper(self, state, out, boundary):
+        return {**out, ("L1", "a"): state["a"]} if self.id == "L3" else out
+
+
+class HiddenReadsTarget(Rogue):
+    def tamper(self, state, out, boundary):
+        if self.id == "L2":
+            boundary["y"]  # a hidden node asking for the target
+        return out
+
+
+class SendsOneSample(Rogue):
+    def tamper(self, state, out, boundary):
+        return {"a": state["a"][:1]} if self.id == "L1" else out
+
+
+def fabric(model=DEEP, **kw):
+    f = FabricEngine(model, EP, settings(**kw))
+    f.set_params(scaled_params(model))
+    f.set_batch(*batch(model))
+    return f
+
+
+def on_host(f, node, fn, *args):
+    """Run fn(host, *args) inside the actor hosting `node` (how a test reaches below the node's rule)."""
+    import ray
+    return ray.get(f.fabric.hosts[f.fabric.placement[node]].__ray_call__.remote(fn, *args))
+
+
+def _admit(host, user, token):
+    host.transport.admit({user: token})
+
+
+def _connect(host, peer, address, token):
+    host.transport.connect(peer, address, token)
+
+
+def _send(host, peer, header, payload):
+    host.transport.send(peer, header, payload)
+
+
+def report(f):
+    return locality_report(f.specs, f.message_logs(), EP)
+
+
+def test_a_correct_run_lists_no_violation_and_beta_as_global(ray_session):
+    f = fabric()
+    try:
+        f.run_program(EP.program(0.1, 10, 4))
+        rep = report(f)
+        assert rep["violations"] == [] and rep["globals"]["beta"] == 3 and set(rep["globals"]) == {
+            "batch", "beta", "protocol"}
+        assert rep["boundary"] == {"x": ["L1"], "y": ["L3"]}
+    finally:
+        f.close()
+
+
+def test_a_send_to_a_non_neighbour_raises_and_forced_through_is_reported_never_used(ray_session):
+    rogue = dataclasses.replace(DEEP, rule=SendsToL1)
+    f = fabric(rogue)
+    try:
+        with pytest.raises(FabricError, match=r"node L3: .*LocalityError: node L3, phase free, step 1: sends to L1, "
+                                              r"which is not a graph neighbour"):
+            f.run_phase(Phase("free", 5))
+    finally:
+        f.close()
+    f = fabric()
+    try:  # forced through below the guard: L3's host gets a credential at L1's host and sends on the wire
+        f.run_phase(Phase("free", 6))
+        clean = f.output("free")
+        token = new_token()
+        on_host(f, "L1", _admit, "L3", token)
+        on_host(f, "L3", _connect, "L1", f.fabric.addresses["L1"], token)
+        B = clean.shape[0]
+        junk = torch.full((B, 2), 1e3, dtype=torch.float64)
+        on_host(f, "L3", _send, "L1", encode_header("L3", "L1", "a", "free", f.fabric.serial + 1, 0, "float64",
+                                                    [B, 2]), bytes(array_bytes(junk)))
+        f.run_phase(Phase("free", 6))
+        assert torch.equal(f.output("free"), clean)  # the value never entered L1's arithmetic
+        bad = [(v["src"], v["dst"], v["why"]) for v in report(f)["violations"]]
+        assert bad == [("L3", "L1", "L3 and L1 are not graph neighbours")]
+    finally:
+        f.close()
+
+
+def test_a_forged_sender_id_is_caught_by_connection_identity(ray_session):
+    """L3 is L2's neighbour and connected to it; it sends a message claiming to be L1, tagged for L2's next phase
+    and step 0 (the attack that fooled the first design)."""
+    f = fabric()
+    try:
+        B = 6
+        forged = encode_header("L1", "L2", "a", "free", f.fabric.serial + 1, 0, "float64", [B, 5])
+        on_host(f, "L3", _send, "L2", forged, bytes(array_bytes(torch.zeros(B, 5, dtype=torch.float64))))
+        with pytest.raises(FabricError, match=r"node L2: run_phase failed: MessageError: node L2, phase free, step 0:"
+                                              r" a message on L3's connection claims to come from L1"):
+            f.run_phase(Phase("free", 5))
+        rejected = [v for v in report(f)["violations"] if v["kind"] == "rejected"]
+        assert rejected == [{"src": "L1", "dst": "L2", "kind": "rejected", "phase": "", "count": 1,
+                             "why": "claimed by L3's connection"}]
+        f.run_phase(Phase("free", 5))  # the fabric goes on
+    finally:
+        f.close()
+
+
+@pytest.mark.parametrize("engine", ["fabric", "reference"])
+def test_a_rule_reading_a_signal_not_routed_to_it_is_named(engine, ray_session):
+    rogue = dataclasses.replace(DEEP, rule=HiddenReadsTarget)
+    if engine == "fabric":
+        f = fabric(rogue)
+        try:
+            with pytest.raises(FabricError, match=r"node L2: .*LocalityError: node L2, phase free: reads boundary "
+                                                  r"'y', which is not routed to it"):
+                f.run_phase(Phase("free", 3))
+        finally:
+            f.close()
+    else:
+        e = ReferenceEngine(rogue, EP, torch.float64, lrs(rogue))
+        e.set_params(scaled_params(rogue))
+        e.set_batch(*batch(rogue))
+        with pytest.raises(LocalityError, match="node L2, phase free: reads boundary 'y', which is not routed"):
+            e.run_phase(Phase("free", 3), record_states=True)
+
+
+def test_a_forged_coordinator_abort_is_rejected_and_later_phases_run(ray_session):
+    f = fabric()
+    try:
+        on_host(f, "L3", _send, "L2", encode_control("coordinator", "abort", 2 ** 62), b"")
+        with pytest.raises(FabricError, match=r"node L2: .*an abort message on L3's connection \(claiming "
+                                              r"coordinator\); only the coordinator may abort"):
+            f.run_phase(Phase("free", 4))
+        outsider = ZmqTransport("coordinator")  # someone without the coordinator's credential
+        try:
+            outsider.connect("L2", f.fabric.addresses["L2"], "guessed")
+            outsider.send("L2", encode_control("coordinator", "abort", 2 ** 62), b"")
+            for _ in range(3):  # each phase would fail at once had the abort been accepted
+                assert f.run_phase(Phase("free", 4))["residual"] >= 0
+        finally:
+            outsider.close()
+        refused = [v for v in report(f)["violations"] if v["kind"] == "refused"]
+        assert refused and refused[0]["src"] == "coordinator" and refused[0]["dst"] == "L2"
+    finally:
+        f.close()
+
+
+def test_a_payload_of_the_wrong_batch_size_is_an_error_not_a_broadcast(ray_session):
+    f = fabric(dataclasses.replace(DEEP, rule=SendsOneSample))
+    try:
+        with pytest.raises(FabricError, match=r"node L2: .*node L2, phase free, step 1, message from L1: "
+                                              r"float64\[1, 5\], expected float64\[6, 5\]"):
+            f.run_phase(Phase("free", 3))
+    finally:
+        f.close()
+
+
+def test_audit_draws_the_locality_graph(tmp_path, ray_session):
+    out = tmp_path / "a"
+    r = run_cli("audit", "--set", "sizes=[5,8,6,3]", "--set", "dataset=random", "--set", "granularity=neuron",
+                "--set", "fabric.hosts=3", "--set", "T1=20", "--set", "T2=5", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((out / "audit.json").read_text())["locality"]
+    assert rep["violations"] == [] and rep["globals"]["beta"] == 17 and len(set(rep["placement"].values())) == 3
+    assert rep["edges"] == rep["legal_edges"] == 2 * (8 * 6 + 6 * 3)
+    assert (out / "locality.png").stat().st_size > 10_000
