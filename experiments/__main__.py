@@ -37,24 +37,16 @@ def main(argv=None) -> int:
         else:
             cfg = load_config(args.config or DEFAULT_CONFIG[args.command], args.sets)
             out = args.out or f"results/{args.command}-{time.strftime('%Y%m%d-%H%M%S')}"
+        from experiments.api import Simulator
+        sim = Simulator(config=cfg)
         if args.command == "train":
-            from experiments.train import run_train
-
-            def run(cfg, out):
-                return run_train(cfg, out, resume=bool(args.resume))
+            sim.train(out, progress=True, resume=bool(args.resume))
         elif args.command == "audit":
-            from experiments.audit import run_audit
-
-            def run(cfg, out):
-                return run_audit(cfg, out, args.sets)
+            sim.audit(out, quiet=False, sets=args.sets)
         elif args.command == "bench":
-            from experiments.bench import run_bench as run
+            sim.bench(out)
         else:
-            from experiments.sweep import run_sweep
-
-            def run(cfg, out):
-                return run_sweep(cfg, out, args.grid, args.sets)
-        run(cfg, out)
+            sim.sweep(out, args.grid, sets=args.sets)
         return 0
     except (ConfigError, DatasetError) as err:
         print(f"error: invalid {'config' if isinstance(err, ConfigError) else 'input'}: {err}", file=sys.stderr)

@@ -52,16 +52,28 @@ class Simulator:
     def _with(self, overrides: dict) -> Config:
         return _config(self.config, self.model, self.protocol, overrides) if overrides else self.config
 
-    def train(self, out: str | None = None, progress: bool = False, **overrides) -> dict:
+    def train(self, out: str | None = None, progress: bool = False, resume: bool = False, **overrides) -> dict:
+        """Train; `resume` continues the run in `out` from its last checkpoint. Returns what metrics.json holds
+        (and the final parameters under `final_params`)."""
         from experiments.train import run_train
-        cfg = self._with(overrides)
-        summary = run_train(cfg, out or _stamp("train"), progress=progress, model=self.model, protocol=self.protocol)
-        return summary
+        return run_train(self._with(overrides), out or _stamp("train"), progress=progress, resume=resume,
+                         model=self.model, protocol=self.protocol)
 
-    def audit(self, out: str | None = None, quiet: bool = True, **overrides) -> dict:
+    def audit(self, out: str | None = None, quiet: bool = True, sets=(), **overrides) -> dict:
+        """The gradient and locality audit; returns what audit.json holds. With the config's `replay`, `sets` are
+        the command line's --set items that may change a replayed bundle's granularity, transport or engine."""
         from experiments.audit import run_audit
-        cfg = dataclasses.replace(self._with(overrides), replay=None)
-        return run_audit(cfg, out or _stamp("audit"), quiet=quiet, model=self.model, protocol=self.protocol)
+        return run_audit(self._with(overrides), out or _stamp("audit"), sets, quiet=quiet, model=self.model,
+                         protocol=self.protocol)
+
+    def sweep(self, out: str | None = None, grid=(), sets=(), **overrides) -> dict:
+        """`audit` at every point of the grid (["beta=1e-1,1e-2", ...]); returns what sweep.json holds."""
+        from experiments.sweep import run_sweep
+        return run_sweep(self._with(overrides), out or _stamp("sweep"), grid, sets)
+
+    def bench(self, out: str | None = None, **overrides) -> dict:
+        from experiments.bench import run_bench
+        return run_bench(self._with(overrides), out or _stamp("bench"))
 
     @contextlib.contextmanager
     def engine(self, **overrides):

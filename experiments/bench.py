@@ -150,15 +150,31 @@ def layer_grid(cfg, main, grid, steps, repeats, rt_bytes, rt_iters) -> tuple:
 
 
 # ---- neuron fabric ---------------------------------------------------------------------------------------
+def process_budget() -> int:
+    """The most actor processes Ray runs without its "N PYTHON worker processes have been started" warning: it
+    warns from 4 x its startup concurrency, min(cpu_count, num_cpus) (Ray 2.60's services.py and raylet)."""
+    return 4 * (os.cpu_count() or 1) - 1
+
+
+def neuron_hosts(n: int, setting: int) -> int:
+    """fabric.hosts for an n-node neuron fabric: setting -1 (auto) gives every node an actor while n fits the
+    process budget and n nodes on `process_budget()` hosts beyond; 0 always one actor per node; K > 0, K hosts."""
+    if setting < 0:
+        return 0 if n <= process_budget() else process_budget()
+    return setting
+
+
 def neuron_fabric(cfg, n: int, steps: int, repeats: int, memory: bool) -> dict:
-    """A fabric of n neuron actors: sizes [d0, n//2, n - n//2] (layer 0 is the input, not a node)."""
+    """A neuron fabric of n logical nodes: sizes [d0, n//2, n - n//2] (layer 0 is the input, not a node), on one
+    actor per node or on hosts (bench.neuron_hosts)."""
     sizes = [cfg.sizes[0], n // 2, n - n // 2]
-    fab_cfg = dataclasses.replace(cfg.fabric, timeout_s=max(cfg.fabric.timeout_s, 4.0 * n))
+    hosts = neuron_hosts(n, cfg.bench.neuron_hosts)
+    fab_cfg = dataclasses.replace(cfg.fabric, timeout_s=max(cfg.fabric.timeout_s, 4.0 * n), hosts=hosts)
     used0 = bench_raw.used_memory_mb()
     c, fab = _engine(cfg, engine="fabric", granularity="neuron", transport="zmq", sizes=sizes, fabric=fab_cfg)
     try:
-        out = {"actors": len(fab.fabric.hosts), "sizes": sizes, "batch": c.batch, "steps": steps,
-               "fabric_start_s": fab.fabric.start_s}
+        out = {"nodes": n, "actors": len(fab.fabric.hosts), "hosts": hosts, "sizes": sizes, "batch": c.batch,
+               "steps": steps, "fabric_start_s": fab.fabric.start_s}
         fab.set_batch(*_batch(c, sizes, c.batch, DTYPES[c.dtype]))
         fab.run_phase(Phase("free", steps))  # warm-up
         fab.message_logs(clear=True)
@@ -183,11 +199,12 @@ def neuron_fabric(cfg, n: int, steps: int, repeats: int, memory: bool) -> dict:
                           "from /proc/meminfo",
                 "rss_mb_per_actor": statistics.mean(rss) if rss else None,
                 "pss_mb_per_actor": statistics.mean(pss) if pss else None,
-                "meminfo_delta_mb_per_actor": (bench_raw.used_memory_mb() - used0) / len(pids)}
+                "meminfo_delta_mb_per_actor": (bench_raw.used_memory_mb() - used0) / len(pids),
+                "rss_mb_per_node": sum(rss) / n if rss else None}
     finally:
         fab.close()
-    log(f"neuron fabric {n} actors: start {out['fabric_start_s']:.1f} s, {out['step_us'] / 1e3:.1f} ms/step, "
-        f"{out['msgs_per_s']:.0f} msgs/s")
+    log(f"neuron fabric {n} nodes on {out['actors']} actors: start {out['fabric_start_s']:.1f} s, "
+        f"{out['step_us'] / 1e3:.1f} ms/step, {out['msgs_per_s']:.0f} msgs/s")
     return out
 
 
@@ -325,7 +342,8 @@ def plan(cfg) -> tuple:
     st = {"steps": b.steps, "repeats": b.repeats,
           "neurons": sorted({max(2, n) for n in b.neurons} | {max([64, *b.neurons])}), "neuron_steps": b.steps,
           "raw_msgs": 200_000, "rt_iters": 1000, "ray_rt_iters": 300,
-          "ep_repeats": max(9, b.repeats)}  # an EP batch takes ~0.1 s a round: 9 rounds cost ~1 s
+          "ep_repeats": max(9, b.repeats),  # an EP batch takes ~0.1 s a round: 9 rounds cost ~1 s
+          "neuron_hosts": b.neuron_hosts, "process_budget": process_budget()}
     shrunk = {}
     if cfg.quick:
         q = {"repeats": min(b.repeats, 3), "neurons": [4], "neuron_steps": 5, "raw_msgs": 30_000, "rt_iters": 200,
@@ -335,8 +353,8 @@ def plan(cfg) -> tuple:
         qgrid = {"sizes": [main["sizes"]], "batches": [main["batch"]], "dtypes": [main["dtype"]]}
         shrunk["grid"] = {"from": grid, "to": qgrid}
         grid = qgrid
-        shrunk["note"] = ("quick: only the main net/batch/dtype, fewer repeats and raw messages, a 4-actor neuron "
-                          "fabric (so max_neuron_actors is 4 and neuron_msg_rate_over_raw_zmq is on 4 actors)")
+        shrunk["note"] = ("quick: only the main net/batch/dtype, fewer repeats and raw messages, a 4-node neuron "
+                          "fabric (so max_neuron_actors is 4 and neuron_msg_rate_over_raw_zmq is on 4 nodes)")
     for k, v in (("sizes", main["sizes"]), ("batches", main["batch"]), ("dtypes", main["dtype"])):
         if v not in grid[k]:
             grid[k].append(v)
@@ -374,18 +392,20 @@ def run_bench(cfg, out_dir) -> dict:
     for n in st["neurons"]:
         try:
             r = neuron_fabric(cfg, n, st["neuron_steps"], st["repeats"], n == max(st["neurons"]))
-            r["raw_same_pattern"] = bench_raw.zmq_exchange_rate(n // 2, n - n // 2, r["payload_bytes"],
-                                                                3 * st["neuron_steps"])
-            log(f"  raw pyzmq, same pattern and processes: {r['raw_same_pattern']['step_us'] / 1e3:.2f} ms/step, "
-                f"{r['raw_same_pattern']['msgs_per_s']:.0f} msgs/s")
+            if r["actors"] == n:  # the same pattern in plain pyzmq needs one process per node, as here
+                r["raw_same_pattern"] = bench_raw.zmq_exchange_rate(n // 2, n - n // 2, r["payload_bytes"],
+                                                                    3 * st["neuron_steps"])
+                log(f"  raw pyzmq, same pattern and processes: {r['raw_same_pattern']['step_us'] / 1e3:.2f} ms/step, "
+                    f"{r['raw_same_pattern']['msgs_per_s']:.0f} msgs/s")
             res["neuron"].append(r)
         except Exception as err:  # the largest fabric may not start on a small machine: record and go on
-            log(f"neuron fabric of {n} actors failed: {type(err).__name__}: {err}")
-            res["neuron"].append({"actors": n, "error": f"{type(err).__name__}: {err}"})
+            log(f"neuron fabric of {n} nodes failed: {type(err).__name__}: {err}")
+            res["neuron"].append({"nodes": n, "error": f"{type(err).__name__}: {err}"})
     ran = [r for r in res["neuron"] if "error" not in r]
     if not ran:
         raise RuntimeError("bench: no neuron fabric ran")
-    big = max(ran, key=lambda r: r["actors"])
+    big = max(ran, key=lambda r: r["nodes"])
+    per_actor = max((r for r in ran if "raw_same_pattern" in r), key=lambda r: r["nodes"], default=None)
     res["raw_zmq"] = bench_raw.zmq_msg_rate(big["payload_bytes"], st["raw_msgs"], wire=_wire(cfg))
     log(f"raw zmq: {res['raw_zmq']['msgs_per_s']:.0f} msgs/s of {big['payload_bytes']} B")
 
@@ -401,12 +421,15 @@ def run_bench(cfg, out_dir) -> dict:
         "zmq_over_ray_transport": res["ray_transport"]["zmq_step_us"] / res["ray_transport"]["step_us"],
         "explicit_over_autograd": res["ep_batch"]["explicit_batch_ms"] / res["ep_batch"]["autograd_batch_ms"],
         "inprocess_over_matmuls": row["inprocess_step_us"] / res["matmul_step_us"],
-        "max_neuron_actors": big["actors"],
+        "max_neuron_actors": big["nodes"],
     }
     res["rss_mb_per_actor"] = big.get("memory", {}).get("rss_mb_per_actor")
     res["diagnostics"] = {  # no target: where the time goes
-        "neuron_msg_rate_over_raw_same_pattern": big["msgs_per_s"] / big["raw_same_pattern"]["msgs_per_s"],
-        "raw_same_pattern_over_raw_stream": big["raw_same_pattern"]["msgs_per_s"] / res["raw_zmq"]["msgs_per_s"],
+        "neuron_msg_rate_over_raw_same_pattern": (per_actor["msgs_per_s"] / per_actor["raw_same_pattern"]["msgs_per_s"]
+                                                  if per_actor else float("nan")),
+        "raw_same_pattern_over_raw_stream": (per_actor["raw_same_pattern"]["msgs_per_s"] / res["raw_zmq"]["msgs_per_s"]
+                                             if per_actor else float("nan")),
+        "neuron_same_pattern_nodes": per_actor["nodes"] if per_actor else None,
         "fabric_phase_call_us": row["fabric_phase_call_us"],
         "layer_fabric_over_raw_same_pattern": row["fabric_step_us"] / row["raw_same_pattern_step_us"],
         "raw_layer_same_pattern_over_inprocess": row["raw_same_pattern_step_us"] / row["inprocess_step_us"]}
@@ -415,7 +438,7 @@ def run_bench(cfg, out_dir) -> dict:
         ratios["cuda_step_us"] = res["cuda"]["step_us"]
     res["fabric_start_s"] = {"layer": [r["fabric_start_s"] for r in res["layer"]],
                              "ray_transport": res["ray_transport"]["fabric_start_s"],
-                             "neuron": {r["actors"]: r.get("fabric_start_s") for r in res["neuron"]}}
+                             "neuron": {r["nodes"]: r.get("fabric_start_s") for r in res["neuron"]}}
     out = {"ratios": ratios,
            "targets": {k: {"op": TARGETS[k][0], "value": TARGETS[k][1]} for k in ratios},
            "met": {k: _ratio_met(k, v) for k, v in ratios.items()},

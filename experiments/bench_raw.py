@@ -215,22 +215,22 @@ def table(out) -> str:
         raw = f"{r['raw_same_pattern_step_us']:20.0f}" if "raw_same_pattern_step_us" in r else ""
         lines.append(f"{'-'.join(map(str, r['sizes'])):22s} {r['batch']:5d} {r['dtype']:8s} "
                      f"{r['inprocess_step_us']:11.0f} {r['fabric_step_us']:10.0f} {r['ratio']:6.2f} {raw}")
-    lines += ["", f"{'neuron actors':>13s} {'start s':>8s} {'ms/step':>8s} {'msgs/step':>10s} {'msgs/s':>9s} "
-                  f"{'raw same-pattern ms/step':>25s}"]
+    lines += ["", f"{'neuron nodes':>12s} {'actors':>6s} {'start s':>8s} {'ms/step':>8s} {'msgs/step':>10s} "
+                  f"{'msgs/s':>9s} {'raw same-pattern ms/step':>25s}"]
     for r in out["neuron"]:
         if "error" in r:
-            lines.append(f"{r['actors']:13d}  failed: {r['error'][:60]}")
+            lines.append(f"{r['nodes']:12d}  failed: {r['error'][:60]}")
         else:
-            lines.append(f"{r['actors']:13d} {r['fabric_start_s']:8.1f} {r['step_us'] / 1e3:8.2f} "
-                         f"{r['msgs_per_step']:10.0f} {r['msgs_per_s']:9.0f} "
-                         f"{r['raw_same_pattern']['step_us'] / 1e3:25.2f}")
-    lines += [f"{k} = {v:.3g}" for k, v in out.get("diagnostics", {}).items()]
+            raw = f"{r['raw_same_pattern']['step_us'] / 1e3:25.2f}" if "raw_same_pattern" in r else ""
+            lines.append(f"{r['nodes']:12d} {r['actors']:6d} {r['fabric_start_s']:8.1f} {r['step_us'] / 1e3:8.2f} "
+                         f"{r['msgs_per_step']:10.0f} {r['msgs_per_s']:9.0f} {raw}")
+    lines += [f"{k} = {v:.3g}" for k, v in out.get("diagnostics", {}).items() if isinstance(v, (int, float))]
     lines.append(f"raw zmq ({out['raw_zmq']['wire']}) {out['raw_zmq']['msgs_per_s']:.0f} msgs/s; round trip zmq "
                  + ", ".join(f"{r['median_us']:.0f} µs ({r['payload_bytes']} B)" for r in out["zmq_round_trip"])
                  + "; ray " + ", ".join(f"{r['median_us']:.0f} µs ({r['payload_bytes']} B)"
                                         for r in out["ray_transport"]["ray_round_trip"]))
     if out.get("rss_mb_per_actor"):
-        lines.append(f"RSS per neuron actor {out['rss_mb_per_actor']:.0f} MB")
+        lines.append(f"RSS per neuron-fabric actor {out['rss_mb_per_actor']:.0f} MB")
     return "\n".join(lines)
 
 
@@ -240,11 +240,12 @@ def plot(out, path) -> None:
     import matplotlib.pyplot as plt
     row = next(r for r in out["layer"] if r["sizes"] == out["main"]["sizes"] and r["batch"] == out["main"]["batch"]
                and r["dtype"] == out["main"]["dtype"])
-    big = max((r for r in out["neuron"] if "error" not in r), key=lambda r: r["actors"])
+    big = max((r for r in out["neuron"] if "error" not in r), key=lambda r: r["nodes"])
     bars = {"matmuls alone": out["matmul_step_us"], "in-process": row["inprocess_step_us"],
             "layer pattern, raw pyzmq + torch": row["raw_same_pattern_step_us"],
             "layer fabric zmq": row["fabric_step_us"], "layer fabric ray": out["ray_transport"]["step_us"],
-            f"neuron fabric ({big['actors']} actors, {'-'.join(map(str, big['sizes']))})": big["step_us"]}
+            f"neuron fabric ({big['nodes']} nodes on {big['actors']} actors, {'-'.join(map(str, big['sizes']))})":
+                big["step_us"]}
     if "cuda" in out:
         bars["in-process cuda, CUDA graphs"] = out["cuda"]["step_us"]
         bars["in-process cuda, eager"] = out["cuda"]["eager_step_us"]

@@ -46,7 +46,9 @@ class BenchSection:
     sizes: list = field(default_factory=lambda: [[784, 512, 10], [784, 512, 512, 10]])
     batches: list = field(default_factory=lambda: [32, 128, 512])
     dtypes: list = field(default_factory=lambda: ["float32", "float64"])
-    neurons: list = field(default_factory=lambda: [8, 16, 32, 64])
+    neurons: list = field(default_factory=lambda: [4, 8, 16, 32, 64])
+    neuron_hosts: int = -1         # neuron fabrics: -1 auto (an actor per node while Ray's process budget allows),
+                                   # 0 an actor per node, K > 0 K host actors
     steps: int = 30
     repeats: int = 3
 
