@@ -180,9 +180,11 @@ class Fabric:
                     host.close()
             elif self.hosts:
                 refs = {a.close.remote(): a for a in self.hosts.values()}
-                ray.wait(list(refs), num_returns=len(refs), timeout=10)
-                for actor in refs.values():  # its sockets and files are released (or it is stuck): end it now
-                    ray.kill(actor, no_restart=True)
+                closed, stuck = ray.wait(list(refs), num_returns=len(refs), timeout=10)
+                for r in closed:  # sockets closed: the actor exits on its own, after its queued calls
+                    refs[r].__ray_terminate__.remote()
+                for r in stuck:
+                    ray.kill(refs[r])
         finally:
             self.hosts = {}
             self.beats.close()

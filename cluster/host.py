@@ -21,8 +21,8 @@ import torch
 import zmq
 
 from cluster.message_log import COORDINATOR, MessageLog
-from cluster.messages import (MessageError, array_bytes, decode_header, dtype_name, encode_control, encode_header,
-                              pack_arrays, unpack_arrays)
+from cluster.messages import (MessageError, array_bytes, decode_header, dtype_name, encode_control, header_prefix,
+                              header_suffix, pack_arrays, unpack_arrays)
 from cluster.nodeset import Aborted, NodeSet, PhaseError
 from cluster.ports import NodeInbox, as_payload
 from cluster.transport import make_transport
@@ -75,6 +75,8 @@ class Host(NodeSet):
         self.timeout_s = float(settings.get("timeout_s", 60.0))
         self.logs = {i: MessageLog(settings.get("log", "counters")) for i in self.ids}
         self.inboxes = {i: NodeInbox(s) for i, s in self.specs.items()}
+        self.prefixes = {(p.src, p.dst, p.kind): header_prefix(p.src, p.dst, p.kind)
+                         for s in self.specs.values() for p in s.out_ports}
         self.transport = make_transport(settings.get("transport", "zmq"), host_id, settings.get("host", "127.0.0.1"),
                                         settings.get("wire", "auto"))
         self.placement = {i: host_id for i in self.ids}
@@ -276,12 +278,12 @@ class Host(NodeSet):
                 self.inboxes[p.dst].accept(i, p.kind, phase.name, serial, t, dtype_name(payload), payload.shape,
                                            as_payload(payload))
                 continue
-            raw = encoded.get(id(payload))
-            if raw is None:
-                raw = encoded[id(payload)] = array_bytes(payload)
+            enc = encoded.get(id(payload))
+            if enc is None:  # the payload and the per-step header fields, once for every port they go to
+                enc = encoded[id(payload)] = (array_bytes(payload), header_suffix(phase.name, serial, t,
+                                                                                  dtype_name(payload), payload.shape))
             try:
-                self.transport.send(host, encode_header(i, p.dst, p.kind, phase.name, serial, t, dtype_name(payload),
-                                                        payload.shape), raw)
+                self.transport.send(host, self.prefixes[(i, p.dst, p.kind)] + enc[1], enc[0])
             except KeyError:
                 raise LocalityError(f"node {i}, phase {phase.name}, step {t}: host {self.host_id} has no connection "
                                     f"to {host}, which runs {p.dst}") from None

@@ -37,8 +37,23 @@ def torch_dtype(name: str):
     return _TORCH[name]
 
 
+HEADER_TAG = b"\x98"  # msgpack's fixarray of 8: a header is this tag, then its 8 fields packed one after another
+
+
+def header_prefix(src: str, dst: str, kind: str) -> bytes:
+    """The fields of a header that are fixed for a port (packed once per port, not per message)."""
+    return HEADER_TAG + msgpack.packb(src) + msgpack.packb(dst) + msgpack.packb(kind)
+
+
+def header_suffix(phase: str, serial: int, step: int, dtype: str, shape) -> bytes:
+    """The fields that change per step (packed once per payload, shared by every port it goes to)."""
+    return (msgpack.packb(phase) + msgpack.packb(serial) + msgpack.packb(step) + msgpack.packb(dtype)
+            + msgpack.packb(list(shape)))
+
+
 def encode_header(src: str, dst: str, kind: str, phase: str, serial: int, step: int, dtype: str, shape) -> bytes:
-    return msgpack.packb([src, dst, kind, phase, serial, step, dtype, list(shape)])
+    """msgpack [src, dst, kind, phase, serial, step, dtype, shape]: the same bytes as packb of the list."""
+    return header_prefix(src, dst, kind) + header_suffix(phase, serial, step, dtype, shape)
 
 
 def encode_control(src: str, kind: str, serial: int, step: int = -1, phase: str = "") -> bytes:
@@ -52,11 +67,16 @@ def decode_header(frame) -> list:
         h = msgpack.unpackb(frame)
     except Exception as err:  # msgpack raises several types for random bytes
         raise MessageError(f"undecodable header ({type(err).__name__})") from None
-    if not (isinstance(h, list) and len(h) == HEADER_FIELDS and all(isinstance(v, str) for v in h[:4])
-            and isinstance(h[4], int) and isinstance(h[5], int) and isinstance(h[6], str)
-            and isinstance(h[7], list) and all(isinstance(d, int) and d >= 0 for d in h[7])):
-        raise MessageError(f"malformed header {str(h)[:200]}")
-    return h
+    if type(h) is list and len(h) == HEADER_FIELDS:
+        src, dst, kind, phase, serial, step, dtype, shape = h
+        if (type(src) is str and type(dst) is str and type(kind) is str and type(phase) is str
+                and type(serial) is int and type(step) is int and type(dtype) is str and type(shape) is list):
+            for d in shape:
+                if type(d) is not int or d < 0:
+                    break
+            else:
+                return h
+    raise MessageError(f"malformed header {str(h)[:200]}")
 
 
 def array_bytes(t):

@@ -17,6 +17,8 @@ from cluster.messages import MessageError, NUMPY_DTYPE, dtype_name, ndarray_from
 from nodes.rules import Guarded
 
 MAX_AHEAD = 8
+_NAMES = {t: dtype_name(torch.empty(0, dtype=t)) for t in (torch.float32, torch.float64, torch.complex64,
+                                                           torch.complex128)}
 
 
 class NodeInbox:
@@ -24,7 +26,9 @@ class NodeInbox:
         self.node = spec.id
         self.ports = {(p.src, p.kind): p for p in spec.in_ports}
         self.order = tuple(self.ports)
-        self.slots = tuple((s.name, s.width, s.parts, s.kind) for s in spec.slots.values())
+        self.widths = tuple((k, p.width) for k, p in self.ports.items())
+        self.slots = tuple((s.name, s.width, s.parts, s.kind, _tiles(s.parts, s.width))
+                           for s in spec.slots.values())
         self.buffer = {}      # (src, kind, serial, step) -> (phase, dtype, shape, ndarray)
         self.count = {}       # (serial, step) -> ports delivered
         self.ahead = dict.fromkeys(self.order, 0)
@@ -65,7 +69,7 @@ class NodeInbox:
         if self.ahead[port] >= MAX_AHEAD:
             raise MessageError(f"node {self.node}, phase {phase}, step {step}: more than {MAX_AHEAD} messages held "
                                f"from {src} (kind {kind}); a neighbour in lockstep cannot run that far ahead")
-        if not isinstance(payload, np.ndarray):
+        if type(payload) is not np.ndarray:
             try:
                 payload = ndarray_from(payload, dtype, shape)
             except MessageError as err:
@@ -86,29 +90,43 @@ class NodeInbox:
         buffer is never overwritten while the step that reads it runs. `own` is the node's own signal (for a slot
         of its own group)."""
         self.count.pop((serial, step), None)
-        want = dtype_name(torch.empty(0, dtype=dtype))
-        got = {}
-        for port in self.order:
-            ph, dt, shape, arr = self._pop((*port, serial, step))
-            width = self.ports[port].width
+        want = _NAMES[dtype]
+        got, buffer, ahead, last, done = {}, self.buffer, self.ahead, self.last, (serial, step)
+        for port, width in self.widths:
+            ph, dt, shape, arr = buffer.pop((port[0], port[1], serial, step))
+            ahead[port] -= 1
             if dt != want or shape != (batch, width):
                 raise MessageError(f"node {self.node}, phase {phase}, step {step}, message from {port[0]}: "
                                    f"{dt}{list(shape)}, expected {want}[{batch}, {width}]")
-            self.last[port] = (serial, step)
+            last[port] = done
             got[port] = arr
         self.parity ^= 1
         out = {}
-        for name, width, parts, kind in self.slots:
+        for name, width, parts, kind, tiles in self.slots:
             key = (name, self.parity)
             buf = self.bufs.get(key)
             if buf is None or buf[0].shape[0] != batch or buf[0].dtype != dtype:
-                t = torch.empty(batch, width, dtype=dtype)
+                t = torch.zeros(batch, width, dtype=dtype)  # columns no port fills (a mask's gaps) stay zero
                 buf = self.bufs[key] = (t, t.numpy())
             view = buf[1]
-            for src, lo, hi in parts:
-                view[:, lo:hi] = own.numpy() if src == "self" else got[(src, kind)]
+            pieces = [own.numpy() if src == "self" else got[(src, kind)] for src, _, _ in parts]
+            if tiles and len(pieces) > 1:  # the parts tile the slot: one copy for all of them
+                np.concatenate(pieces, axis=1, out=view)
+            else:
+                for (_, lo, hi), piece in zip(parts, pieces):
+                    view[:, lo:hi] = piece
             out[name] = buf[0]
         return Guarded(out, f"node {self.node}, phase {phase}, step {step}", "port")
+
+
+def _tiles(parts, width: int) -> bool:
+    """Whether the slot's parts, in order, cover [0, width) without gaps (a mask may leave gaps, kept as zeros)."""
+    at = 0
+    for _, lo, hi in parts:
+        if lo != at:
+            return False
+        at = hi
+    return at == width
 
 
 def as_payload(t: torch.Tensor) -> np.ndarray:

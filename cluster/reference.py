@@ -14,6 +14,7 @@ import torch
 from cluster.captured import StaticLoop
 from cluster.engine import Engine
 from cluster.nodeset import NodeSet
+from cluster.ports import _tiles
 from nodes.dynamics import CHECK_EVERY
 from nodes.graph import slice_params
 from nodes.rules import Guarded, rule_of
@@ -26,21 +27,27 @@ class Router:
     """Inboxes from outboxes, by reference: slot parts (src, lo, hi) side by side, one source without a copy."""
 
     def __init__(self, specs: dict):
-        self.plan = {i: tuple((name, sl.kind, tuple(i if src == "self" else src for src, _, _ in sl.parts))
+        self.plan = {i: tuple((name, sl.kind, tuple(i if src == "self" else src for src, _, _ in sl.parts),
+                               None if _tiles(sl.parts, sl.width) else (sl.width, sl.parts))
                               for name, sl in s.slots.items()) for i, s in specs.items()}
 
+    @staticmethod
+    def _join(pieces: list, gaps):
+        if gaps is None:  # the parts tile the slot
+            return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+        width, parts = gaps  # a mask's gaps: columns no neighbour sends stay zero
+        out = pieces[0].new_zeros(pieces[0].shape[0], width)
+        for (_, lo, hi), p in zip(parts, pieces):
+            out[:, lo:hi] = p
+        return out
+
     def inbox(self, i: str, outs: dict, where: str) -> Guarded:
-        box = {}
-        for name, kind, srcs in self.plan[i]:
-            box[name] = outs[srcs[0]][kind] if len(srcs) == 1 else torch.cat([outs[j][kind] for j in srcs], dim=1)
-        return Guarded(box, where, "port")
+        return Guarded({name: self._join([outs[j][kind] for j in srcs], gaps)
+                        for name, kind, srcs, gaps in self.plan[i]}, where, "port")
 
     def signals(self, i: str, a: dict) -> dict:
         """The fast path of a step whose only messages are signals: {slot: tensor} from {node: a(s)}."""
-        box = {}
-        for name, _, srcs in self.plan[i]:
-            box[name] = a[srcs[0]] if len(srcs) == 1 else torch.cat([a[j] for j in srcs], dim=1)
-        return box
+        return {name: self._join([a[j] for j in srcs], gaps) for name, _, srcs, gaps in self.plan[i]}
 
 
 def relax(model, params, x, steps, s=None, beta=0.0, y=None, params_at=None, on_step=None, check=None):

@@ -23,7 +23,9 @@ def engine_state(engine) -> dict:
 def set_engine_state(engine, state: dict) -> None:
     nodes = {k[5:]: v for k, v in state.items() if k.startswith("node/")}
     if set(nodes) != set(engine.specs):
-        raise ValueError(f"checkpoint: its nodes {sorted(nodes)[:4]}... are not this run's {sorted(engine.specs)[:4]}...")
+        from experiments.config import ConfigError
+        raise ConfigError("--resume", f"the checkpoint holds nodes {sorted(nodes)[:4]}..., this run's partition has "
+                                      f"{sorted(engine.specs)[:4]}... (resume with the run's granularity and split)")
     engine.set_state(nodes)
 
 

@@ -125,7 +125,8 @@ class Slot:
 @dataclass(frozen=True)
 class Grad:
     """G of a held tensor at a state (ALGORITHMS.md §1): rows: -a_own^T a_slot / B; cols: -a_slot^T a_own / B;
-    bias: -mean a_own; clamped: -a_own^T x / B. `mask` (rows, cols) keeps structural zeros at zero."""
+    bias: -mean a_own; clamped: -a_own^T x / B; none: a block the mask leaves without a source (its G is zero,
+    left out). `mask` (rows, cols) keeps structural zeros at zero."""
 
     kind: str
     slot: str | None = None
@@ -282,8 +283,11 @@ class Model:
                     boundary.add("x")
                 else:
                     slot = self._need(needed, it.src, by_group, b, it.mask, rows=own)
-                    terms.append(Term("fwd", it.W, slot))
-                    grads[it.W] = Grad("rows", slot, mask)
+                    if slot is None:  # the mask leaves this block no source: its rows are structural zeros
+                        grads[it.W] = Grad("none")
+                    else:
+                        terms.append(Term("fwd", it.W, slot))
+                        grads[it.W] = Grad("rows", slot, mask)
                 if it.b:
                     held[it.b] = Held(it.b, own, None, "primary")
                     terms.append(Term("bias", it.b))
@@ -293,8 +297,11 @@ class Model:
                 held[local] = Held(it.W, None, own, "replica")
                 mask = _block_mask(it.mask, (0, self.group(it.dst).size), own)
                 slot = self._need(needed, it.dst, by_group, b, it.mask, cols=own)
-                terms.append(Term("bwd", local, slot))
-                grads[local] = Grad("cols", slot, mask)
+                if slot is None:
+                    grads[local] = Grad("none")
+                else:
+                    terms.append(Term("bwd", local, slot))
+                    grads[local] = Grad("cols", slot, mask)
         if self.group(b.group).role == "output":
             boundary.add("y")
         slots, in_ports = {}, set()
@@ -311,13 +318,17 @@ class Model:
                         out_ports=(),
                         boundary=tuple(sorted(boundary)))
 
-    def _need(self, needed: dict, group: str, by_group: dict, b: Block, mask, rows=None, cols=None) -> str:
-        """Record that block b reads the signal of `group` (from the blocks the mask connects it to)."""
-        src = needed.setdefault(group, set())
+    def _need(self, needed: dict, group: str, by_group: dict, b: Block, mask, rows=None, cols=None):
+        """Record that block b reads the signal of `group` from the blocks the mask connects it to; the slot's
+        name, or None when the mask connects it to none."""
+        found = set()
         for c in by_group.get(group, ()):
             r, k = (rows, (c.lo, c.hi)) if rows is not None else ((c.lo, c.hi), cols)
             if _connected(mask, r, k):
-                src.add(c)
+                found.add(c)
+        if not found:
+            return None
+        needed.setdefault(group, set()).update(found)
         return f"{group}.{SIGNAL}"
 
     # ---- what the audits derive ------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ class NodeRule:
         self.const_weights = frozenset(t.weight for t in self.const_terms)
         self.step_terms = tuple((t.kind == "fwd", t.weight, t.slot) for t in spec.terms if t.kind in ("fwd", "bwd"))
         self.is_output = spec.is_output
-        self.grads = tuple(spec.grads.items())
+        self.grads = tuple((k, g) for k, g in spec.grads.items() if g.kind != "none")
         self.step_hook = bool(protocol.has_step_rule)
 
     def phase(self, ph) -> "PhaseRule":

@@ -78,3 +78,27 @@ def test_bad_declarations_are_named():
         layered("energy", (4, 3), "relu")
     with pytest.raises(ValueError, match="granularity"):
         layered("energy", (4, 3), "tanh").partition("column")
+
+
+def test_a_masked_directed_graph_relaxes_alike_in_process_and_on_a_neuron_fabric():
+    """The ring of test_a_masked_directed_graph_has_ports_only_where_the_mask_has_weights, run: a node's inbox
+    leaves zeros where the mask has no neighbour, on both runners (the fabric's hosts as threads here)."""
+    from cluster.coordinator import FabricEngine
+    from cluster.reference import ReferenceEngine
+    from protocols.base import Phase
+    mask = [[0, 0, 0, 1], [1, 1, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]]
+    m = directed_graph(4, 2, 1, mask=mask, dt=0.2)
+    params = m.init_params(1, scale=2.0)
+    x = torch.rand(3, 2, dtype=torch.float64)
+    ref = ReferenceEngine(m, "ep", torch.float64)
+    fab = FabricEngine(m, "ep", dict(granularity="neuron", lr=[0.1], dtype="float64", timeout_s=10), local=True)
+    try:
+        out = []
+        for e in (ref, fab):
+            e.set_params(params)
+            e.set_batch(x)
+            out.append(e.run_phase(Phase("free", 30), record_states=True)["states"])
+        for a, b in zip(*out, strict=True):
+            assert a.abs().max() > 0.05 and torch.allclose(a, b, rtol=1e-12, atol=1e-15)
+    finally:
+        fab.close()

@@ -90,6 +90,16 @@ def report(f):
     return locality_report(f.specs, f.message_logs(), EP)
 
 
+def phase_fails(rule, pattern: str, steps: int = 5) -> None:
+    """A fabric of DEEP whose nodes run `rule`: its first phase fails with a FabricError matching `pattern`."""
+    f = fabric(dataclasses.replace(DEEP, rule=rule))
+    try:
+        with pytest.raises(FabricError, match=pattern):
+            f.run_phase(Phase("free", steps))
+    finally:
+        f.close()
+
+
 def test_a_correct_run_lists_no_violation_and_beta_as_global(ray_session):
     f = fabric()
     try:
@@ -103,14 +113,8 @@ def test_a_correct_run_lists_no_violation_and_beta_as_global(ray_session):
 
 
 def test_a_send_to_a_non_neighbour_raises_and_forced_through_is_reported_never_used(ray_session):
-    rogue = dataclasses.replace(DEEP, rule=SendsToL1)
-    f = fabric(rogue)
-    try:
-        with pytest.raises(FabricError, match=r"node L3: .*LocalityError: node L3, phase free, step 1: sends to L1, "
-                                              r"which is not a graph neighbour"):
-            f.run_phase(Phase("free", 5))
-    finally:
-        f.close()
+    phase_fails(SendsToL1, r"node L3: .*LocalityError: node L3, phase free, step 1: sends to L1, which is not a "
+                           r"graph neighbour")
     f = fabric()
     try:  # forced through below the guard: L3's host gets a credential at L1's host and sends on the wire
         f.run_phase(Phase("free", 6))
@@ -151,16 +155,11 @@ def test_a_forged_sender_id_is_caught_by_connection_identity(ray_session):
 
 @pytest.mark.parametrize("engine", ["fabric", "reference"])
 def test_a_rule_reading_a_signal_not_routed_to_it_is_named(engine, ray_session):
-    rogue = dataclasses.replace(DEEP, rule=HiddenReadsTarget)
     if engine == "fabric":
-        f = fabric(rogue)
-        try:
-            with pytest.raises(FabricError, match=r"node L2: .*LocalityError: node L2, phase free: reads boundary "
-                                                  r"'y', which is not routed to it"):
-                f.run_phase(Phase("free", 3))
-        finally:
-            f.close()
+        phase_fails(HiddenReadsTarget, r"node L2: .*LocalityError: node L2, phase free: reads boundary 'y', which is "
+                                       r"not routed to it")
     else:
+        rogue = dataclasses.replace(DEEP, rule=HiddenReadsTarget)
         e = ReferenceEngine(rogue, EP, torch.float64, lrs(rogue))
         e.set_params(scaled_params(rogue))
         e.set_batch(*batch(rogue))
@@ -190,13 +189,8 @@ def test_a_forged_coordinator_abort_is_rejected_and_later_phases_run(ray_session
 
 
 def test_a_payload_of_the_wrong_batch_size_is_an_error_not_a_broadcast(ray_session):
-    f = fabric(dataclasses.replace(DEEP, rule=SendsOneSample))
-    try:
-        with pytest.raises(FabricError, match=r"node L2: .*node L2, phase free, step 1, message from L1: "
-                                              r"float64\[1, 5\], expected float64\[6, 5\]"):
-            f.run_phase(Phase("free", 3))
-    finally:
-        f.close()
+    phase_fails(SendsOneSample, r"node L2: .*node L2, phase free, step 1, message from L1: float64\[1, 5\], "
+                                r"expected float64\[6, 5\]", steps=3)
 
 
 def test_audit_draws_the_locality_graph(tmp_path, ray_session):
@@ -208,3 +202,21 @@ def test_audit_draws_the_locality_graph(tmp_path, ray_session):
     assert rep["violations"] == [] and rep["globals"]["beta"] == 17 and len(set(rep["placement"].values())) == 3
     assert rep["edges"] == rep["legal_edges"] == 2 * (8 * 6 + 6 * 3)
     assert (out / "locality.png").stat().st_size > 10_000
+
+
+def test_the_report_flags_coordinator_signals_outside_their_routes():
+    """From receivers' logs alone: y delivered to a hidden node (as boundary or disguised as a global), an
+    undeclared port kind between neighbours, a rejected message and a refused connection are all violations."""
+    specs = DEEP.node_specs(DEEP.partition("layer"))
+    c = "coordinator"
+    logs = {"nodes": {"L2": {"counters": [[c, "L2", "control", "free", 1, 0], [c, "L2", "global", "beta", 1, 8],
+                                          [c, "L2", "boundary", "y", 1, 48], [c, "L2", "global", "target", 1, 48],
+                                          ["L1", "L2", "a", "free", 4, 160], ["L1", "L2", "y", "free", 1, 40]],
+                             "rejected": [{"src": "L1", "dst": "L2", "why": "claimed by L3's connection"}]},
+                      "L3": {"counters": [[c, "L3", "boundary", "y", 1, 48]]}},
+            "refused": [{"user": "H9", "mechanism": "PLAIN", "address": "", "host": "L2"}], "unknown": []}
+    rep = locality_report(specs, logs, EP)
+    why = sorted((v["src"], v["dst"], v["kind"], v["phase"]) for v in rep["violations"])
+    assert why == [("H9", "L2", "refused", ""), ("L1", "L2", "rejected", ""), ("L1", "L2", "y", "free"),
+                   (c, "L2", "boundary", "y"), (c, "L2", "global", "target")]
+    assert rep["globals"] == {"beta": 1, "target": 1} and rep["boundary"] == {"y": ["L2", "L3"]}
