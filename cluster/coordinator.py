@@ -90,16 +90,8 @@ class FabricEngine(Engine):
         if record_states:
             out["states"] = self._groups({i: unpack_arrays(r["states"])["s"] for i, r in res.items()}, dim=2)
         if record_grads:
-            series = {i: unpack_arrays(r["grad_steps"]) for i, r in res.items()}
-            T = next(iter(next(iter(series.values())).values())).shape[0]
-            steps = [self._assemble_step({i: {k: v[t] for k, v in h.items()} for i, h in series.items()})
-                     for t in range(T)]
-            out["grad_steps"] = {k: torch.stack([s[k] for s in steps]) for k in steps[0]}
+            out["grad_steps"] = self._series({i: unpack_arrays(r["grad_steps"]) for i, r in res.items()})
         return out
-
-    def _assemble_step(self, held: dict) -> dict:
-        from nodes.graph import assemble
-        return assemble(self.model, self.specs, held)
 
     def train_batch(self, x, y, beta, T1: int, T2: int):
         """One control call per host for a whole batch (boundary, program, local update); returns the free phase's

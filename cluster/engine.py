@@ -84,6 +84,13 @@ class Engine:
             out.append(torch.cat([per_node[i] for i in ids], dim=dim))
         return out
 
+    def _series(self, per_node: dict) -> dict:
+        """The owners' step-wise series, {node: {local: (T, ...)}}, assembled per parameter with the time axis."""
+        T = next(iter(next(iter(per_node.values())).values())).shape[0]
+        steps = [assemble(self.model, self.specs, {i: {k: v[t].cpu() for k, v in h.items()} for i, h in per_node.items()})
+                 for t in range(T)]
+        return {k: torch.stack([s[k] for s in steps]) for k in steps[0]} if T else {}
+
     def _output_of(self, per_node: dict):
         out = self.model.output_group.name
         ids = sorted((i for i in per_node if self.specs[i].block.group == out), key=lambda i: self.specs[i].block.lo)

@@ -23,13 +23,15 @@ import ray
 from cluster.host import Host
 from cluster.message_log import COORDINATOR
 from cluster.messages import MessageError, decode_header, encode_control
+from cluster.nodeset import PhaseError
 from cluster.transport import ZmqTransport, new_token
 
 GRACE_S = 30.0
 
 
-class FabricError(RuntimeError):
-    """A fabric call failed; the message names the node (and phase and step when known)."""
+class FabricError(PhaseError):
+    """A fabric call failed; the message names the node (and phase and step when known). A PhaseError, as the
+    in-process engine's errors are, so callers catch one type on either engine."""
 
 
 def _cause(err) -> str:

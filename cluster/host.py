@@ -26,7 +26,7 @@ from cluster.messages import (MessageError, array_bytes, decode_header, dtype_na
 from cluster.nodeset import Aborted, NodeSet, PhaseError
 from cluster.ports import NodeInbox, as_payload
 from cluster.transport import make_transport
-from nodes.rules import LocalityError
+from nodes.rules import LocalityError, step_series
 
 HEARTBEAT_S = 1.0  # a host in a phase tells the coordinator it is alive at most this often
 
@@ -215,7 +215,7 @@ class Host(NodeSet):
             self._from_coordinator(i, "global", "beta", 16 if isinstance(phase.beta, complex) else 8)
         rules = {i: self.rules[i].phase(phase) for i in ids}
         bnd = {i: self.boundary(i, phase) for i in ids}
-        out, prev = {}, {}
+        out, residual = {}, dict.fromkeys(ids, 0.0)
         for i in ids:
             self.state[i], out[i] = rules[i].enter(self.state[i], self.params[i], bnd[i])
         rec_s = {i: [self.state[i]["s"]] for i in ids} if record_states else None
@@ -228,10 +228,12 @@ class Host(NodeSet):
                 inbox = self._gather(i, serial, phase, t)
                 if record_grads:
                     rec_g[i].append(self.rules[i].G(self.state[i]["a"], inbox, bnd[i]))
-                prev[i] = self.state[i]["s"]
+                prev = self.state[i]["s"]
                 self.state[i], out[i], delta = rules[i].step(self.state[i], inbox, self.params[i], bnd[i], t)
                 self.commit(i, delta)
-                self.check(i, phase, t + 1, steps)
+                r = self.check(i, phase, t + 1, steps, prev if t + 1 == steps else None)
+                if r is not None:
+                    residual[i] = r
                 if record_states:
                     rec_s[i].append(self.state[i]["s"])
             if self.beat is not None:
@@ -245,15 +247,11 @@ class Host(NodeSet):
                 rec_g[i].append(self.rules[i].G(self.state[i]["a"], inbox, bnd[i]))
             self.state[i], delta = rules[i].exit(self.state[i], inbox, self.params[i], bnd[i], steps)
             self.commit(i, delta)
-            s = self.state[i]["s"]
-            res[i] = {"residual": float((s - prev[i]).abs().max()) if i in prev and s.numel() else 0.0}
+            res[i] = {"residual": residual[i]}
             if record_states:
                 res[i]["states"] = pack_arrays({"s": torch.stack(rec_s[i])})
             if record_grads:
-                g = rec_g[i]
-                res[i]["grad_steps"] = pack_arrays({k: (torch.stack([x[k] for x in g[1:]])
-                                                        - torch.stack([x[k] for x in g[:-1]])) / phase.beta
-                                                    for k in g[0]})
+                res[i]["grad_steps"] = pack_arrays(step_series(rec_g[i], phase.beta))
         return res
 
     def _send(self, i: str, outbox: dict, serial: int, phase, t: int) -> None:

@@ -103,9 +103,18 @@ class NodeSet:
     def saved(self, i: str, name: str):
         return self.state[i]["saved"][name]
 
-    def check(self, i: str, phase, t: int, steps: int) -> None:
-        """Divergence check of node i's state after step t (every CHECK_EVERY steps and the last)."""
-        if check_due(t, steps):
-            bad = divergence(self.state[i]["s"], self.diverge_limit)
-            if bad:
-                raise PhaseError(f"node {i}, phase {phase.name}, step {t}: state {bad}")
+    def check(self, i: str, phase, t: int, steps: int, prev=None):
+        """Divergence check of node i's state after step t (every CHECK_EVERY steps and the last). At the last step,
+        with the state before it as `prev`, it returns the residual max |s_T - s_{T-1}| too, from the same host
+        sync."""
+        if not check_due(t, steps):
+            return None
+        s = self.state[i]["s"]
+        if prev is None or not s.numel():
+            m, residual = s.abs().max().item() if s.numel() else 0.0, 0.0
+        else:
+            m, residual = torch.stack([s.abs().max(), (s - prev).abs().max()]).tolist()
+        bad = divergence(s, self.diverge_limit, m)
+        if bad:
+            raise PhaseError(f"node {i}, phase {phase.name}, step {t}: state {bad}")
+        return residual

@@ -27,8 +27,7 @@ class NodeInbox:
         self.ports = {(p.src, p.kind): p for p in spec.in_ports}
         self.order = tuple(self.ports)
         self.widths = tuple((k, p.width) for k, p in self.ports.items())
-        self.slots = tuple((s.name, s.width, s.parts, s.kind, _tiles(s.parts, s.width))
-                           for s in spec.slots.values())
+        self.slots = tuple((s.name, s.width, s.parts, s.kind, s.tiled) for s in spec.slots.values())
         self.buffer = {}      # (src, kind, serial, step) -> (phase, dtype, shape, ndarray)
         self.count = {}       # (serial, step) -> ports delivered
         self.ahead = dict.fromkeys(self.order, 0)
@@ -117,16 +116,6 @@ class NodeInbox:
                     view[:, lo:hi] = piece
             out[name] = buf[0]
         return Guarded(out, f"node {self.node}, phase {phase}, step {step}", "port")
-
-
-def _tiles(parts, width: int) -> bool:
-    """Whether the slot's parts, in order, cover [0, width) without gaps (a mask may leave gaps, kept as zeros)."""
-    at = 0
-    for _, lo, hi in parts:
-        if lo != at:
-            return False
-        at = hi
-    return at == width
 
 
 def as_payload(t: torch.Tensor) -> np.ndarray:

@@ -14,10 +14,9 @@ import torch
 from cluster.captured import StaticLoop
 from cluster.engine import Engine
 from cluster.nodeset import NodeSet
-from cluster.ports import _tiles
 from nodes.dynamics import CHECK_EVERY
 from nodes.graph import slice_params
-from nodes.rules import Guarded, rule_of
+from nodes.rules import Guarded, rule_of, step_series
 from protocols.base import Phase, Protocol
 
 PHYSICS_ONLY = Protocol()  # no learning rule: relax runs the physics alone
@@ -28,7 +27,7 @@ class Router:
 
     def __init__(self, specs: dict):
         self.plan = {i: tuple((name, sl.kind, tuple(i if src == "self" else src for src, _, _ in sl.parts),
-                               None if _tiles(sl.parts, sl.width) else (sl.width, sl.parts))
+                               None if sl.tiled else (sl.width, sl.parts))
                               for name, sl in s.slots.items()) for i, s in specs.items()}
 
     @staticmethod
@@ -42,7 +41,8 @@ class Router:
         return out
 
     def inbox(self, i: str, outs: dict, where: str) -> Guarded:
-        return Guarded({name: self._join([outs[j][kind] for j in srcs], gaps)
+        """Each source's payload for this node: its port's own ((i, kind) in the outbox) or its kind's."""
+        return Guarded({name: self._join([outs[j].get((i, kind), outs[j].get(kind)) for j in srcs], gaps)
                         for name, kind, srcs, gaps in self.plan[i]}, where, "port")
 
     def signals(self, i: str, a: dict) -> dict:
@@ -176,46 +176,36 @@ class ReferenceEngine(Engine):
         if steps > 1 and not (record_states or record_grads) and self._capturable(phase):
             outs = self._run_static(phase, rules, bnd, steps - 1)
             done = steps - 1
-        prev = {}
+        residual = 0.0
         for t in range(done, steps):
             boxes = {i: self.router.inbox(i, outs, f"node {i}, phase {phase.name}, step {t}") for i in ids}
             for i in ids:
                 if record_grads:
                     rec_g[i].append(ns.rules[i].G(ns.state[i]["a"], boxes[i], bnd[i]))
-                prev[i] = ns.state[i]["s"]
+                prev = ns.state[i]["s"]
                 ns.state[i], outs[i], delta = rules[i].step(ns.state[i], boxes[i], ns.params[i], bnd[i], t)
                 ns.commit(i, delta)
-                ns.check(i, phase, t + 1, steps)
+                r = ns.check(i, phase, t + 1, steps, prev if t + 1 == steps else None)
+                residual = max(residual, r or 0.0)
                 if record_states:
                     rec_s[i].append(ns.state[i]["s"])
         boxes = {i: self.router.inbox(i, outs, f"node {i}, phase {phase.name}, step {steps}") for i in ids}
-        residual = 0.0
         for i in ids:
             if record_grads:
                 rec_g[i].append(ns.rules[i].G(ns.state[i]["a"], boxes[i], bnd[i]))
             ns.state[i], delta = rules[i].exit(ns.state[i], boxes[i], ns.params[i], bnd[i], steps)
             ns.commit(i, delta)
-            if i in prev and ns.state[i]["s"].numel():
-                residual = max(residual, float((ns.state[i]["s"] - prev[i]).abs().max()))
         out = {"residual": residual}
         if record_states:
             out["states"] = [t.cpu() for t in self._groups({i: torch.stack(v) for i, v in rec_s.items()}, dim=2)]
         if record_grads:
-            series = {i: {k: (torch.stack([g[k] for g in v[1:]]) - torch.stack([g[k] for g in v[:-1]])) / phase.beta
-                          for k in v[0]} for i, v in rec_g.items()}
-            T = steps
-            per_t = [self._assemble_step({i: {k: s[k][t].cpu() for k in s} for i, s in series.items()})
-                     for t in range(T)]
-            out["grad_steps"] = {k: torch.stack([p[k] for p in per_t]) for k in per_t[0]} if T else {}
+            out["grad_steps"] = self._series({i: step_series(v, phase.beta) for i, v in rec_g.items()})
         return out
 
-    def _assemble_step(self, held):
-        from nodes.graph import assemble
-        return assemble(self.model, self.specs, held)
-
     def _capturable(self, phase) -> bool:
-        """Fixed buffers need a step that changes only s and a (no per-step learning rule) in real arithmetic."""
-        return not self.protocol.has_step_rule and not phase.complex
+        """Fixed buffers need a step that changes only s and a, sent alike on every port: the default rule, no
+        per-step learning rule, real arithmetic."""
+        return self.model.rule is None and not self.protocol.has_step_rule and not phase.complex
 
     def _run_static(self, phase, rules, bnd, n: int) -> dict:
         """n steps of the phase on the StaticLoop of its signature (batch size, beta), checked for divergence after

@@ -81,9 +81,11 @@ def check_due(t: int, steps: int) -> bool:
     return t % CHECK_EVERY == 0 or t == steps
 
 
-def divergence(s, limit: float):
-    """None if max |s| <= limit, else what is wrong ('is NaN' or 'diverged (max |s| = ...)')."""
-    m = float(s.abs().max()) if s.numel() else 0.0
+def divergence(s, limit: float, m: float | None = None):
+    """None if max |s| <= limit, else what is wrong ('is NaN' or 'diverged (max |s| = ...)'); `m` is max |s| when
+    the caller has it."""
+    if m is None:
+        m = float(s.abs().max()) if s.numel() else 0.0
     if m <= limit:
         return None
     return "is NaN" if m != m else f"diverged (max |s| = {m:.3g})"

@@ -121,6 +121,16 @@ class Slot:
     width: int
     parts: tuple
 
+    @property
+    def tiled(self) -> bool:
+        """Whether the parts, in order, cover [0, width) without gaps (a mask may leave gaps: zeros there)."""
+        at = 0
+        for _, lo, hi in self.parts:
+            if lo != at:
+                return False
+            at = hi
+        return at == self.width
+
 
 @dataclass(frozen=True)
 class Grad:

@@ -17,6 +17,8 @@ engine, whose autograd gives BPTT: one arithmetic, two runners. Nothing here kno
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from nodes.dynamics import physics_of
@@ -67,11 +69,11 @@ class NodeRule:
     def const(self, params, boundary, dtype):
         """The clamped part of u: k (b + W x) + c for the constant terms (once per phase, not per step)."""
         u = None
-        for t in self.const_terms:
+        for t in sorted(self.const_terms, key=lambda t: t.kind != "bias"):  # biases first: addmm folds them in
             W = params[t.weight].to(dtype)
             if t.kind == "clamped":
                 x = boundary["x"].to(dtype)
-                u = torch.mm(x, W.T) if u is None else u.addmm_(x, W.T)
+                u = torch.mm(x, W.T) if u is None else torch.addmm(u, x, W.T)
             else:
                 u = W.clone() if u is None else u.add_(W)
         if u is None:
@@ -98,28 +100,72 @@ class NodeRule:
         s = self.phys.step(s, self.drive(const, inbox, params, s.shape[0], dtype), beta, y)
         return s, self.phys.signal(s)
 
-    def G(self, a_own, inbox, boundary, scale=1.0) -> dict:
-        """scale * G of every held tensor at the state whose signal is a_own, with the neighbours' signals in
-        inbox (ALGORITHMS.md §1: dE/dW = -rho(s_post) rho(s_pre)^T, batch mean). The factor -scale/B multiplies the
-        post-synaptic signal at both ends of an edge (the owner's own, the replica's neighbour's), so on one
-        partition the owner and the replica compute the very same product."""
-        c = -scale / a_own.shape[0]
+    def G(self, a_own, inbox, boundary, scale=1.0) -> "GSum":
+        """scale * G of every held tensor at the state whose signal is a_own, with the neighbours' signals in inbox
+        (ALGORITHMS.md §1: dE/dW = -rho(s_post) rho(s_pre)^T, batch mean), as a GSum: a mapping whose tensors are
+        computed when read, so that sums of G's over phases cost one product per tensor."""
+        slots = {g.slot: inbox[g.slot].clone() for _, g in self.grads if g.kind in ("rows", "cols")}
+        x = boundary["x"] if any(g.kind == "clamped" for _, g in self.grads) else None
+        return GSum(self, ((-scale / a_own.shape[0], a_own, slots, x),))
+
+    def products(self, terms) -> dict:
+        """sum_k c_k G_k for terms (c_k = -scale_k / B, a_own, neighbours' signals, x), one product per tensor over
+        the terms' states stacked along the batch. The factor multiplies the post-synaptic signal at both ends of an
+        edge (the owner's own, the replica's neighbour's), so on one partition the owner and the replica compute
+        the very same product."""
+        def cat(ts):
+            return ts[0] if len(ts) == 1 else torch.cat(ts)
         own = None
         out = {}
         for local, g in self.grads:
             if g.kind == "cols":
-                t = torch.mm((inbox[g.slot] * c).T, a_own)
+                t = torch.mm(cat([sl[g.slot] * c for c, _, sl, _ in terms]).T, cat([a for _, a, _, _ in terms]))
             else:
                 if own is None:
-                    own = a_own * c
+                    own = cat([a * c for c, a, _, _ in terms])
                 if g.kind == "rows":
-                    t = torch.mm(own.T, inbox[g.slot])
-                elif g.kind == "clamped":
-                    t = torch.mm(own.T, boundary["x"].to(own.dtype))
+                    t = torch.mm(own.T, cat([sl[g.slot] for _, _, sl, _ in terms]))
+                elif g.kind == "clamped":  # every term of a batch reads the same x: sum the post side first
+                    B = terms[0][1].shape[0]
+                    post = own if len(terms) == 1 else own.reshape(len(terms), B, -1).sum(0)
+                    t = torch.mm(post.T, terms[0][3].to(own.dtype))
                 else:
                     t = own.sum(0)
             out[local] = t if g.mask is None else t * g.mask.to(device=t.device, dtype=t.dtype)
         return out
+
+
+class GSum(Mapping):
+    """sum_k c_k G(s_k) over a node's held tensors, kept as the factors of its terms until a tensor is read (then
+    NodeRule.products, once). GSum + GSum concatenates the terms; each term holds its own copies of the
+    neighbours' signals (inbox buffers are reused by later steps)."""
+
+    def __init__(self, rule: NodeRule, terms: tuple):
+        self.rule, self.terms, self._value = rule, terms, None
+
+    def __add__(self, other):
+        if not isinstance(other, GSum) or other.rule is not self.rule:
+            return NotImplemented
+        return GSum(self.rule, self.terms + other.terms)
+
+    def _tensors(self) -> dict:
+        if self._value is None:
+            self._value = self.rule.products(self.terms)
+        return self._value
+
+    def __getitem__(self, key):
+        return self._tensors()[key]
+
+    def __iter__(self):
+        return (k for k, _ in self.rule.grads)
+
+    def __len__(self) -> int:
+        return len(self.rule.grads)
+
+
+def step_series(Gs: list, beta) -> dict:
+    """The GDU series (ALGORITHMS.md §5.2) from G at s_0 .. s_T: {tensor: (G(s_{t+1}) - G(s_t)) / beta, t < T}."""
+    return {k: (torch.stack([g[k] for g in Gs[1:]]) - torch.stack([g[k] for g in Gs[:-1]])) / beta for k in Gs[0]}
 
 
 def rule_of(spec: NodeSpec, protocol) -> NodeRule:

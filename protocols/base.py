@@ -33,9 +33,14 @@ class Phase:
     coef: complex = 0.0
 
 
-def add(acc, g: dict) -> dict:
-    """acc + g, tensor by tensor (acc None: g itself)."""
-    return dict(g) if not acc else {k: acc[k] + v for k, v in g.items()}
+def add(acc, g):
+    """acc + g, tensor by tensor (acc None: g itself). Sums of G's (nodes.rules.GSum) stay unevaluated until read."""
+    if not acc:
+        return g
+    try:
+        return acc + g
+    except TypeError:  # plain dicts of tensors
+        return {k: acc[k] + v for k, v in g.items()}
 
 
 class Protocol:

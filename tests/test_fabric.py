@@ -165,7 +165,7 @@ def test_divergence_stops_the_phase_and_names_node_and_step(ray_session):
         f.set_params(params)
         x, y = batch(unstable)
         f.set_batch(x, y)
-        with pytest.raises(FabricError, match=r"node L\d: run_phase failed: .*node L\d, phase free, step \d+: "
+        with pytest.raises(PhaseError, match=r"node L\d: run_phase failed: .*node L\d, phase free, step \d+: "
                                               r"state diverged"):
             f.run_phase(Phase("free", 50))
         e = reference("ep", params, model=unstable)

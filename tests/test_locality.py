@@ -220,3 +220,30 @@ def test_the_report_flags_coordinator_signals_outside_their_routes():
     assert why == [("H9", "L2", "refused", ""), ("L1", "L2", "rejected", ""), ("L1", "L2", "y", "free"),
                    (c, "L2", "boundary", "y"), (c, "L2", "global", "target")]
     assert rep["globals"] == {"beta": 1, "target": 1} and rep["boundary"] == {"y": ["L2", "L3"]}
+
+
+class DoublesTowardsL1(Rogue):
+    """L2 sends L1 twice its signal and L3 its signal: a different payload on each port."""
+
+    def tamper(self, state, out, boundary):
+        return {**out, ("L1", "a"): 2 * state["a"]} if self.id == "L2" else out
+
+
+def test_a_node_may_send_a_different_payload_on_each_port_alike_on_both_engines(ray_session):
+    model = dataclasses.replace(DEEP, rule=DoublesTowardsL1)
+    ref = ReferenceEngine(model, EP, torch.float64, lrs(model))
+    f = fabric(model, granularity="layer")
+    plain = ReferenceEngine(DEEP, EP, torch.float64, lrs(DEEP))
+    try:
+        outs = []
+        for e in (ref, plain):
+            e.set_params(scaled_params(model))
+            e.set_batch(*batch(model))
+        for e in (ref, f, plain):
+            outs.append(e.run_phase(Phase("free", 12), record_states=True)["states"])
+        (a, b, c) = outs
+        assert all(torch.allclose(x, y, rtol=1e-12, atol=1e-15) for x, y in zip(a, b))  # same on both runners
+        assert float((a[0] - c[0]).abs().max()) > 1e-3  # and L1 did see the doubled payload
+        assert report(f)["violations"] == []
+    finally:
+        f.close()
