@@ -92,9 +92,11 @@ def phase_call_us(eng, repeats: int) -> float:
     return statistics.median(times) * 1e6
 
 
-def state_messages(logs: dict) -> int:
-    """Data-plane messages in message_logs() counters: [src, dst, kind, phase, count, bytes], src a node."""
-    return sum(c[4] for node in logs["nodes"].values() for c in node["counters"] if c[0] != "coordinator")
+def state_messages(logs: dict, placement: dict = None) -> int:
+    """Data-plane messages in message_logs() counters: [src, dst, kind, phase, count, bytes], src a node; with
+    `placement` (node -> actor), only those between nodes on different actors (the ones that cross ZeroMQ)."""
+    return sum(c[4] for node in logs["nodes"].values() for c in node["counters"] if c[0] != "coordinator"
+               and (placement is None or placement[c[0]] != placement[c[1]]))
 
 
 # ---- layer fabric vs in-process (and vs the Ray transport on the main net) -------------------------------
@@ -183,8 +185,10 @@ def neuron_fabric(cfg, n: int, steps: int, repeats: int, memory: bool) -> dict:
             t0 = time.perf_counter()
             fab.run_phase(Phase("free", steps))
             times.append(time.perf_counter() - t0)
-        msgs = state_messages(fab.message_logs(clear=True))
+        logs = fab.message_logs(clear=True)
+        msgs = state_messages(logs)
         out.update(step_us=statistics.median(times) / steps * 1e6, state_messages=msgs,
+                   wire_messages=state_messages(logs, fab.fabric.placement),
                    msgs_per_step=msgs / (repeats * (steps + 1)), msgs_per_s=msgs / sum(times),
                    payload_bytes=c.batch * torch.empty((), dtype=DTYPES[c.dtype]).element_size())
         if memory:
@@ -204,7 +208,8 @@ def neuron_fabric(cfg, n: int, steps: int, repeats: int, memory: bool) -> dict:
     finally:
         fab.close()
     log(f"neuron fabric {n} nodes on {out['actors']} actors: start {out['fabric_start_s']:.1f} s, "
-        f"{out['step_us'] / 1e3:.1f} ms/step, {out['msgs_per_s']:.0f} msgs/s")
+        f"{out['step_us'] / 1e3:.1f} ms/step, {out['msgs_per_s']:.0f} msgs/s "
+        f"({out['wire_messages'] / max(out['state_messages'], 1):.0%} between actors)")
     return out
 
 

@@ -30,5 +30,8 @@ def test_bench_quick(tmp_path):
     for k in ("layer_fabric_over_raw_same_pattern", "raw_layer_same_pattern_over_inprocess",
               "neuron_msg_rate_over_raw_same_pattern", "raw_same_pattern_over_raw_stream"):
         assert math.isfinite(diagnostics[k]) and diagnostics[k] > 0, f"{k} = {diagnostics.get(k)!r}"
+    for row in bench["neuron"]:  # every message crosses ZeroMQ when each node has its own actor
+        assert 0 < row["wire_messages"] <= row["state_messages"]
+        assert (row["wire_messages"] == row["state_messages"]) == (row["actors"] == row["nodes"]), row
     assert (out / "bench.png").stat().st_size > 0
     assert (out / "config.yaml").exists()
