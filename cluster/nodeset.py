@@ -30,12 +30,12 @@ class NodeSet:
         """specs {node id: NodeSpec}; lrs {parameter: learning rate}."""
         self.specs, self.protocol, self.dtype, self.device = dict(specs), protocol, dtype, torch.device(device)
         self.ids = tuple(self.specs)
-        self.rules = {i: rule_of(s, protocol) for i, s in self.specs.items()}
+        lrs = lrs or {}
+        self.lrs = {i: {k: float(lrs.get(h.param, 0.0)) for k, h in s.held.items()} for i, s in self.specs.items()}
+        self.rules = {i: rule_of(s, protocol, self.lrs[i]) for i, s in self.specs.items()}
         self.params = {i: {k: torch.zeros(self._shape(s, h), dtype=dtype, device=self.device)
                            for k, h in s.held.items()}
                        for i, s in self.specs.items()}
-        lrs = lrs or {}
-        self.lrs = {i: {k: float(lrs.get(h.param, 0.0)) for k, h in s.held.items()} for i, s in self.specs.items()}
         self.opts = {i: Optimizer(optimizer, momentum) for i in self.ids}
         self.state = {i: {} for i in self.ids}
         self.routed = {i: {} for i in self.ids}   # node -> {boundary key: tensor}

@@ -173,7 +173,7 @@ def validate(cfg: Config, model=None, protocol=None) -> Config:
     from protocols import get_protocol
     proto = get_protocol(protocol if protocol is not None else cfg.protocol)
     try:
-        proto.validate(cfg.beta, **{k: getattr(cfg, k) for k in proto.keys})
+        proto.validate(cfg.beta, **{k: getattr(cfg, k) for k in (*proto.keys, *proto.checks)})
     except ValueError as err:
         name, _, msg = str(err).partition(": ")
         raise ConfigError(name, msg) from None

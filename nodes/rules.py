@@ -9,7 +9,8 @@ For every phase (protocols/base.Phase) a node runs
 where inbox_t holds the neighbours' messages tagged t, assembled per slot (nodes/graph.Slot: the signal of one
 group, (B, d_group)), outbox the messages to send next ({kind: tensor} goes to every out-port of that kind), and
 delta a parameter change {local tensor: increment} that the runner commits before the next step (the step itself
-already uses theta + delta). The physics (nodes/dynamics) computes s_{t+1}; the protocol's learning hooks
+already uses theta + delta): delta = -lr * g for the per-step gradient g that the protocol's `on_step` returns, with
+the node's own learning rates (plain SGD inside the phase). The physics (nodes/dynamics) computes s_{t+1}; the protocol's learning hooks
 (`on_step`, `on_exit`) see only G of the node's own held tensors at its own state and inbox. The state is a dict:
 `s` (B, width), `a` = a(s) (what is sent), `const` (the clamped part of the drive), `saved` {phase: s} and `mem`
 (the protocol's accumulators). The same rule runs in the fabric's hosts and, on one partition, in the in-process
@@ -50,8 +51,10 @@ def complex_dtype(dtype):
 class NodeRule:
     """The local rule of one logical node (its spec) under one protocol; `phase(ph)` binds it to a phase."""
 
-    def __init__(self, spec: NodeSpec, protocol):
+    def __init__(self, spec: NodeSpec, protocol, lrs: dict | None = None):
+        """lrs {local tensor: learning rate} for per-step updates (a protocol with `has_step_rule`)."""
         self.spec, self.protocol = spec, protocol
+        self.lrs = {k: float(v) for k, v in (lrs or {}).items() if v}
         self.id = spec.id
         self.phys = physics_of(spec.model)
         self.k = self.phys.k
@@ -64,6 +67,13 @@ class NodeRule:
 
     def phase(self, ph) -> "PhaseRule":
         return PhaseRule(self, ph)
+
+    def sgd(self, g) -> dict | None:
+        """delta = -lr * g on the tensors with a non-zero learning rate (None when nothing changes)."""
+        if not g:
+            return None
+        delta = {k: g[k] * -lr for k, lr in self.lrs.items() if k in g}
+        return delta or None
 
     # ---- the physics -----------------------------------------------------------------------------------------
     def const(self, params, boundary, dtype):
@@ -168,9 +178,9 @@ def step_series(Gs: list, beta) -> dict:
     return {k: (torch.stack([g[k] for g in Gs[1:]]) - torch.stack([g[k] for g in Gs[:-1]])) / beta for k in Gs[0]}
 
 
-def rule_of(spec: NodeSpec, protocol) -> NodeRule:
+def rule_of(spec: NodeSpec, protocol, lrs: dict | None = None) -> NodeRule:
     """The node's rule: the model's rule class (nodes/graph.Model.rule), NodeRule by default."""
-    return (spec.model.rule or NodeRule)(spec, protocol)
+    return (spec.model.rule or NodeRule)(spec, protocol, lrs)
 
 
 def _plus(params: dict, delta: dict) -> dict:
@@ -210,8 +220,9 @@ class PhaseRule:
         delta = None
         const = state["const"]
         if n.step_hook:
-            mem, delta = self.proto.on_step(self.ph, t, state["mem"], self._G(state, inbox, boundary))
+            mem, g = self.proto.on_step(self.ph, t, state["mem"], self._G(state, inbox, boundary))
             state = {**state, "mem": mem}
+            delta = n.sgd(g)
             if delta:
                 params = _plus(params, delta)
                 if n.const_weights & delta.keys():
@@ -230,7 +241,8 @@ class PhaseRule:
         delta = None
         mem = state["mem"]
         if self.node.step_hook:
-            mem, delta = self.proto.on_step(self.ph, t, mem, self._G(state, inbox, boundary))
+            mem, g = self.proto.on_step(self.ph, t, mem, self._G(state, inbox, boundary))
+            delta = self.node.sgd(g)
         mem = self.proto.on_exit(self.ph, mem, self._G(state, inbox, boundary))
         saved = {**state["saved"], self.ph.name: state["s"]}
         return {**state, "mem": mem, "saved": saved}, delta

@@ -2,8 +2,8 @@
 
 A protocol says (1) what the coordinator walks: `program(beta, T1, T2)`, a tuple of `Phase`s for one batch, each
 with its length, its beta (real or complex), where it starts, its arithmetic; and (2) what every node does with what
-it sees: `on_step` (at every step of a phase, may return a parameter change), `on_exit` (after a phase's last
-exchange: accumulate) and `estimate` (the node's g_hat from its accumulators). The hooks receive `G(scale)`, which
+it sees: `on_step` (at every step of a phase, may return a per-step gradient, applied as plain SGD), `on_exit`
+(after a phase's last exchange: accumulate) and `estimate` (the node's g_hat from its accumulators). The hooks receive `G(scale)`, which
 computes scale * G(s) of the node's own held tensors at its current state and inbox (nodes/rules.py), and `mem`,
 the node's own accumulators: nothing else is in reach, so a protocol cannot read a non-neighbour.
 
@@ -52,6 +52,7 @@ class Protocol:
     has_step_rule = False    # on_step runs at every step (parameters may change inside a phase)
     updates_in_phases = False  # parameters change inside phases only: no optimiser step at the end of a batch
     keys = ()                # config keys carried to the nodes, e.g. ("N",): their values are in self.settings
+    checks = ()              # config keys that `validate` reads but the nodes do not get (e.g. the optimiser)
 
     def __init__(self, **settings):
         self.settings = dict(settings)
@@ -83,7 +84,9 @@ class Protocol:
 
     # ---- the local learning rule (runs inside every node) -------------------------------------------------
     def on_step(self, phase: Phase, t: int, mem: dict, G) -> tuple:
-        """At step t of `phase` (the node holds s_t and its neighbours' a_t): (mem, delta or None)."""
+        """At step t of `phase` (the node holds s_t and its neighbours' a_t): (mem, g or None), g a per-step gradient
+        on the node's held tensors; the node applies theta -= lr * g with its own learning rates (the run's `lr`)
+        before it computes s_{t+1}, so that transition uses the changed theta."""
         return mem, None
 
     def on_exit(self, phase: Phase, mem: dict, G) -> dict:

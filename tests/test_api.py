@@ -27,7 +27,7 @@ def test_the_readme_python_example_runs_as_written(tmp_path):
     audit = json.loads((tmp_path / "results/api-audit/audit.json").read_text())
     assert audit["locality"]["violations"] == [] and len(set(audit["locality"]["placement"].values())) == 2
     cfg = yaml.safe_load((tmp_path / "results/api-audit/config.yaml").read_text())
-    assert (cfg["protocol"], cfg["granularity"], cfg["fabric"]["hosts"]) == ("continual-demo", "neuron", 2)
+    assert (cfg["protocol"], cfg["granularity"], cfg["fabric"]["hosts"]) == ("four-point-demo", "neuron", 2)
     metrics = json.loads((tmp_path / "results/api-train/metrics.json").read_text())
     assert metrics["test_accuracy"] > 0.5 and len(metrics["epochs"]) == 2
 

@@ -132,7 +132,7 @@ def test_a_changed_replica_shows_as_drift_and_is_used(engine, ray_session):
 def test_every_protocol_runs_on_a_hosted_neuron_fabric(protocol, ray_session):
     from cluster.locality import locality_report
     m = layered("prototypical", (3, 3, 2), "sigmoid")
-    f = FabricEngine(m, protocol, settings(granularity="neuron", hosts=2, lr=[0.1, 0.1]))
+    f = FabricEngine(m, protocol, settings(granularity="neuron", hosts=2, lr=LR))
     ref = reference(protocol, scaled_params(m), model=m)
     try:
         f.set_params(scaled_params(m))

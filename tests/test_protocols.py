@@ -19,28 +19,19 @@ NET = layered("prototypical", (4, 5, 3), "sigmoid")
 
 
 class Stepwise(Protocol):
-    """Every synapse changes at every nudged step: theta += -eta (G(s_{t+1}) - G(s_t)) / beta, from the states at
-    t and t+1 it sees; the estimate is the accumulated sum (with eta = 0 it telescopes to one-sided EP)."""
+    """Every synapse changes at every step of every phase, from what it sees at that step: g_t = G(s_t) / steps (a
+    Hebbian drift, applied as theta -= lr g_t before the step's transition); the estimate is the sum of the g_t."""
 
     name = "test-stepwise"
     has_step_rule = True
     updates_in_phases = True
 
-    def __init__(self, eta=0.0):
-        super().__init__(eta=eta)
-
     def program(self, beta, T1, T2):
         return Phase("free", T1), Phase("nudged", T2, beta, "free")
 
     def on_step(self, phase, t, mem, G):
-        if phase.beta == 0:
-            return mem, None
-        g = G(1.0 / phase.beta)
-        prev, mem = (mem.get("prev") if t else None), {**mem, "prev": g}
-        if prev is None:
-            return mem, None
-        d = {k: g[k] - prev[k] for k in g}
-        return {**mem, "acc": add(mem.get("acc"), d)}, {k: -self.settings["eta"] * v for k, v in d.items()}
+        g = dict(G(1.0 / phase.steps))
+        return {**mem, "acc": add(mem.get("acc"), g)}, g
 
 
 class Holomorphic(Protocol):
@@ -72,17 +63,17 @@ def test_discovery_finds_every_protocol_module():
 
     import protocols
     modules = {m.name for m in pkgutil.iter_modules(protocols.__path__)} - {"base"}
-    assert set(PROTOCOLS) == {"ep", "ep-symmetric", "ep-random-sign"} and len(modules) == len(PROTOCOLS)
+    assert set(PROTOCOLS) == {"ep", "ep-symmetric", "ep-random-sign", "cep"} and len(modules) == len(PROTOCOLS)
     assert get_protocol(Holomorphic(N=3)).settings == {"N": 3}  # an object passes through
-    with pytest.raises(ValueError, match="protocol: unknown protocol 'cep'"):
-        get_protocol("cep")
+    with pytest.raises(ValueError, match="protocol: unknown protocol 'hep'"):
+        get_protocol("hep")
 
 
 @pytest.mark.parametrize("where", [dict(granularity="layer"), dict(granularity="neuron", hosts=2)],
                          ids=["layer", "neuron-hosts2"])
 def test_a_per_step_rule_changes_parameters_inside_the_phase_alike_on_both_engines(where, ray_session):
-    eta = 0.05
-    ref, fab = engines(Stepwise(eta=eta), where)
+    lr = 0.05
+    ref, fab = engines(Stepwise(), where, lr=lr)
     try:
         before = ref.get_params()
         program = ref.program(0.2, 20, 8)
@@ -92,23 +83,11 @@ def test_a_per_step_rule_changes_parameters_inside_the_phase_alike_on_both_engin
         after_ref, after_fab = ref.get_params(), fab.get_params()
         for k in before:
             assert rel(g_fab[k], g_ref[k]) <= 1e-12 and rel(after_fab[k], after_ref[k]) <= 1e-12, k
-            # the parameters moved inside the phase by exactly -eta times the accumulated increments
-            torch.testing.assert_close(after_ref[k] - before[k], -eta * g_ref[k], rtol=1e-10, atol=1e-15)
+            # the parameters moved inside the phases by exactly -lr times the accumulated per-step gradients
+            torch.testing.assert_close(after_ref[k] - before[k], -lr * g_ref[k], rtol=1e-10, atol=1e-15)
         assert fab.replica_drift() == {"W1": 0.0}  # both ends of W1 applied the same change at every step
     finally:
         fab.close()
-
-
-def test_the_per_step_rule_with_eta_zero_telescopes_to_one_sided_ep():
-    def estimate(protocol):
-        e = ReferenceEngine(NET, protocol, torch.float64, lrs_by_param(NET, [0.1, 0.1]))
-        e.set_params(scaled_params(NET))
-        e.set_batch(*batch(NET))
-        e.run_program(e.program(1e-2, 30, 10))
-        return e.estimate()
-    stepwise, ep = estimate(Stepwise(eta=0.0)), estimate("ep")
-    for k in ep:  # a sum of 10 differences of G's, each rounded, divided by beta
-        assert rel(stepwise[k], ep[k]) <= 1e-11, k
 
 
 @pytest.mark.parametrize("where", [dict(granularity="layer"), dict(granularity="neuron", hosts=2)],
