@@ -147,3 +147,15 @@ def test_cep_adds_no_message_kind_and_only_beta_batch_protocol_reach_every_node(
     assert set(loc["globals"]) == {"batch", "beta", "protocol"}  # eta is fixed at build; the optimiser stays home
     assert set(loc["boundary"]) == {"x", "y"} and all(i.startswith("L3.") for i in loc["boundary"]["y"])
     assert report["replica_drift"] == {"W1": 0.0, "W2": 0.0}
+
+
+@pytest.mark.parametrize("protocol", ["ep", "cep"])
+def test_the_gdu_toy_matches_bptt_step_by_step_with_an_error_of_order_beta(protocol, tmp_path):
+    from experiments.api import Simulator
+    sim = Simulator(protocol=protocol, config="gdu-energy-toy", engine="reference")
+    rmse = {beta: {k: v["rmse"] for k, v in sim.audit(out=str(tmp_path / f"b{beta}"), beta=beta)["steps"].items()}
+            for beta in (1e-3, 1e-2)}
+    assert set(rmse[1e-3]) == {"W0", "b0", "W1", "b1", "W2", "b2"}
+    for k, small in rmse[1e-3].items():
+        assert small <= 5e-3, (k, small)
+        assert 5 <= rmse[1e-2][k] / small <= 20, (k, rmse[1e-2][k], small)  # O(beta): ten times beta, ten times
