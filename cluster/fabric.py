@@ -24,7 +24,7 @@ from cluster.host import Host
 from cluster.message_log import COORDINATOR
 from cluster.messages import MessageError, decode_header, encode_control
 from cluster.nodeset import PhaseError
-from cluster.transport import ZmqTransport, new_token
+from cluster.transport import TransportError, ZmqTransport, new_token
 
 GRACE_S = 30.0
 
@@ -61,7 +61,8 @@ class Fabric:
             self.by_host.setdefault(h, {})[i] = specs[i]
         self.serial = 0  # the highest phase serial issued: an abort stops every phase up to it
         self.transport = settings.get("transport", "zmq")
-        self.beats = ZmqTransport(COORDINATOR, settings.get("host", "127.0.0.1"), settings.get("wire", "auto"))
+        self.beats = ZmqTransport(COORDINATOR, settings.get("host", "127.0.0.1"), settings.get("wire", "auto"),
+                                  send_timeout_s=5.0)  # an abort to a host that is gone must not hold the caller
         self.hosts, self.abort_tokens = {}, {}
         try:
             self._start(protocol)
@@ -170,7 +171,7 @@ class Fabric:
             elif self.transport == "zmq":
                 try:
                     self.beats.send(h, header, b"")
-                except KeyError:
+                except (KeyError, TransportError):  # a host that cannot be reached has nothing left to stop
                     pass
             else:
                 actor.deliver.remote(self.abort_tokens[h], header, b"")

@@ -25,7 +25,7 @@ from cluster.messages import (MessageError, array_bytes, decode_header, dtype_na
                               header_suffix, pack_arrays, unpack_arrays)
 from cluster.nodeset import Aborted, NodeSet, PhaseError
 from cluster.ports import NodeInbox, as_payload
-from cluster.transport import make_transport
+from cluster.transport import TransportError, make_transport
 from nodes.rules import LocalityError, step_series
 
 HEARTBEAT_S = 1.0  # a host in a phase tells the coordinator it is alive at most this often
@@ -78,7 +78,7 @@ class Host(NodeSet):
         self.prefixes = {(p.src, p.dst, p.kind): header_prefix(p.src, p.dst, p.kind)
                          for s in self.specs.values() for p in s.out_ports}
         self.transport = make_transport(settings.get("transport", "zmq"), host_id, settings.get("host", "127.0.0.1"),
-                                        settings.get("wire", "auto"))
+                                        settings.get("wire", "auto"), float(settings.get("timeout_s", 60.0)))
         self.placement = {i: host_id for i in self.ids}
         self.aborted_upto = -1
         self.beat = None
@@ -285,6 +285,8 @@ class Host(NodeSet):
             except KeyError:
                 raise LocalityError(f"node {i}, phase {phase.name}, step {t}: host {self.host_id} has no connection "
                                     f"to {host}, which runs {p.dst}") from None
+            except TransportError as err:
+                raise PhaseError(f"node {i}, phase {phase.name}, step {t}: sending to {p.dst}: {err}") from None
 
     def _gather(self, i: str, serial: int, phase, t: int) -> dict:
         """Wait for node i's step-t messages (dispatching whatever arrives to its local destination); the deadline

@@ -9,12 +9,15 @@ import os
 
 import torch
 
-from nodes.layered import layered
+from nodes.layered import layered, layered_asym
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def model_from(cfg):
+    if cfg.model == "prototypical-asym":
+        return layered_asym(tuple(cfg.sizes), cfg.activation, True, cfg.dt, feedback_init=cfg.feedback_init,
+                            angle=cfg.angle)
     return layered(cfg.model, tuple(cfg.sizes), cfg.activation, cfg.dt)
 
 

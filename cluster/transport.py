@@ -32,6 +32,11 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ZAP_DOMAIN = b"ep-fabric"
 
 
+class TransportError(RuntimeError):
+    """A message could not be handed to the wire: no connection to the peer accepts it (its handshake was refused,
+    or it is gone) within the send timeout."""
+
+
 def resolve_wire(wire: str, host: str) -> str:
     """`fabric.wire` as used: auto means ipc on a loopback host (one machine), tcp otherwise."""
     return wire if wire != "auto" else ("ipc" if host in LOOPBACK else "tcp")
@@ -74,12 +79,14 @@ class ZapHandler(threading.Thread):
 class ZmqTransport:
     kind = "zmq"
 
-    def __init__(self, me: str, host: str = "127.0.0.1", wire: str = "auto"):
+    def __init__(self, me: str, host: str = "127.0.0.1", wire: str = "auto", send_timeout_s: float = 30.0):
         """Bind the PULL socket: `ipc` (a Unix socket in a private temp dir) or `tcp` on `host`; `auto` takes ipc
-        when `host` is loopback (one machine) and tcp otherwise. Only admitted users can connect to it."""
+        when `host` is loopback (one machine) and tcp otherwise. Only admitted users can connect to it. A send
+        waits at most `send_timeout_s` for a connection that accepts it (queues are unbounded, so only a peer with
+        no live connection, e.g. a refused handshake, makes a send wait), then raises TransportError."""
         if wire not in WIRES:
             raise ValueError(f"fabric.wire: expected one of {WIRES}, got {wire!r}")
-        self.me = me
+        self.me, self.send_timeout_s = me, float(send_timeout_s)
         self.ctx = zmq.Context()
         self.admitted = {}
         self.zap = ZapHandler(self.ctx, self.admitted)
@@ -114,10 +121,16 @@ class ZmqTransport:
     def refused(self) -> list:
         return list(self.zap.refused)
 
-    def connect(self, peer: str, address, token: str) -> None:
+    def push_socket(self):
+        """A PUSH socket as every connection has: no linger, unbounded queue, sends bounded by the send timeout."""
         sock = self.ctx.socket(zmq.PUSH)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.SNDTIMEO, max(1, int(self.send_timeout_s * 1000)))
+        return sock
+
+    def connect(self, peer: str, address, token: str) -> None:
+        sock = self.push_socket()
         sock.plain_username = self.me.encode()
         sock.plain_password = token.encode()
         sock.connect(address)
@@ -125,8 +138,12 @@ class ZmqTransport:
 
     def send(self, peer: str, header: bytes, payload) -> None:
         sock = self.push[peer]
-        sock.send(header, zmq.SNDMORE)
-        sock.send(payload, copy=len(payload) < ZERO_COPY_BYTES)
+        try:
+            sock.send(header, zmq.SNDMORE)
+        except zmq.Again:
+            raise TransportError(f"{self.me}: no connection to {peer} took a message within {self.send_timeout_s:g} s"
+                                 f" (its handshake refused, or it is gone)") from None
+        sock.send(payload, copy=len(payload) < ZERO_COPY_BYTES)  # a message's frames go together: never waits
 
     def recv(self, timeout_s: float):
         """One message as (user, header bytes, payload buffer), or None after timeout_s. A message already queued is
@@ -232,7 +249,9 @@ class LocalTransport(_TokenTransport):
 TRANSPORTS = {"zmq": ZmqTransport, "ray": RayTransport, "local": LocalTransport}
 
 
-def make_transport(kind: str, me: str, host: str = "127.0.0.1", wire: str = "auto"):
+def make_transport(kind: str, me: str, host: str = "127.0.0.1", wire: str = "auto", send_timeout_s: float = 30.0):
     if kind not in TRANSPORTS:
         raise ValueError(f"transport: expected one of {tuple(TRANSPORTS)}, got {kind!r}")
+    if kind == "zmq":
+        return ZmqTransport(me, host, wire, send_timeout_s)
     return TRANSPORTS[kind](me, host, wire)

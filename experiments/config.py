@@ -16,7 +16,7 @@ import yaml
 
 from cluster.transport import LOOPBACK, WIRES
 from nodes.activations import ACTIVATIONS
-from nodes.layered import MODELS
+from nodes.layered import FEEDBACK_INITS, MODELS
 from nodes.optim import OPTIMIZERS
 from protocols import PROTOCOLS
 
@@ -79,6 +79,9 @@ class Config:
     data_path: typing.Optional[str] = None
     test_fraction: float = 0.2
     init_scale: float = 1.0        # the seeded initial weights are multiplied by this
+    feedback_init: str = "transpose"  # prototypical-asym: B{n} starts as W{n}^T, or "independent"
+    angle: float = 0.0             # prototypical-asym: each B entry's sign flipped with probability (1 - cos psi) / 2
+    random_sign: bool = False      # vf / cvf: the sign of beta drawn per batch (as ep-random-sign does)
     steps: bool = False
     replay: typing.Optional[str] = None
     address: typing.Optional[str] = None
@@ -102,6 +105,7 @@ CHOICES = {
     "model": MODELS, "activation": tuple(ACTIVATIONS), "protocol": tuple(PROTOCOLS),
     "granularity": ("layer", "neuron"), "transport": ("zmq", "ray"), "engine": ("fabric", "reference"),
     "dtype": ("float32", "float64"), "optimizer": OPTIMIZERS, "fabric.log": ("full", "counters"),
+    "feedback_init": FEEDBACK_INITS,
 }
 
 
@@ -177,6 +181,11 @@ def validate(cfg: Config, model=None, protocol=None) -> Config:
     except ValueError as err:
         name, _, msg = str(err).partition(": ")
         raise ConfigError(name, msg) from None
+    model_name = model.name if model is not None else cfg.model
+    if proto.models and model_name not in proto.models:
+        raise ConfigError("model", f"protocol {proto.name} runs on {' or '.join(proto.models)}, not {model_name}")
+    if not 0.0 <= cfg.angle <= 180.0:
+        raise ConfigError("angle", f"must be in [0, 180] degrees, got {cfg.angle}")
     if not cfg.init_scale > 0:
         raise ConfigError("init_scale", f"must be > 0, got {cfg.init_scale}")
     if not cfg.dt > 0:

@@ -191,6 +191,7 @@ class Model:
     dt: float = 1.0
     lr_index: dict = field(default_factory=dict, compare=False)  # parameter -> index into the run's lr list
     rule: type | None = field(default=None, compare=False)  # the nodes' rule class (None: nodes.rules.NodeRule)
+    init: object = field(default=None, compare=False)  # (params, generator) -> params after the seeded init
 
     def __post_init__(self):
         names = [g.name for g in self.groups]
@@ -235,7 +236,7 @@ class Model:
 
     def init_params(self, seed: int, dtype=torch.float64, scale: float = 1.0) -> dict:
         """U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for W and b (torch.nn.Linear's default), seeded, times `scale`;
-        structural zeros of a mask stay zero."""
+        structural zeros of a mask stay zero; then the model's `init` (e.g. feedback weights from forward ones)."""
         gen = torch.Generator().manual_seed(int(seed))
         params = {}
         for it in self.interactions:
@@ -245,8 +246,10 @@ class Model:
                 t = (torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1) * bound * scale
                 if name == it.W and it.mask is not None:
                     t = t * torch.tensor(it.mask, dtype=torch.float64)
-                params[name] = t.to(dtype)
-        return params
+                params[name] = t
+        if self.init is not None:
+            params = self.init(params, gen)
+        return {k: v.to(dtype) for k, v in params.items()}
 
     # ---- partition into logical nodes --------------------------------------------------------------------
     def partition(self, granularity: str = "layer", split: int = 1) -> tuple:

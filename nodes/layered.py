@@ -4,16 +4,24 @@
 the output; `W{n}` (d_{n+1}, d_n) and `b{n}` (d_{n+1},) connect layer n to n+1 and are used both ways
 (ALGORITHMS.md §1, models `energy` and `prototypical`). `layered_asym(...)`: forward `W{n}`, `b{n}` owned by
 layer n+1 and feedback `B{n}` (d_n, d_{n+1}), no bias, owned by layer n, for n = 1..N-1 (§1, "Asymmetric layered
-networks"); `feedback=False` gives a feed-forward net. `directed_graph(...)`: one recurrent group of units driven
+networks"); `feedback=False` gives a feed-forward net; `feedback_init` "transpose" starts B{n} as W{n}^T,
+"independent" draws it like any weight, and `angle` psi flips each feedback entry's sign with probability
+(1 - cos psi) / 2 (Ernoult et al. 2020's --angle). `directed_graph(...)`: one recurrent group of units driven
 by a (masked) directed weight matrix W and an input group through U (§13's toy, T1); the dynamics that run on it
 are the non-conservative issue's.
 """
 from __future__ import annotations
 
+import math
+
+import torch
+
 from nodes.activations import ACTIVATIONS
 from nodes.graph import Dense, Group, Model
 
-MODELS = ("energy", "prototypical")  # the layered physics a config's `model` may name
+SYMMETRIC = ("energy", "prototypical")
+MODELS = SYMMETRIC + ("prototypical-asym",)  # the layered nets a config's `model` may name
+FEEDBACK_INITS = ("transpose", "independent")
 
 
 def _groups(sizes) -> tuple:
@@ -32,8 +40,8 @@ def _activation(activation: str) -> None:
 
 def layered(kind: str, sizes, activation: str, dt: float = 1.0) -> Model:
     """The symmetric layered net of model `kind` (its physics has the same name)."""
-    if kind not in MODELS:
-        raise ValueError(f"model: unknown model {kind!r}; expected one of {MODELS}")
+    if kind not in SYMMETRIC:
+        raise ValueError(f"model: unknown model {kind!r}; expected one of {SYMMETRIC}")
     _activation(activation)
     sizes, groups = _groups(sizes)
     inter = tuple(Dense(f"L{n}", f"L{n + 1}", f"W{n}", f"b{n}", symmetric=True) for n in range(len(sizes) - 1))
@@ -41,18 +49,33 @@ def layered(kind: str, sizes, activation: str, dt: float = 1.0) -> Model:
     return Model(kind, kind, activation, groups, inter, float(dt), lr)
 
 
-def layered_asym(sizes, activation: str, feedback: bool = True, dt: float = 1.0,
-                 physics: str = "prototypical") -> Model:
+def layered_asym(sizes, activation: str, feedback: bool = True, dt: float = 1.0, physics: str = "prototypical",
+                 feedback_init: str = "transpose", angle: float = 0.0) -> Model:
     """Forward W{n}, b{n} (owned by layer n+1) and, with `feedback`, B{n} from layer n+1 to n (owned by layer n)."""
     _activation(activation)
+    if feedback_init not in FEEDBACK_INITS:
+        raise ValueError(f"feedback_init: expected one of {FEEDBACK_INITS}, got {feedback_init!r}")
+    if not 0.0 <= float(angle) <= 180.0:
+        raise ValueError(f"angle: must be in [0, 180] degrees, got {angle}")
     sizes, groups = _groups(sizes)
     N = len(sizes) - 1
     inter = [Dense(f"L{n}", f"L{n + 1}", f"W{n}", f"b{n}", symmetric=False) for n in range(N)]
     if feedback:
         inter += [Dense(f"L{n + 1}", f"L{n}", f"B{n}", None, symmetric=False) for n in range(1, N)]
     lr = {p: n for n in range(N) for p in (f"W{n}", f"b{n}", f"B{n}")}
+
+    def init(params, gen):
+        flip = (1.0 - math.cos(math.radians(float(angle)))) / 2.0
+        for n in range(1, N):
+            if f"B{n}" not in params:
+                continue
+            B = params[f"W{n}"].T.clone() if feedback_init == "transpose" else params[f"B{n}"]
+            signs = torch.where(torch.rand(B.shape, generator=gen, dtype=torch.float64) < flip, -1.0, 1.0)
+            params[f"B{n}"] = (B * signs).contiguous()
+        return params
+
     return Model("prototypical-asym" if feedback else "feed-forward", physics, activation, groups, tuple(inter),
-                 float(dt), lr)
+                 float(dt), lr, init=init if feedback else None)
 
 
 def directed_graph(n_units: int, n_inputs: int, n_outputs: int, mask=None, activation: str = "tanh",

@@ -248,7 +248,22 @@ class PhaseRule:
         return {**state, "mem": mem, "saved": saved}, delta
 
     def _G(self, state, inbox, boundary):
-        """G at the node's current state and inbox, computed only if the protocol asks (scale folded in)."""
+        """The learning hooks' view of the node: `G(scale)` = scale * G at its current state and inbox, computed
+        only if asked; `G.signals()` = copies of (its own signal, its neighbours' signals per slot) now;
+        `G.outer(scale, post, pre)` = the same products as G with the node's own signal replaced by `post` and the
+        neighbours' by `pre` (rules that pair a change of one side with a state of the other, such as VF)."""
+        node = self.node
+
         def G(scale=1.0):
-            return self.node.G(state["a"], inbox, boundary, scale)
+            return node.G(state["a"], inbox, boundary, scale)
+
+        def signals():
+            return state["a"].clone(), {g.slot: inbox[g.slot].clone() for _, g in node.grads
+                                        if g.kind in ("rows", "cols")}
+
+        def outer(scale, post, pre):
+            x = boundary["x"] if any(g.kind == "clamped" for _, g in node.grads) else None
+            return GSum(node, ((-scale / post.shape[0], post, pre, x),))
+
+        G.signals, G.outer = signals, outer
         return G

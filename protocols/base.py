@@ -53,6 +53,7 @@ class Protocol:
     updates_in_phases = False  # parameters change inside phases only: no optimiser step at the end of a batch
     keys = ()                # config keys carried to the nodes, e.g. ("N",): their values are in self.settings
     checks = ()              # config keys that `validate` reads but the nodes do not get (e.g. the optimiser)
+    models = ()              # the model names it runs on (empty: any)
 
     def __init__(self, **settings):
         self.settings = dict(settings)
@@ -74,7 +75,7 @@ class Protocol:
 
     def batch_beta(self, beta: float, rng: np.random.Generator) -> float:
         """The beta of one batch; `random_sign` flips it with the run's seeded generator."""
-        if self.random_sign:
+        if self.random_sign or self.settings.get("random_sign"):
             return float(beta) * (1.0 if rng.random() < 0.5 else -1.0)
         return float(beta)
 

@@ -17,6 +17,7 @@ class ContinualEP(Protocol):
     has_step_rule = True
     updates_in_phases = True
     checks = ("optimizer", "momentum")
+    models = ("energy", "prototypical")  # symmetric nets: its theorem needs an energy
 
     def validate(self, beta, optimizer="sgd", momentum=0.0, **settings) -> None:
         super().validate(beta)

@@ -8,7 +8,7 @@ from cluster.coordinator import FabricEngine
 from cluster.fabric import FabricError, place
 from cluster.nodeset import PhaseError
 from cluster.reference import ReferenceEngine
-from nodes.layered import layered
+from nodes.layered import layered, layered_asym
 from protocols import PROTOCOLS, get_protocol
 from protocols.base import Phase
 from tests.conftest import batch, rel, scaled_params
@@ -131,13 +131,14 @@ def test_a_changed_replica_shows_as_drift_and_is_used(engine, ray_session):
 @pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
 def test_every_protocol_runs_on_a_hosted_neuron_fabric(protocol, ray_session):
     from cluster.locality import locality_report
-    m = layered("prototypical", (3, 3, 2), "sigmoid")
+    p = get_protocol(protocol)
+    m = (layered_asym((3, 3, 2), "sigmoid") if "prototypical-asym" in p.models
+         else layered("prototypical", (3, 3, 2), "sigmoid"))
     f = FabricEngine(m, protocol, settings(granularity="neuron", hosts=2, lr=LR))
     ref = reference(protocol, scaled_params(m), model=m)
     try:
         f.set_params(scaled_params(m))
         x, y = batch(m)
-        p = get_protocol(protocol)
         beta = p.batch_beta(0.1, np.random.default_rng(1))
         for e in (f, ref):
             e.set_batch(x, y)

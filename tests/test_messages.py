@@ -10,7 +10,7 @@ import torch
 from cluster.messages import (MessageError, array_bytes, array_from, decode_header, encode_header, pack_arrays,
                               unpack_arrays)
 from cluster.ports import MAX_AHEAD, NodeInbox
-from cluster.transport import LocalTransport, ZmqTransport, new_token
+from cluster.transport import LocalTransport, TransportError, ZmqTransport, new_token
 from nodes.layered import layered
 
 
@@ -42,16 +42,20 @@ def test_malformed_headers_are_message_errors(frame):
 
 
 def test_zmq_identity_comes_from_the_connection_and_bad_credentials_are_refused():
-    rx, good, bad, anon = ZmqTransport("H2"), ZmqTransport("H1"), ZmqTransport("H3"), ZmqTransport("H4")
+    rx, good = ZmqTransport("H2"), ZmqTransport("H1")
+    bad, anon = ZmqTransport("H3", send_timeout_s=0.5), ZmqTransport("H4", send_timeout_s=0.5)
     try:
         token = new_token()
         rx.admit({"H1": token, "H3": new_token()})
         good.connect("H2", rx.address, token)
         bad.connect("H2", rx.address, "not-the-token")  # a known user with the wrong credential
         anon.connect("H2", rx.address, token)          # someone else's credential under its own name
+        header = encode_header("L1", "L2", "a", "free", 1, 0, "float64", [1, 1])
         for t in (good, bad, anon):
-            t.send("H2", encode_header("L1", "L2", "a", "free", 1, 0, "float64", [1, 1]),
-                   bytes(8))
+            try:  # queued while the handshake is under way; once it is refused there is no connection to take it
+                t.send("H2", header, bytes(8))
+            except TransportError as err:
+                assert t is not good and "no connection to H2" in str(err)
         got = []
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline and (len(rx.refused()) < 2 or not got):
@@ -63,6 +67,18 @@ def test_zmq_identity_comes_from_the_connection_and_bad_credentials_are_refused(
     finally:
         for t in (rx, good, bad, anon):
             t.close()
+
+
+def test_a_send_with_no_connection_to_take_it_is_a_named_error_not_a_hang():
+    lonely = ZmqTransport("H5", send_timeout_s=0.3)
+    try:
+        lonely.push["H2"] = lonely.push_socket()  # no connection at all, as once a refused handshake is torn down
+        t0 = time.monotonic()
+        with pytest.raises(TransportError, match="H5: no connection to H2 took a message within 0.3 s"):
+            lonely.send("H2", encode_header("L1", "L2", "a", "free", 1, 0, "float64", [1, 1]), bytes(8))
+        assert 0.25 <= time.monotonic() - t0 < 3
+    finally:
+        lonely.close()
 
 
 def test_token_transports_map_tokens_to_users_and_refuse_unknown_ones():

@@ -63,7 +63,7 @@ def test_discovery_finds_every_protocol_module():
 
     import protocols
     modules = {m.name for m in pkgutil.iter_modules(protocols.__path__)} - {"base"}
-    assert set(PROTOCOLS) == {"ep", "ep-symmetric", "ep-random-sign", "cep"} and len(modules) == len(PROTOCOLS)
+    assert set(PROTOCOLS) == {"ep", "ep-symmetric", "ep-random-sign", "cep", "vf", "cvf"} and len(modules) == len(PROTOCOLS)
     assert get_protocol(Holomorphic(N=3)).settings == {"N": 3}  # an object passes through
     with pytest.raises(ValueError, match="protocol: unknown protocol 'hep'"):
         get_protocol("hep")
