@@ -11,6 +11,27 @@ def _np(t):
     return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
 
 
+def angle_deg(a, b) -> float:
+    """The angle between two flattened updates, in degrees (nan if either is zero)."""
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    return float(np.degrees(np.arccos(np.clip(a @ b / (na * nb), -1.0, 1.0)))) if na and nb else float("nan")
+
+
+def angles(est: dict, ref: dict, layer_of: dict) -> dict:
+    """Angles (degrees) between the update and BPTT's gradient (Ernoult et al. 2020's compute_angleGrad): per layer
+    pair n over its forward tensors (W{n}, b{n}, ...), over all forward tensors, and per feedback tensor (B{n})
+    apart."""
+    def flat(d, ks):
+        return np.concatenate([_np(d[k]).ravel() for k in ks])
+    forward = [k for k in ref if not k.startswith("B")]
+    layers = {}
+    for k in forward:
+        layers.setdefault(str(layer_of.get(k, 0)), []).append(k)
+    return {"layers": {n: angle_deg(flat(est, ks), flat(ref, ks)) for n, ks in sorted(layers.items())},
+            "total": angle_deg(flat(est, forward), flat(ref, forward)),
+            "feedback": {k: angle_deg(flat(est, [k]), flat(ref, [k])) for k in ref if k.startswith("B")}}
+
+
 def compare(est: dict, ref: dict) -> dict:
     """Per tensor and in total: cosine, relative L2 error ||g_hat - g||/||g||, norm ratio, sign agreement."""
     def metrics(a, b):

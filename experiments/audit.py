@@ -1,7 +1,7 @@
 """`audit`: freeze the weights and a batch, run the protocol on the engine, compare with BPTT (§12).
 
 Writes `audit.npz` (the pinned bundle, ALGORITHMS.md §1), `audit.json` (total and per-tensor cosine, rel_l2,
-norm_ratio, sign_agreement; the residual of every phase; the locality report from the receivers' logs; the replica
+norm_ratio, sign_agreement; angles per layer, in total and for feedback weights; the residual of every phase; the locality report from the receivers' logs; the replica
 drift of the updates each end computed; with steps=true the GDU metrics) and the plots `locality.png` (the node
 graph weighted by delivered messages) and, with steps=true, `gdu.png`. `replay=BUNDLE.npz` re-runs on another
 bundle's parameters, batch and settings. The same code runs on either engine (cluster/engine.py).
@@ -14,7 +14,7 @@ import os
 import numpy as np
 import torch
 
-from cluster.audit import compare, gdu_metrics, read_bundle, write_bundle
+from cluster.audit import angles, compare, gdu_metrics, read_bundle, write_bundle
 from cluster.bptt import bptt_grad, bptt_steps
 from cluster.locality import locality_report
 from cluster.runtime import make_engine, model_from, protocol_from
@@ -89,6 +89,7 @@ def run_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=None, proto
         engine.close()
     truth = bptt_grad(model, params, x, y, cfg.T1)
     report = compare(estimate, truth)
+    report["angles"] = angles(estimate, truth, model.lr_index)
     report["beta_used"] = beta
     report["engine"] = cfg.engine
     report["residuals"] = {k: v["residual"] for k, v in phases.items()}

@@ -155,3 +155,16 @@ def test_vf_and_cvf_are_the_pinned_pairings_of_a_post_change_with_a_pre_signal()
     for name, want in (("vf", vf), ("cvf", cvf)):
         for k, v in want.items():  # the same products in another order: rounding of a difference over beta
             assert float((got[name][k] - v).abs().max()) <= 12 * 8 * EPS / beta, (name, k)
+
+
+def test_the_audit_reports_layer_angles_for_every_feedback_angle(tmp_path):
+    from experiments.api import Simulator
+    seen = {}
+    for psi in (0, 45, 90, 135, 180):
+        report = Simulator(layered_asym((4, 5, 3), "sigmoid", angle=psi), protocol="cvf", sizes=[4, 5, 3],
+                           dataset="random", init_scale=2.0, beta=1e-3, T1=60, T2=40, engine="reference",
+                           optimizer="sgd", lr=0.0).audit(out=str(tmp_path / f"psi{psi}"))
+        seen[psi] = report["angles"]
+        assert set(report["angles"]["layers"]) == {"0", "1"} and set(report["angles"]["feedback"]) == {"B1"}
+    assert seen[0]["total"] < 1.0 and seen[0]["feedback"]["B1"] < 1.0
+    assert seen[180]["layers"]["0"] > 90.0 and seen[180]["layers"]["1"] < 10.0
