@@ -213,40 +213,24 @@ class Host(NodeSet):
             self.inboxes[i].start(serial)
             self._from_coordinator(i, "control", phase.name, 0)
             self._from_coordinator(i, "global", "beta", 16 if isinstance(phase.beta, complex) else 8)
-        rules = {i: self.rules[i].phase(phase) for i in ids}
-        bnd = {i: self.boundary(i, phase) for i in ids}
-        out, residual = {}, dict.fromkeys(ids, 0.0)
-        for i in ids:
-            self.state[i], out[i] = rules[i].enter(self.state[i], self.params[i], bnd[i])
-        rec_s = {i: [self.state[i]["s"]] for i in ids} if record_states else None
-        rec_g = {i: [] for i in ids} if record_grads else None
+        rules, bnd, out, rec_s, rec_g = self.enter_all(phase, record_states, record_grads)
+        residual = dict.fromkeys(ids, 0.0)
         steps = phase.steps
         for t in range(steps):
             for i in ids:
                 self._send(i, out[i], serial, phase, t)
             for i in ids:
                 inbox = self._gather(i, serial, phase, t)
-                if record_grads:
-                    rec_g[i].append(self.rules[i].G(self.state[i]["a"], inbox, bnd[i]))
-                prev = self.state[i]["s"]
-                self.state[i], out[i], delta = rules[i].step(self.state[i], inbox, self.params[i], bnd[i], t)
-                self.commit(i, delta)
-                r = self.check(i, phase, t + 1, steps, prev if t + 1 == steps else None)
+                out[i], r = self.step_node(i, rules[i], inbox, bnd[i], phase, t, rec_s, rec_g)
                 if r is not None:
                     residual[i] = r
-                if record_states:
-                    rec_s[i].append(self.state[i]["s"])
             if self.beat is not None:
                 self.beat.beat(serial, t)
         for i in ids:
             self._send(i, out[i], serial, phase, steps)
         res = {}
         for i in ids:
-            inbox = self._gather(i, serial, phase, steps)
-            if record_grads:
-                rec_g[i].append(self.rules[i].G(self.state[i]["a"], inbox, bnd[i]))
-            self.state[i], delta = rules[i].exit(self.state[i], inbox, self.params[i], bnd[i], steps)
-            self.commit(i, delta)
+            self.exit_node(i, rules[i], self._gather(i, serial, phase, steps), bnd[i], phase, rec_g)
             res[i] = {"residual": residual[i]}
             if record_states:
                 res[i]["states"] = pack_arrays({"s": torch.stack(rec_s[i])})

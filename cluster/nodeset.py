@@ -16,6 +16,19 @@ from nodes.optim import Optimizer
 from nodes.rules import Guarded, rule_of
 
 
+def pack_held(params: dict, opt) -> bytes:
+    """A checkpoint of tensors and their optimiser state: `param/<name>` and `opt/<key>` arrays."""
+    return pack_arrays({**{f"param/{k}": v for k, v in params.items()},
+                        **{f"opt/{k}": v for k, v in opt.get_state().items()}})
+
+
+def unpack_held(packed: bytes) -> tuple:
+    """(params, optimiser state) from pack_held's bytes."""
+    flat = unpack_arrays(packed)
+    return ({k[6:]: v for k, v in flat.items() if k.startswith("param/")},
+            {k[4:]: v for k, v in flat.items() if k.startswith("opt/")})
+
+
 class PhaseError(RuntimeError):
     """A phase failed at a node (timeout, divergence, abort); the text names node, phase and step."""
 
@@ -77,13 +90,12 @@ class NodeSet:
                 self.params[i][k].add_(d)
 
     def pack_state(self, i: str) -> bytes:
-        return pack_arrays({**{f"param/{k}": v for k, v in self.params[i].items()},
-                            **{f"opt/{k}": v for k, v in self.opts[i].get_state().items()}})
+        return pack_held(self.params[i], self.opts[i])
 
     def load_state(self, i: str, packed: bytes) -> None:
-        flat = unpack_arrays(packed)
-        self.set_held({i: {k[6:]: v for k, v in flat.items() if k.startswith("param/")}})
-        self.opts[i].set_state({k[4:]: v for k, v in flat.items() if k.startswith("opt/")})
+        params, opt = unpack_held(packed)
+        self.set_held({i: params})
+        self.opts[i].set_state(opt)
 
     # ---- the learning rule's end of a batch ---------------------------------------------------------------
     def begin_all(self) -> None:
@@ -102,6 +114,38 @@ class NodeSet:
 
     def saved(self, i: str, name: str):
         return self.state[i]["saved"][name]
+
+    # ---- a phase's entry, one node's step and exit, as both runners drive them ---------------------------------
+    def enter_all(self, phase, record_states=False, record_grads=False) -> tuple:
+        """Every node enters `phase`: (its PhaseRules, boundaries, first outboxes, state and G records or None)."""
+        rules = {i: self.rules[i].phase(phase) for i in self.ids}
+        bnd = {i: self.boundary(i, phase) for i in self.ids}
+        outs = {}
+        for i in self.ids:
+            self.state[i], outs[i] = rules[i].enter(self.state[i], self.params[i], bnd[i])
+        rec_s = {i: [self.state[i]["s"]] for i in self.ids} if record_states else None
+        rec_g = {i: [] for i in self.ids} if record_grads else None
+        return rules, bnd, outs, rec_s, rec_g
+
+    def step_node(self, i: str, rule, inbox, bnd, phase, t: int, rec_s=None, rec_g=None) -> tuple:
+        """Node i's step t of `phase` through its PhaseRule: G recorded first if asked (the GDU series), the step, its
+        parameter change committed, the divergence check. Returns (outbox, residual at the last step or None)."""
+        if rec_g is not None:
+            rec_g[i].append(self.rules[i].G(self.state[i]["a"], inbox, bnd))
+        prev = self.state[i]["s"]
+        self.state[i], out, delta = rule.step(self.state[i], inbox, self.params[i], bnd, t)
+        self.commit(i, delta)
+        r = self.check(i, phase, t + 1, phase.steps, prev if t + 1 == phase.steps else None)
+        if rec_s is not None:
+            rec_s[i].append(self.state[i]["s"])
+        return out, r
+
+    def exit_node(self, i: str, rule, inbox, bnd, phase, rec_g=None) -> None:
+        """Node i after the phase's last exchange: G recorded if asked, the rule's exit, its parameter change."""
+        if rec_g is not None:
+            rec_g[i].append(self.rules[i].G(self.state[i]["a"], inbox, bnd))
+        self.state[i], delta = rule.exit(self.state[i], inbox, self.params[i], bnd, phase.steps)
+        self.commit(i, delta)
 
     def check(self, i: str, phase, t: int, steps: int, prev=None):
         """Divergence check of node i's state after step t (every CHECK_EVERY steps and the last). At the last step,

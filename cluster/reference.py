@@ -164,14 +164,8 @@ class ReferenceEngine(Engine):
     @torch.no_grad()
     def run_phase(self, phase, record_states: bool = False, record_grads: bool = False) -> dict:
         ns, ids = self.nodes, self.nodes.ids
-        rules = {i: ns.rules[i].phase(phase) for i in ids}
-        bnd = {i: ns.boundary(i, phase) for i in ids}
-        outs = {}
-        for i in ids:
-            ns.state[i], outs[i] = rules[i].enter(ns.state[i], ns.params[i], bnd[i])
+        rules, bnd, outs, rec_s, rec_g = ns.enter_all(phase, record_states, record_grads)
         steps = phase.steps
-        rec_s = {i: [ns.state[i]["s"]] for i in ids} if record_states else None
-        rec_g = {i: [] for i in ids} if record_grads else None
         done = 0
         if steps > 1 and not (record_states or record_grads) and self._capturable(phase):
             outs = self._run_static(phase, rules, bnd, steps - 1)
@@ -180,21 +174,11 @@ class ReferenceEngine(Engine):
         for t in range(done, steps):
             boxes = {i: self.router.inbox(i, outs, f"node {i}, phase {phase.name}, step {t}") for i in ids}
             for i in ids:
-                if record_grads:
-                    rec_g[i].append(ns.rules[i].G(ns.state[i]["a"], boxes[i], bnd[i]))
-                prev = ns.state[i]["s"]
-                ns.state[i], outs[i], delta = rules[i].step(ns.state[i], boxes[i], ns.params[i], bnd[i], t)
-                ns.commit(i, delta)
-                r = ns.check(i, phase, t + 1, steps, prev if t + 1 == steps else None)
+                outs[i], r = ns.step_node(i, rules[i], boxes[i], bnd[i], phase, t, rec_s, rec_g)
                 residual = max(residual, r or 0.0)
-                if record_states:
-                    rec_s[i].append(ns.state[i]["s"])
         boxes = {i: self.router.inbox(i, outs, f"node {i}, phase {phase.name}, step {steps}") for i in ids}
         for i in ids:
-            if record_grads:
-                rec_g[i].append(ns.rules[i].G(ns.state[i]["a"], boxes[i], bnd[i]))
-            ns.state[i], delta = rules[i].exit(ns.state[i], boxes[i], ns.params[i], bnd[i], steps)
-            ns.commit(i, delta)
+            ns.exit_node(i, rules[i], boxes[i], bnd[i], phase, rec_g)
         out = {"residual": residual}
         if record_states:
             out["states"] = [t.cpu() for t in self._groups({i: torch.stack(v) for i, v in rec_s.items()}, dim=2)]

@@ -16,7 +16,7 @@ import torch
 
 from cluster.bptt import bptt_grad
 from cluster.coordinator import lrs_by_param
-from cluster.messages import pack_arrays, unpack_arrays
+from cluster.nodeset import pack_held, unpack_held
 from cluster.reference import relax
 from cluster.runtime import DTYPES, make_engine, model_from, protocol_from
 from experiments import checkpoint
@@ -58,13 +58,12 @@ class BPTTTrainer:
         return relax(self.model, self.params, torch.as_tensor(x).to(self.device, self.dtype), int(steps))[-1]
 
     def get_state(self) -> dict:
-        return {"bptt": pack_arrays({**{f"param/{k}": v for k, v in self.params.items()},
-                                     **{f"opt/{k}": v for k, v in self.opt.get_state().items()}})}
+        return {"bptt": pack_held(self.params, self.opt)}
 
     def set_state(self, state: dict) -> None:
-        flat = unpack_arrays(state["bptt"])
-        self.params = {k[6:]: v.to(self.device, self.dtype) for k, v in flat.items() if k.startswith("param/")}
-        self.opt.set_state({k[4:]: v for k, v in flat.items() if k.startswith("opt/")})
+        params, opt = unpack_held(state["bptt"])
+        self.params = {k: v.to(self.device, self.dtype) for k, v in params.items()}
+        self.opt.set_state(opt)
 
 
 def evaluate(engine, cfg, x, y, n_classes):

@@ -114,9 +114,18 @@ class NodeRule:
         """scale * G of every held tensor at the state whose signal is a_own, with the neighbours' signals in inbox
         (ALGORITHMS.md §1: dE/dW = -rho(s_post) rho(s_pre)^T, batch mean), as a GSum: a mapping whose tensors are
         computed when read, so that sums of G's over phases cost one product per tensor."""
-        slots = {g.slot: inbox[g.slot].clone() for _, g in self.grads if g.kind in ("rows", "cols")}
+        return self.outer(scale, a_own, self.pre(inbox), boundary)
+
+    def pre(self, inbox) -> dict:
+        """Copies of the neighbours' signals that the node's gradients read (inbox buffers are reused by later
+        steps)."""
+        return {g.slot: inbox[g.slot].clone() for _, g in self.grads if g.kind in ("rows", "cols")}
+
+    def outer(self, scale, post, pre: dict, boundary) -> "GSum":
+        """The products of G with `post` as the node's own signal and `pre` as its neighbours' (VF-style rules pair
+        a change of one side with a state of the other): -scale/B sum over the batch of post x pre."""
         x = boundary["x"] if any(g.kind == "clamped" for _, g in self.grads) else None
-        return GSum(self, ((-scale / a_own.shape[0], a_own, slots, x),))
+        return GSum(self, ((-scale / post.shape[0], post, pre, x),))
 
     def products(self, terms) -> dict:
         """sum_k c_k G_k for terms (c_k = -scale_k / B, a_own, neighbours' signals, x), one product per tensor over
@@ -258,12 +267,10 @@ class PhaseRule:
             return node.G(state["a"], inbox, boundary, scale)
 
         def signals():
-            return state["a"].clone(), {g.slot: inbox[g.slot].clone() for _, g in node.grads
-                                        if g.kind in ("rows", "cols")}
+            return state["a"].clone(), node.pre(inbox)
 
         def outer(scale, post, pre):
-            x = boundary["x"] if any(g.kind == "clamped" for _, g in node.grads) else None
-            return GSum(node, ((-scale / post.shape[0], post, pre, x),))
+            return node.outer(scale, post, pre, boundary)
 
         G.signals, G.outer = signals, outer
         return G

@@ -3,9 +3,10 @@
 A protocol says (1) what the coordinator walks: `program(beta, T1, T2)`, a tuple of `Phase`s for one batch, each
 with its length, its beta (real or complex), where it starts, its arithmetic; and (2) what every node does with what
 it sees: `on_step` (at every step of a phase, may return a per-step gradient, applied as plain SGD), `on_exit`
-(after a phase's last exchange: accumulate) and `estimate` (the node's g_hat from its accumulators). The hooks receive `G(scale)`, which
-computes scale * G(s) of the node's own held tensors at its current state and inbox (nodes/rules.py), and `mem`,
-the node's own accumulators: nothing else is in reach, so a protocol cannot read a non-neighbour.
+(after a phase's last exchange: accumulate) and `estimate` (the node's g_hat from its accumulators). The hooks
+receive `G(scale)`, which computes scale * G(s) of the node's own held tensors at its current state and inbox, with
+`G.signals()` and `G.outer(scale, post, pre)` beside it (nodes/rules.py), and `mem`, the node's own accumulators:
+nothing else is in reach, so a protocol cannot read a non-neighbour.
 
 The default rule is the linear EP estimator g_hat = sum_k coef_k G(s_k) (ALGORITHMS.md §1), accumulated at the exit
 of every phase with a non-zero `coef`. A protocol lives in one file of protocols/ and is found by discovery (the
@@ -75,7 +76,7 @@ class Protocol:
 
     def batch_beta(self, beta: float, rng: np.random.Generator) -> float:
         """The beta of one batch; `random_sign` flips it with the run's seeded generator."""
-        if self.random_sign or self.settings.get("random_sign"):
+        if self.settings.get("random_sign", self.random_sign):
             return float(beta) * (1.0 if rng.random() < 0.5 else -1.0)
         return float(beta)
 

@@ -29,7 +29,7 @@ class ContinualVF(ContinualEP):
         if last is None:
             return mem, None
         g = G.outer(1.0 / phase.beta, now[0] - last[0], last[1])
-        g = {k: g[k] for k in g}
+        g = dict(g)  # evaluated now (the node applies it); summed as tensors, not re-multiplied at the estimate
         return {**mem, "acc": add(mem.get("acc"), g)}, g
 
 
