@@ -47,7 +47,7 @@ def compare(est: dict, ref: dict) -> dict:
     return {"total": total, "per_tensor": per}
 
 
-def gdu_metrics(est_steps: dict, bptt_steps: dict) -> dict:
+def gdu_metrics(est_steps: dict, bptt_steps: dict, scale: dict | None = None) -> dict:
     """Step-wise (GDU) comparison per tensor, series of shape (T2, ...) with t = steps before the end.
 
     rmse (Laborieux): mean over elements of sqrt(mean_t (EP-BPTT)^2) / max(sqrt(mean_t EP^2), sqrt(mean_t BPTT^2));
@@ -55,10 +55,14 @@ def gdu_metrics(est_steps: dict, bptt_steps: dict) -> dict:
     rel_mse (Ernoult): per element sqrt(sum_t (EP-BPTT)^2 / max(sum_t EP^2, sum_t BPTT^2)), mean and std;
     sign_agreement_cumulative: fraction of elements whose cumulative EP and BPTT at the last step agree in sign
     (both non-zero), with the fraction where both are zero.
+    `scale` {tensor: c}: the BPTT series multiplied by c first (c scalar or shaped like one time slice: the
+    neurons' relation, README "Step-wise audit").
     """
     out = {}
+    scale = scale or {}
     for k in bptt_steps:
-        e, b = _np(est_steps[k]).reshape(len(est_steps[k]), -1), _np(bptt_steps[k]).reshape(len(bptt_steps[k]), -1)
+        e = _np(est_steps[k]).reshape(len(est_steps[k]), -1)
+        b = (_np(bptt_steps[k]) * _np(scale.get(k, 1.0))).reshape(len(bptt_steps[k]), -1)
         den = np.maximum(np.sqrt((e ** 2).mean(0)), np.sqrt((b ** 2).mean(0)))
         num = np.sqrt(((e - b) ** 2).mean(0))
         rmse = np.where(den > 0, num / np.where(den > 0, den, 1), 0.0)

@@ -41,3 +41,28 @@ def bptt_steps(model, params: dict, x, y, T1: int, T2: int) -> dict:
     for i, g in enumerate(grads):
         out[names[i % len(names)]].append(torch.zeros_like(flat[i]) if g is None else g.detach())
     return {k: torch.stack(v) for k, v in out.items()}
+
+
+def bptt_state_steps(model, params: dict, x, y, T1: int, T2: int) -> dict:
+    """The neurons' BPTT series, {"s{n}": (T2, B, d_n)}: entry t = -dl/ds_{T1-t}, t = 0..T2-1, per sample
+    (l = 1/2 ||s_N - y||^2 of that sample, i.e. -B dL/ds for the batch mean L). From the free trajectory, each
+    s_{T1-t} is made a leaf and relaxed the remaining t steps."""
+    base = {k: v.detach() for k, v in params.items()}
+    traj = {}
+
+    def keep(t, s):
+        if t >= T1 - T2 + 1:
+            traj[t] = [v.detach() for v in s]
+
+    relax(model, base, x, T1, on_step=keep)
+    B = x.shape[0]
+    names = [f"s{model.groups.index(g)}" for g in model.dynamic_groups]
+    series = {k: [] for k in names}
+    with torch.enable_grad():
+        for t in range(T2):
+            leaves = [v.clone().requires_grad_(True) for v in traj[T1 - t]]
+            s = relax(model, base, x, t, s=leaves) if t else leaves
+            grads = torch.autograd.grad(cost(s[-1], y), leaves, allow_unused=True)
+            for k, v, g in zip(names, leaves, grads):
+                series[k].append(-B * (torch.zeros_like(v) if g is None else g))
+    return {k: torch.stack(v) for k, v in series.items()}

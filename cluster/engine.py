@@ -5,7 +5,8 @@
     set_batch(x, y=None)                             boundary signals, routed per node
     begin()                                          empty accumulators in every node
     run_phase(phase, record_states=False, record_grads=False) -> {"residual", ["states"], ["grad_steps"]}
-    run_program(program, record_grads=False)         begin, then every phase (the GDU series on the first nudged)
+    run_program(program, record_grads=False)         begin, then every phase (the GDU series, G and states, on the
+                                                     first nudged)
     estimate() -> g_hat (owners' copies); estimate_drift() / replica_drift(): primary vs replica, per tensor
     update(); train_batch(x, y, beta, T1, T2) -> prediction; infer(x, steps) -> output; output(name)
     get_state() -> {node: bytes} / set_state(...); message_logs() -> {"nodes": {...}, "refused", "unknown"}; close()
@@ -54,10 +55,11 @@ class Engine:
         return {k: float((prim[k] - repl[k]).abs().max()) for k in sorted(replicated)}
 
     def run_program(self, program, record_grads: bool = False) -> dict:
-        """begin, then every phase of the program; with `record_grads` the GDU phase returns its series."""
+        """begin, then every phase of the program; with `record_grads` the GDU phase returns its series: G's
+        ("grad_steps") and the states s_0..s_T2 of every dynamic group ("states")."""
         self.begin()
         gdu = self.protocol.gdu_phase(program) if record_grads else None
-        return {ph.name: self.run_phase(ph, record_grads=ph is gdu) for ph in program}
+        return {ph.name: self.run_phase(ph, record_states=ph is gdu, record_grads=ph is gdu) for ph in program}
 
     def program(self, beta, T1: int, T2: int) -> tuple:
         return self.protocol.program(beta, int(T1), int(T2))

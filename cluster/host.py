@@ -70,7 +70,7 @@ class Host(NodeSet):
         from cluster.messages import torch_dtype
         super().__init__(specs, protocol, torch_dtype(settings["dtype"]), settings.get("lrs"),
                          settings.get("optimizer", "sgd"), settings.get("momentum", 0.0),
-                         settings.get("diverge_limit", 1e6))
+                         settings.get("diverge_limit", 1e6), forget_free=settings.get("forget_free", False))
         self.host_id = host_id
         self.timeout_s = float(settings.get("timeout_s", 60.0))
         self.logs = {i: MessageLog(settings.get("log", "counters")) for i in self.ids}

@@ -8,6 +8,8 @@ columns), updates them with its own optimiser from its own estimate, and keeps i
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from cluster.messages import pack_arrays, unpack_arrays
@@ -29,6 +31,17 @@ def unpack_held(packed: bytes) -> tuple:
             {k[4:]: v for k, v in flat.items() if k.startswith("opt/")})
 
 
+def _nan(v):
+    """v with every tensor in it (dicts, tuples, sums of G's) replaced by NaNs of its shape."""
+    if isinstance(v, torch.Tensor):
+        return torch.full_like(v, float("nan"))
+    if isinstance(v, Mapping):
+        return {k: _nan(v[k]) for k in v}
+    if isinstance(v, (tuple, list)):
+        return type(v)(_nan(x) for x in v)
+    return v
+
+
 class PhaseError(RuntimeError):
     """A phase failed at a node (timeout, divergence, abort); the text names node, phase and step."""
 
@@ -39,8 +52,9 @@ class Aborted(PhaseError):
 
 class NodeSet:
     def __init__(self, specs: dict, protocol, dtype=torch.float64, lrs: dict | None = None, optimizer: str = "sgd",
-                 momentum: float = 0.0, diverge_limit: float = 1e6, device="cpu"):
-        """specs {node id: NodeSpec}; lrs {parameter: learning rate}."""
+                 momentum: float = 0.0, diverge_limit: float = 1e6, device="cpu", forget_free: bool = False):
+        """specs {node id: NodeSpec}; lrs {parameter: learning rate}; forget_free: the free-phase-memory test
+        (`forget`)."""
         self.specs, self.protocol, self.dtype, self.device = dict(specs), protocol, dtype, torch.device(device)
         self.ids = tuple(self.specs)
         lrs = lrs or {}
@@ -54,6 +68,9 @@ class NodeSet:
         self.routed = {i: {} for i in self.ids}   # node -> {boundary key: tensor}
         self.batch = 0
         self.diverge_limit = diverge_limit
+        self.forget_free = bool(forget_free)
+        self.forgotten = {i: {} for i in self.ids}  # node -> {buffer: what it held}, this batch
+        self._s0_held = {}
 
     @staticmethod
     def _shape(spec, h):
@@ -102,9 +119,35 @@ class NodeSet:
         """A new batch: every node's accumulators start empty."""
         for i in self.ids:
             self.state[i] = {**self.state[i], "mem": {}}
+            self.forgotten[i] = {}
 
     def estimate_of(self, i: str) -> dict:
-        return self.protocol.estimate(self.state[i].get("mem", {}), self.params[i])
+        """The protocol's g_hat from node i's accumulators; a non-finite one is an error that names what it lacked."""
+        est = self.protocol.estimate(self.state[i].get("mem", {}), self.params[i])
+        if est and not bool(torch.stack([torch.isfinite(v).all() for v in est.values()]).all()):
+            bad = [k for k, v in est.items() if not bool(torch.isfinite(v).all())]
+            why = (f": it reads the free phase, which this node forgot once the nudged phase had moved off s0 "
+                   f"(forget_free=true: {', '.join(self.forgotten[i].values())}); protocol {self.protocol.name} "
+                   f"keeps a free-phase memory") if self.forgotten[i] else ""
+            raise PhaseError(f"node {i}: the estimate of {', '.join(bad)} is not finite{why}")
+        return est
+
+    def forget(self, i: str, phase) -> None:
+        """The free-phase-memory test (forget_free): once the nudged phase has taken its first two steps from s0
+        (so a rule local in time has used the pair s0, s1), every buffer of node i that still holds s0 or
+        something computed from it is overwritten with NaN: the saved start state and the accumulator entries not
+        replaced since step 0."""
+        st = self.state[i]
+        saved = dict(st.get("saved", {}))
+        if phase.start in saved:
+            saved[phase.start] = _nan(saved[phase.start])
+            self.forgotten[i][phase.start] = f"saved state {phase.start!r} (s0)"
+        mem = dict(st.get("mem", {}))
+        for k, v in mem.items():
+            if self._s0_held[i].get(k) is v:
+                mem[k] = _nan(v)
+                self.forgotten[i][k] = f"accumulator {k!r} (from s0)"
+        self.state[i] = {**st, "saved": saved, "mem": mem}
 
     def update_of(self, i: str) -> None:
         """The optimiser step on node i's held tensors from its own estimate (none if the protocol changed the
@@ -120,6 +163,11 @@ class NodeSet:
         """Every node enters `phase`: (its PhaseRules, boundaries, first outboxes, state and G records or None)."""
         rules = {i: self.rules[i].phase(phase) for i in self.ids}
         bnd = {i: self.boundary(i, phase) for i in self.ids}
+        for i in self.ids:
+            if phase.start in self.forgotten[i]:
+                raise PhaseError(f"node {i}, phase {phase.name}: starts from the saved state {phase.start!r}, which "
+                                 f"this node forgot (forget_free=true); protocol {self.protocol.name} keeps a "
+                                 f"free-phase memory")
         outs = {}
         for i in self.ids:
             self.state[i], outs[i] = rules[i].enter(self.state[i], self.params[i], bnd[i])
@@ -135,6 +183,11 @@ class NodeSet:
         prev = self.state[i]["s"]
         self.state[i], out, delta = rule.step(self.state[i], inbox, self.params[i], bnd, t)
         self.commit(i, delta)
+        if self.forget_free and phase.beta != 0 and phase.start not in ("zero", "carry") and t < 2:
+            if t == 0:
+                self._s0_held[i] = dict(self.state[i].get("mem", {}))
+            else:
+                self.forget(i, phase)
         r = self.check(i, phase, t + 1, phase.steps, prev if t + 1 == phase.steps else None)
         if rec_s is not None:
             rec_s[i].append(self.state[i]["s"])

@@ -106,11 +106,11 @@ class ReferenceEngine(Engine):
     name = "reference"
 
     def __init__(self, model, protocol, dtype=torch.float64, lrs=None, optimizer="sgd", momentum=0.0,
-                 device="cpu", diverge_limit=1e6, capture=True, granularity="layer", split=1):
+                 device="cpu", diverge_limit=1e6, capture=True, granularity="layer", split=1, forget_free=False):
         """lrs {parameter: learning rate}; capture: on CUDA, replay phases as CUDA graphs (cluster/captured.py)."""
         specs = model.node_specs(model.partition(granularity, split))
         super().__init__(model, protocol, specs)
-        self.nodes = NodeSet(specs, self.protocol, dtype, lrs, optimizer, momentum, diverge_limit, device)
+        self.nodes = NodeSet(specs, self.protocol, dtype, lrs, optimizer, momentum, diverge_limit, device, forget_free)
         self.dtype, self.device = dtype, torch.device(device)
         self.router = Router(specs)
         self.capture = bool(capture) and self.device.type == "cuda"
@@ -189,7 +189,8 @@ class ReferenceEngine(Engine):
     def _capturable(self, phase) -> bool:
         """Fixed buffers need a step that changes only s and a, sent alike on every port: the default rule, no
         per-step learning rule, real arithmetic."""
-        return self.model.rule is None and not self.protocol.has_step_rule and not phase.complex
+        return (self.model.rule is None and not self.protocol.has_step_rule and not phase.complex
+                and not self.nodes.forget_free)
 
     def _run_static(self, phase, rules, bnd, n: int) -> dict:
         """n steps of the phase on the StaticLoop of its signature (batch size, beta), checked for divergence after

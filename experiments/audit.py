@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from cluster.audit import angles, compare, gdu_metrics, read_bundle, write_bundle
-from cluster.bptt import bptt_grad, bptt_steps
+from cluster.bptt import bptt_grad, bptt_state_steps, bptt_steps
 from cluster.locality import locality_report
 from cluster.runtime import make_engine, model_from, protocol_from
+from nodes.dynamics import physics_of
 from experiments.config import ConfigError
 from experiments.datasets import load_dataset, one_hot
 from experiments.plots import plot_gdu, plot_locality
@@ -57,6 +58,22 @@ def audit_batch(cfg, model):
     x = torch.from_numpy(ds.x_train[:cfg.batch])
     y = torch.from_numpy(one_hot(ds.y_train[:cfg.batch], ds.n_classes))
     return x, y, model.init_params(cfg.seed, torch.float64, cfg.init_scale)
+
+
+def step_series(cfg, model, proto, program, phases, params, x, y) -> tuple:
+    """The GDU series (ALGORITHMS.md §5.2; neurons as the README's "Step-wise audit" pins them): the fabric's
+    estimate_steps (parameters from the nodes' G's, neurons `s{n}` = (s^beta_{t+1} - s^beta_t)/beta from the
+    recorded states), BPTT's bptt_steps (parameters per transition, neurons -dl/ds_{T1-t} per sample), and the
+    factor c of the neurons' relation per group (dt for `energy`, rho'(h*) for `prototypical`)."""
+    gdu = phases[proto.gdu_phase(program).name]
+    beta = proto.gdu_phase(program).beta
+    est = dict(gdu["grad_steps"])
+    names = [f"s{model.groups.index(g)}" for g in model.dynamic_groups]
+    for k, s in zip(names, gdu["states"]):
+        est[k] = (s[1:] - s[:-1]) / beta
+    ref = {**bptt_steps(model, params, x, y, cfg.T1, cfg.T2), **bptt_state_steps(model, params, x, y, cfg.T1, cfg.T2)}
+    phys = physics_of(model)
+    return est, ref, {k: phys.gdu_state_scale(s[0]) for k, s in zip(names, gdu["states"])}
 
 
 def run_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=None, protocol=None) -> dict:
@@ -102,10 +119,9 @@ def run_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=None, proto
                 hosts=cfg.fabric.hosts, dtype="float64")
     est_steps = bptt_s = None
     if cfg.steps:
-        est_steps = phases[proto.gdu_phase(program).name]["grad_steps"]
-        bptt_s = bptt_steps(model, params, x, y, cfg.T1, cfg.T2)
-        report["steps"] = gdu_metrics(est_steps, bptt_s)
-        plot_gdu(os.path.join(out_dir, "gdu.png"), est_steps, bptt_s)
+        est_steps, bptt_s, scale = step_series(cfg, model, proto, program, phases, params, x, y)
+        report["steps"] = gdu_metrics(est_steps, bptt_s, scale)
+        plot_gdu(os.path.join(out_dir, "gdu.png"), est_steps, bptt_s, scale)
     write_bundle(os.path.join(out_dir, "audit.npz"), meta, x, y, params, estimate, truth, est_steps, bptt_s)
     write_json(os.path.join(out_dir, "audit.json"), report)
     plot_locality(os.path.join(out_dir, "locality.png"), engine.specs, report["locality"])

@@ -83,6 +83,7 @@ class Config:
     angle: float = 0.0             # prototypical-asym: each B entry's sign flipped with probability (1 - cos psi) / 2
     random_sign: bool = False      # vf / cvf: the sign of beta drawn per batch (as ep-random-sign does)
     steps: bool = False
+    forget_free: bool = False      # audit only: the free-phase-memory test (NaN over s0 once the nudged phase moved)
     replay: typing.Optional[str] = None
     address: typing.Optional[str] = None
     bptt_baseline: bool = False

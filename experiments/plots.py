@@ -44,14 +44,15 @@ def plot_confusion(path: str, y_true, y_pred, n_classes: int) -> None:
     plt.close(fig)
 
 
-def plot_gdu(path: str, est_steps: dict, bptt_s: dict, per_tensor: int = 3) -> None:
-    """Cumulative EP (dashed) vs BPTT (solid) for a few elements of every tensor (Ernoult et al. 2019)."""
+def plot_gdu(path: str, est_steps: dict, bptt_s: dict, scale: dict | None = None, per_tensor: int = 3) -> None:
+    """Cumulative EP (dashed) vs BPTT (solid; times scale[k] where given) for a few elements of every tensor and
+    neuron group (Ernoult et al. 2019)."""
     plt = pyplot()
     names = list(bptt_s)
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
     for ax, k in zip(axes[0], names):
         e = est_steps[k].reshape(len(est_steps[k]), -1).numpy()
-        b = bptt_s[k].reshape(len(bptt_s[k]), -1).numpy()
+        b = (bptt_s[k] * (scale or {}).get(k, 1.0)).reshape(len(bptt_s[k]), -1).numpy()
         idx = np.argsort(-np.abs(b).sum(0))[:per_tensor]
         for j, i in enumerate(idx):
             c = f"C{j}"

@@ -1,8 +1,9 @@
 """`sweep CONFIG --grid key=v1,v2,... [--grid ...]`: `audit` at every point of the grid product.
 
-Writes sweep.json: `points` (grid values, rel_l2, cosine, diverged) and `slopes`, the least-squares slope
-of log rel_l2 against log beta (or eps) for each value of the other grid keys, with the range fitted; and
-sweep.png, the log-log plot.
+Writes sweep.json: `points` (grid values, rel_l2, cosine, diverged; with steps=true the audit's step-wise (GDU)
+metrics per tensor under `steps`) and `slopes`, the least-squares slope of log rel_l2 against log beta (or eps)
+for each value of the other grid keys, with the range fitted; sweep.png, the log-log plot; with steps=true
+steps.png, each tensor's step-wise RMSE against the first grid key (e.g. the eta sweep of continual EP).
 """
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ def run_sweep(cfg, out_dir: str, grid_items, sets=()) -> dict:
                 t = rep["total"]
                 points.append({**values, "engine": c.engine, "granularity": c.granularity, "rel_l2": t["rel_l2"],
                                "cosine": t["cosine"], "diverged": False,
-                               "locality_violations": len(rep["locality"]["violations"])})
+                               "locality_violations": len(rep["locality"]["violations"]),
+                               **({"steps": rep["steps"]} if "steps" in rep else {})})
             except (RuntimeError, FloatingPointError) as err:
                 points.append({**values, "engine": c.engine, "granularity": c.granularity, "rel_l2": None,
                                "cosine": None, "diverged": True, "error": str(err)})
@@ -65,6 +67,8 @@ def run_sweep(cfg, out_dir: str, grid_items, sets=()) -> dict:
     write_json(os.path.join(out_dir, "sweep.json"), result)
     if x_key:
         plot_sweep(os.path.join(out_dir, "sweep.png"), points, x_key, [k for k in grid if k != x_key])
+    if any("steps" in p for p in points):
+        plot_steps(os.path.join(out_dir, "steps.png"), points, list(grid)[0])
     for s in slopes:
         print(f"slope {s['slope']:.3f} for {s['group']} over {x_key} in [{s['range'][0]:g}, {s['range'][1]:g}]")
     return result
@@ -100,6 +104,26 @@ def plot_sweep(path, points, x_key, others) -> None:
                   label=", ".join(f"{k}={v}" for k, v in key) or "rel_l2")
     ax.set_xlabel(f"|{x_key}|"), ax.set_ylabel("relative L2 error vs BPTT"), ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_steps(path, points, x_key) -> None:
+    """Step-wise (GDU) RMSE of every tensor against x_key (symlog axis: 0 is a grid value, e.g. lr = 0)."""
+    plt = pyplot()
+    ok = [p for p in points if "steps" in p and isinstance(p.get(x_key), (int, float))]
+    if not ok:
+        return
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    xs = [p[x_key] for p in ok]
+    for k in ok[0]["steps"]:
+        ax.plot(xs, [p["steps"][k]["rmse"] for p in ok], "o-", label=k, lw=1)
+    nz = [abs(x) for x in xs if x]
+    ax.set_xscale("symlog", linthresh=min(nz) if nz else 1.0)
+    ax.set_yscale("log")
+    ax.set_xlabel(x_key), ax.set_ylabel("step-wise RMSE vs BPTT (Laborieux)"), ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

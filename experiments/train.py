@@ -89,6 +89,9 @@ def run_train(cfg, out_dir: str, progress: bool = True, resume: bool = False, mo
     """Train cfg's net (or `model`) with cfg's protocol (or `protocol`, an object) on cfg's engine; writes out_dir."""
     ds = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed, cfg.test_fraction, cfg.data_path, cfg.sizes)
     check_data(cfg, ds)
+    if cfg.forget_free:
+        raise ConfigError("forget_free", "an audit-only test: training reads the free phase's output, which a node "
+                          "that forgets its free phase no longer holds")
     if not resume and os.path.isfile(os.path.join(out_dir, checkpoint.FILE)):
         raise ConfigError("--out", f"{out_dir} already holds a run (checkpoint.npz); continue it with "
                                    f"--resume {out_dir} or choose another folder")

@@ -57,3 +57,12 @@ PREACTIVATION = {
     "sigmoid4": (4.0, -2.0, torch.sigmoid_),
     "hardsigmoid": (1.0, 0.0, lambda z: torch.clamp(z, 0.0, 1.0)),  # clamp's backward needs its input
 }
+
+# rho'(h) written through s = rho(h) (the GDU audit's neuron relation, nodes/dynamics.Prototypical); for hardsigmoid a
+# state at 0 or 1 counts as saturated (h outside [0, 1] almost surely).
+RHO_PRIME_OF_OUTPUT = {
+    "tanh": lambda s: 1 - s * s,
+    "sigmoid": lambda s: s * (1 - s),
+    "sigmoid4": lambda s: 4 * s * (1 - s),
+    "hardsigmoid": lambda s: ((s > 0) & (s < 1)).to(s.dtype),
+}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from nodes.activations import ACTIVATIONS, PREACTIVATION
+from nodes.activations import ACTIVATIONS, PREACTIVATION, RHO_PRIME_OF_OUTPUT
 
 
 class Physics:
@@ -34,6 +34,11 @@ class Physics:
         """s_{t+1} from s_t and the drive u (consumed). y is None except at output nodes."""
         raise NotImplementedError
 
+    def gdu_state_scale(self, s_free):
+        """c in the neurons' GDU relation (s^beta_{t+1} - s^beta_t)/beta -> -c * dl/ds_{T1-t} near the free fixed
+        point s_free (README, "Step-wise audit"); a scalar or a tensor shaped like s_free."""
+        raise NotImplementedError
+
 
 class Energy(Physics):
     name = "energy"
@@ -46,6 +51,10 @@ class Energy(Physics):
         if y is not None and beta != 0:
             grad = grad + beta * (s - y)
         return s - self.dt * grad
+
+    def gdu_state_scale(self, s_free):
+        """dt: an Euler step moves the state by dt times its drive, the nudge's included."""
+        return self.dt
 
 
 class Prototypical(Physics):
@@ -62,6 +71,11 @@ class Prototypical(Physics):
         if y is not None and beta != 0:
             u = u - (self.k * beta) * (s - y)
         return self.g(u)
+
+    def gdu_state_scale(self, s_free):
+        """rho'(h*) per unit, from s* = rho(h*): s <- rho(h) has Jacobian D H with H symmetric, so the nudged
+        differences are D (J^T)^t times the cost gradient (to first order in beta)."""
+        return RHO_PRIME_OF_OUTPUT[self.activation](s_free)
 
 
 PHYSICS = {p.name: p for p in (Energy, Prototypical)}

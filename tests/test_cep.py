@@ -155,7 +155,7 @@ def test_the_gdu_toy_matches_bptt_step_by_step_with_an_error_of_order_beta(proto
     sim = Simulator(protocol=protocol, config="gdu-energy-toy", engine="reference")
     rmse = {beta: {k: v["rmse"] for k, v in sim.audit(out=str(tmp_path / f"b{beta}"), beta=beta)["steps"].items()}
             for beta in (1e-3, 1e-2)}
-    assert set(rmse[1e-3]) == {"W0", "b0", "W1", "b1", "W2", "b2"}
+    assert set(rmse[1e-3]) == {"W0", "b0", "W1", "b1", "W2", "b2", "s1", "s2", "s3"}  # parameters and neurons
     for k, small in rmse[1e-3].items():
         assert small <= 5e-3, (k, small)
         assert 5 <= rmse[1e-2][k] / small <= 20, (k, rmse[1e-2][k], small)  # O(beta): ten times beta, ten times
