@@ -9,8 +9,8 @@ import argparse
 import sys
 import time
 
-COMMANDS = ("train", "audit", "bench", "sweep")
-DEFAULT_CONFIG = {"train": "train", "audit": "audit", "bench": "bench", "sweep": "sweep"}
+COMMANDS = ("train", "audit", "bench", "sweep", "tradeoff")
+DEFAULT_CONFIG = {"train": "train", "audit": "audit", "bench": "bench", "sweep": "sweep", "tradeoff": "cep-tradeoff"}
 
 
 def parse_args(argv):
@@ -45,6 +45,8 @@ def main(argv=None) -> int:
             sim.audit(out, quiet=False, sets=args.sets)
         elif args.command == "bench":
             sim.bench(out)
+        elif args.command == "tradeoff":
+            sim.tradeoff(out)
         else:
             sim.sweep(out, args.grid, sets=args.sets)
         return 0

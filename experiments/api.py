@@ -71,6 +71,12 @@ class Simulator:
         from experiments.sweep import run_sweep
         return run_sweep(self._with(overrides), out or _stamp("sweep"), grid, sets)
 
+    def tradeoff(self, out: str | None = None, **overrides) -> dict:
+        """cep at several learning rates and cvf at several feedback angles, trained per seed: final errors against
+        the update-BPTT angle, with their Spearman correlation; returns what metrics.json holds."""
+        from experiments.tradeoff import run_tradeoff
+        return run_tradeoff(self._with(overrides), out or _stamp("tradeoff"))
+
     def bench(self, out: str | None = None, **overrides) -> dict:
         from experiments.bench import run_bench
         return run_bench(self._with(overrides), out or _stamp("bench"))

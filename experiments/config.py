@@ -54,6 +54,15 @@ class BenchSection:
 
 
 @dataclass(frozen=True)
+class TradeoffSection:
+    """`tradeoff` (experiments/tradeoff.py): the settings trained and the seeds."""
+    cep_lr: list = field(default_factory=list)      # cep at each learning rate (a number or one per layer pair)
+    cvf_angle: list = field(default_factory=list)   # cvf at each feedback angle psi (degrees)
+    seeds: list = field(default_factory=lambda: [0, 1, 2])
+    angle_batches: int = 4                          # training batches the update-BPTT angle is averaged over
+
+
+@dataclass(frozen=True)
 class Config:
     model: str = "prototypical"
     sizes: list = field(default_factory=lambda: [64, 64, 10])
@@ -92,6 +101,7 @@ class Config:
     device: str = "cpu"
     fabric: FabricSection = field(default_factory=FabricSection)
     bench: BenchSection = field(default_factory=BenchSection)
+    tradeoff: TradeoffSection = field(default_factory=TradeoffSection)
 
     @property
     def lrs(self) -> list:
