@@ -117,3 +117,16 @@ def test_training_refuses_the_forgetting_test(tmp_path):
     with pytest.raises(ConfigError) as err:
         Simulator(protocol="cep", optimizer="sgd", forget_free=True, epochs=1).train(out=str(tmp_path / "t"))
     assert err.value.field == "forget_free"
+
+
+def test_the_eta_sweep_records_the_step_metrics(tmp_path):
+    """`sweep gdu-energy-toy --set protocol=cep --set steps=true --grid lr=...`: every point carries the per-tensor
+    step-wise metrics, the largest eta's RMSE exceeds eta = 0's for every tensor, and steps.png is drawn."""
+    from experiments.config import load_config
+    from experiments.sweep import run_sweep
+    cfg = load_config("gdu-energy-toy", ["protocol=cep", "steps=true", "engine=reference", "T1=150", "T2=10"])
+    res = run_sweep(cfg, str(tmp_path / "s"), ["lr=0,1e-3"])
+    p0, p1 = res["points"]
+    assert set(p0["steps"]) == {"W0", "b0", "W1", "b1", "W2", "b2", "s1", "s2", "s3"}
+    assert all(p1["steps"][k]["rmse"] > p0["steps"][k]["rmse"] for k in p0["steps"])
+    assert (tmp_path / "s" / "steps.png").stat().st_size > 0
