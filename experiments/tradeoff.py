@@ -10,7 +10,8 @@ averaged over the first `angle_batches` training batches; its errors are 1 - the
 
 Writes metrics.json: `points` (one per run: protocol, lr, angle psi, seed, update_angle, train_error,
 test_error, its folder), `spearman` (rank correlation of update_angle with train_error and with test_error over
-all runs) and `by_setting` (seed means); tradeoff.png (errors against the angle); each run's train folder under
+all runs), `spearman_by_protocol` (the same within cep's eta points and within cvf's psi points: across eta a
+smaller rate also trains more slowly in a fixed number of epochs) and `by_setting` (seed means); tradeoff.png (errors against the angle); each run's train folder under
 runs/.
 """
 from __future__ import annotations
@@ -113,16 +114,21 @@ def run_tradeoff(cfg, out_dir: str) -> dict:
                        "folder": os.path.relpath(folder, out_dir)})
         print(f"  angle {ang:.2f} deg, train error {points[-1]['train_error']:.3f}, "
               f"test error {points[-1]['test_error']:.3f}", file=sys.stderr)
-    ang = [p["update_angle"] for p in points]
-    result = {"points": points,
-              "spearman": {"train_error": spearman(ang, [p["train_error"] for p in points]),
-                           "test_error": spearman(ang, [p["test_error"] for p in points]), "runs": len(points)},
+    result = {"points": points, "spearman": correlations(points),
+              "spearman_by_protocol": {pr: correlations([p for p in points if p["protocol"] == pr])
+                                       for pr in dict.fromkeys(p["protocol"] for p in points)},
               "by_setting": by_setting(points)}
     write_json(os.path.join(out_dir, "metrics.json"), result)
     plot_tradeoff(os.path.join(out_dir, "tradeoff.png"), points, result["spearman"])
     print(f"spearman(angle, train error) {result['spearman']['train_error']:.3f}, "
           f"(angle, test error) {result['spearman']['test_error']:.3f} over {len(points)} runs -> {out_dir}")
     return result
+
+
+def correlations(points) -> dict:
+    ang = [p["update_angle"] for p in points]
+    return {"train_error": spearman(ang, [p["train_error"] for p in points]),
+            "test_error": spearman(ang, [p["test_error"] for p in points]), "runs": len(points)}
 
 
 def by_setting(points) -> list:

@@ -34,6 +34,9 @@ def test_the_tradeoff_runs_every_setting_and_seed(tmp_path):
     errs = [p["train_error"] for p in m["points"]]
     assert all(0 <= e <= 1 for e in errs)
     assert m["spearman"]["train_error"] == pytest.approx(spearman([p["update_angle"] for p in m["points"]], errs))
+    cvf = [p for p in m["points"] if p["protocol"] == "cvf"]
+    assert m["spearman_by_protocol"]["cvf"]["test_error"] == pytest.approx(
+        spearman([p["update_angle"] for p in cvf], [p["test_error"] for p in cvf]))
     assert (out / "tradeoff.png").stat().st_size > 0
     assert all((out / p["folder"] / "metrics.json").is_file() for p in m["points"])
 
