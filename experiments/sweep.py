@@ -2,7 +2,8 @@
 
 Writes sweep.json: `points` (grid values, rel_l2, cosine, diverged; with steps=true the audit's step-wise (GDU)
 metrics per tensor under `steps`) and `slopes`, the least-squares slope of log rel_l2 against log beta (or eps)
-for each value of the other grid keys, with the range fitted; sweep.png, the log-log plot; with steps=true
+for each value of the other grid keys, with the range fitted (only over >= 4 values spanning >= 4x with error >=
+1e-12; otherwise slope None and a note); sweep.png, the log-log plot; with steps=true
 steps.png, each tensor's step-wise RMSE against the first grid key (e.g. the eta sweep of continual EP).
 """
 from __future__ import annotations
@@ -70,7 +71,10 @@ def run_sweep(cfg, out_dir: str, grid_items, sets=()) -> dict:
     if any("steps" in p for p in points):
         plot_steps(os.path.join(out_dir, "steps.png"), points, list(grid)[0])
     for s in slopes:
-        print(f"slope {s['slope']:.3f} for {s['group']} over {x_key} in [{s['range'][0]:g}, {s['range'][1]:g}]")
+        if s["slope"] is None:
+            print(f"no slope for {s['group']}: {s['note']}")
+        else:
+            print(f"slope {s['slope']:.3f} for {s['group']} over {x_key} in [{s['range'][0]:g}, {s['range'][1]:g}]")
     return result
 
 
@@ -81,11 +85,21 @@ def _groups(points, x_key, others):
     return groups
 
 
+FIT_MIN_POINTS, FIT_MIN_SPAN, FIT_MIN_ERROR = 4, 4.0, 1e-12
+
+
 def fit_slopes(points, x_key, others) -> list:
+    """Per group of the other keys, the least-squares slope of log rel_l2 on log |x|, over the points that did not
+    diverge and whose error is >= 1e-12 (below that rounding, not the estimator, sets it); fitted only over >= 4
+    such values spanning >= 4x, otherwise the entry says why (slope None)."""
     out = []
     for key, pts in _groups(points, x_key, others).items():
-        ok = [p for p in pts if not p["diverged"] and p["rel_l2"] and p["rel_l2"] > 0]
-        if len(ok) < 2:
+        ok = [p for p in pts if not p["diverged"] and p["rel_l2"] and p["rel_l2"] >= FIT_MIN_ERROR]
+        xs = [abs(p[x_key]) for p in ok]
+        if len(ok) < FIT_MIN_POINTS or max(xs) < FIT_MIN_SPAN * min(xs):
+            out.append({"group": dict(key), "slope": None, "range": [float(min(xs)), float(max(xs))] if xs else None,
+                        "points": len(ok), "note": f"not fitted: needs >= {FIT_MIN_POINTS} values of |{x_key}| "
+                        f"spanning >= {FIT_MIN_SPAN:g}x with error >= {FIT_MIN_ERROR:g} and no divergence"})
             continue
         lx = np.log10([abs(p[x_key]) for p in ok])
         ly = np.log10([p["rel_l2"] for p in ok])

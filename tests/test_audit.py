@@ -154,7 +154,7 @@ def test_sweep_runs_on_the_fabric_when_asked(tmp_path, ray_session):
     ("sizes=[64,0,10]", "sizes"), ("batch=2.5", "batch"), ("granularity=column", "granularity"),
     ("fabric.timeout_s=0", "fabric.timeout_s"), ("lr=[0.1]", "lr"), ("replay=/nonexistent.npz", "replay"),
     ("fabric.wire=carrier-pigeon", "fabric.wire"), ("fabric.hosts=-1", "fabric.hosts"), ("init_scale=0", "init_scale"),
-    ("protocol=hep", "protocol")])
+    ("protocol=no-such-rule", "protocol")])
 def test_invalid_config_exits_2_naming_the_field_and_writes_nothing(tmp_path, setting, field):
     out = tmp_path / "never"
     r = run_cli("audit", "--set", setting, "--out", str(out), timeout=60)

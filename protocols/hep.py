@@ -1,0 +1,47 @@
+"""`hep`, holomorphic EP with N points (Laborieux & Zenke 2022; ALGORITHMS.md §1 and §7): free phase -> s0; then N
+nudged phases, each from s0 in complex arithmetic at beta_k = |beta| exp(2 pi i k / N), k = 0..N-1:
+    g_hat = Re( (1/N) sum_k G(s_{beta_k}) / beta_k )
+at every synapse the pre x post correlation demodulated by 1/beta_k (a global clock signal), accumulated over the N
+runs, real part at the end. Exact up to aliasing: g_hat - dL/dtheta = O(|beta|^N). N = 2 is `ep-symmetric`.
+Every operation on the complex states must be holomorphic: `validate` admits only the holomorphic activations.
+"""
+import cmath
+
+from nodes.activations import HOLOMORPHIC
+from protocols.base import Phase, Protocol
+
+
+def points(beta, N: int) -> list:
+    """beta_k = |beta| exp(2 pi i k / N); the real ones (k = 0 and, for even N, k = N/2) as exact reals."""
+    out = []
+    for k in range(N):
+        if k == 0:
+            out.append(abs(beta))
+        elif 2 * k == N:
+            out.append(-abs(beta))
+        else:
+            out.append(abs(beta) * cmath.exp(2j * cmath.pi * k / N))
+    return out
+
+
+class HolomorphicEP(Protocol):
+    name = "hep"
+    keys = ("N",)
+    checks = ("activation",)
+
+    def validate(self, beta, N=2, activation="sigmoid", **settings) -> None:
+        super().validate(beta)
+        if not isinstance(N, int) or isinstance(N, bool) or N < 2:
+            raise ValueError(f"N: {self.name} needs N >= 2 points on the circle (N = 1 is protocol ep), got {N!r}")
+        if activation not in HOLOMORPHIC:
+            raise ValueError(f"activation: {self.name} needs a holomorphic activation ({', '.join(HOLOMORPHIC)}); "
+                             f"{activation!r} is not (a non-holomorphic step biases the estimate at every |beta|)")
+
+    def program(self, beta, T1, T2):
+        N = int(self.settings.get("N", 2))
+        return (Phase("free", T1),) + tuple(
+            Phase(f"k{k}", T2, b, "free", complex=isinstance(b, complex), coef=1 / (N * b))
+            for k, b in enumerate(points(beta, N)))
+
+
+PROTOCOL = HolomorphicEP()
