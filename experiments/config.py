@@ -73,6 +73,7 @@ class Config:
     T2: int = 10
     dt: float = 1.0
     N: int = 2
+    periods: int = 3               # hep-osc: periods of the N-segment oscillation
     batch: int = 32
     seed: int = 0
     granularity: str = "layer"

@@ -238,6 +238,8 @@ class PhaseRule:
                     const = n.const(params, boundary, state["dtype"])
                     state["const"] = const
         beta = boundary["beta"]
+        if self.ph.period:
+            beta = self.proto.step_beta(self.ph, t, beta)
         y = boundary.get("y") if n.is_output else None
         if y is None and beta != 0 and n.is_output:
             raise ValueError(f"node {n.id}, phase {self.ph.name}, step {t}: nudged (beta = {beta}) with no target y")

@@ -32,6 +32,7 @@ class Phase:
     start: str = "zero"
     complex: bool = False
     coef: complex = 0.0
+    period: int = 0          # > 0: beta is a clock, the protocol's step_beta(phase, t, beta) at step t
 
 
 def add(acc, g):
@@ -79,6 +80,11 @@ class Protocol:
         if self.settings.get("random_sign", self.random_sign):
             return float(beta) * (1.0 if rng.random() < 0.5 else -1.0)
         return float(beta)
+
+    def step_beta(self, phase: Phase, t: int, beta):
+        """The nudging strength a node applies at step t of `phase`, from the phase's global beta and its own step
+        counter: constant unless the protocol runs a clock (phase.period > 0)."""
+        return beta
 
     def gdu_phase(self, program) -> Phase:
         """The phase whose step-wise updates form the GDU series (ALGORITHMS.md §5.2): the first nudged one."""

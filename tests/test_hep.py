@@ -99,7 +99,8 @@ def test_fabrics_equal_the_in_process_engine_in_complex_arithmetic(where, ray_se
 
 @pytest.mark.parametrize("sets,field", [(["protocol=hep", "activation=hardsigmoid"], "activation"),
                                         (["protocol=hep-fast", "activation=hardsigmoid"], "activation"),
-                                        (["protocol=hep", "N=1"], "N"), (["protocol=hep", "beta=0"], "beta")])
+                                        (["protocol=hep", "N=1"], "N"), (["protocol=hep", "beta=0"], "beta"),
+                                        (["protocol=hep-osc", "periods=0"], "periods")])
 def test_bad_hep_settings_are_refused_by_name(sets, field):
     with pytest.raises(ConfigError) as err_:
         load_config("train", sets)
@@ -110,3 +111,33 @@ def test_a_sweep_too_short_to_fit_says_so(tmp_path):
     res = run_sweep(CFG, str(tmp_path / "s"), ["beta=0.1,0.2,0.4", "N=2"])
     (s,) = res["slopes"]
     assert s["slope"] is None and "not fitted" in s["note"] and s["points"] == 3
+
+
+def osc_estimate(N, beta, T2, periods=3, engine=None):
+    e = engine or ReferenceEngine(MODEL, get_protocol("hep-osc").configured(N=N, periods=periods), torch.float64)
+    try:
+        e.set_params(PARAMS)
+        e.set_batch(X, Y)
+        e.run_program(e.program(beta, CFG.T1, T2))
+        return e.estimate()
+    finally:
+        e.close()
+
+
+def test_the_oscillation_with_converged_segments_is_hep():
+    for N in (4, 10):
+        assert compare(osc_estimate(N, 0.4, 300), estimate("hep", N, 0.4))["total"]["rel_l2"] <= 1e-8, N
+
+
+def test_the_oscillation_runs_alike_on_a_hosted_neuron_fabric_with_its_clock_global(ray_session, tmp_path):
+    from experiments.api import Simulator
+    proto = get_protocol("hep-osc").configured(N=4, periods=2)
+    fab = FabricEngine(MODEL, proto, dict(lr=[0.0] * 3, dtype="float64", transport="zmq", timeout_s=20.0,
+                                          granularity="neuron", hosts=2))
+    assert gap(osc_estimate(4, 0.3, 30, 2, fab), osc_estimate(4, 0.3, 30, 2)) <= 1e-12
+    rep = Simulator(config="hep-toy", protocol="hep-osc", N=4, periods=2, T2=30, engine="fabric",
+                    granularity="neuron", hosts=2).audit(out=str(tmp_path / "a"))
+    loc = rep["locality"]
+    assert loc["violations"] == [] and {"N", "periods", "beta"} <= set(loc["globals"])
+    assert {k for kinds in dict(loc["per_edge"]).values() for k in kinds} == {"a"}
+    assert set(loc["boundary"]["y"]) == {i for i in loc["boundary"]["y"] if i.startswith("L3")}

@@ -1,0 +1,48 @@
+"""`hep-osc`, holomorphic EP with a continuously oscillating teaching signal (Laborieux & Zenke 2022's oscEP;
+ALGORITHMS.md §7 "Continuous oscillation"): no separate free phase. One phase from zero in complex arithmetic,
+`periods` periods of N segments of T2 steps; in segment j every node nudges (only the output node has y) at
+    beta_k = |beta| exp(2 pi i k / N),  k = j mod N,
+derived from the phase's |beta|, the carried N and its own step counter (a clock, not a message), the state
+carrying over from segment to segment. At the end of every segment each synapse accumulates G(s)/beta_k; then
+    g_hat = Re( (1 / (N periods)) sum_segments G(s_end) / beta_k ).
+With segments long enough to converge it equals `hep` (same N, |beta|). The free prediction is not a phase of its
+own: the state saved at the end is the last segment's (nudged).
+"""
+from protocols.base import Phase, add
+from protocols.hep import HolomorphicEP, points
+
+
+class HolomorphicOsc(HolomorphicEP):
+    name = "hep-osc"
+    keys = ("N", "periods")
+    has_step_rule = True     # a segment-end accumulation at a step inside the phase (no parameter change)
+
+    def validate(self, beta, N=2, activation="sigmoid", periods=3, **settings) -> None:
+        super().validate(beta, N=N, activation=activation)
+        if not isinstance(periods, int) or isinstance(periods, bool) or periods < 1:
+            raise ValueError(f"periods: {self.name} needs at least one period, got {periods!r}")
+
+    def program(self, beta, T1, T2):
+        N, P = int(self.settings.get("N", 2)), int(self.settings.get("periods", 3))
+        return (Phase("osc", N * P * T2, abs(beta), "zero", complex=True, period=T2),)
+
+    def _beta_k(self, phase, segment: int, beta):
+        N = int(self.settings.get("N", 2))
+        return complex(points(beta, N)[segment % N])
+
+    def step_beta(self, phase, t, beta):
+        return self._beta_k(phase, t // phase.period, beta)
+
+    def on_step(self, phase, t, mem, G):
+        """At a segment's end (t a multiple of T2, t > 0; the phase's exit for the last), acc += G / (N P beta_k)."""
+        if t == 0 or t % phase.period:
+            return mem, None
+        N, P = int(self.settings.get("N", 2)), int(self.settings.get("periods", 3))
+        b = self._beta_k(phase, t // phase.period - 1, phase.beta)
+        return {**mem, "acc": add(mem.get("acc"), G(1.0 / (N * P * b)))}, None
+
+    def on_exit(self, phase, mem, G):
+        return mem
+
+
+PROTOCOL = HolomorphicOsc()
