@@ -183,7 +183,7 @@ class NodeSet:
         prev = self.state[i]["s"]
         self.state[i], out, delta = rule.step(self.state[i], inbox, self.params[i], bnd, t)
         self.commit(i, delta)
-        if self.forget_free and phase.beta != 0 and phase.start not in ("zero", "carry") and t < 2:
+        if self.forget_free and t < 2 and phase.beta != 0 and phase.start in self.state[i]["saved"]:
             if t == 0:
                 self._s0_held[i] = dict(self.state[i].get("mem", {}))
             else:

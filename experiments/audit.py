@@ -65,8 +65,8 @@ def step_series(cfg, model, proto, program, phases, params, x, y) -> tuple:
     estimate_steps (parameters from the nodes' G's, neurons `s{n}` = (s^beta_{t+1} - s^beta_t)/beta from the
     recorded states), BPTT's bptt_steps (parameters per transition, neurons -dl/ds_{T1-t} per sample), and the
     factor c of the neurons' relation per group (dt for `energy`, rho'(h*) for `prototypical`)."""
-    gdu = phases[proto.gdu_phase(program).name]
-    beta = proto.gdu_phase(program).beta
+    phase = proto.gdu_phase(program)
+    gdu, beta = phases[phase.name], phase.beta
     est = dict(gdu["grad_steps"])
     names = [f"s{model.groups.index(g)}" for g in model.dynamic_groups]
     for k, s in zip(names, gdu["states"]):

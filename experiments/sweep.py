@@ -101,7 +101,7 @@ def fit_slopes(points, x_key, others) -> list:
                         "points": len(ok), "note": f"not fitted: needs >= {FIT_MIN_POINTS} values of |{x_key}| "
                         f"spanning >= {FIT_MIN_SPAN:g}x with error >= {FIT_MIN_ERROR:g} and no divergence"})
             continue
-        lx = np.log10([abs(p[x_key]) for p in ok])
+        lx = np.log10(xs)
         ly = np.log10([p["rel_l2"] for p in ok])
         out.append({"group": dict(key), "slope": float(np.polyfit(lx, ly, 1)[0]),
                     "range": [float(min(abs(p[x_key]) for p in ok)), float(max(abs(p[x_key]) for p in ok))],

@@ -1,5 +1,6 @@
 """`hep`, holomorphic EP with N points (Laborieux & Zenke 2022; ALGORITHMS.md §1 and §7): free phase -> s0; then N
-nudged phases, each from s0 in complex arithmetic at beta_k = |beta| exp(2 pi i k / N), k = 0..N-1:
+nudged phases, each from s0 at beta_k = |beta| exp(2 pi i k / N), k = 0..N-1, in complex arithmetic (the real
+points +-|beta| in real arithmetic):
     g_hat = Re( (1/N) sum_k G(s_{beta_k}) / beta_k )
 at every synapse the pre x post correlation demodulated by 1/beta_k (a global clock signal), accumulated over the N
 runs, real part at the end. Exact up to aliasing: g_hat - dL/dtheta = O(|beta|^N). N = 2 is `ep-symmetric`.
@@ -11,17 +12,17 @@ from nodes.activations import HOLOMORPHIC
 from protocols.base import Phase, Protocol
 
 
-def points(beta, N: int) -> list:
+def point(beta, k: int, N: int):
     """beta_k = |beta| exp(2 pi i k / N); the real ones (k = 0 and, for even N, k = N/2) as exact reals."""
-    out = []
-    for k in range(N):
-        if k == 0:
-            out.append(abs(beta))
-        elif 2 * k == N:
-            out.append(-abs(beta))
-        else:
-            out.append(abs(beta) * cmath.exp(2j * cmath.pi * k / N))
-    return out
+    if k == 0:
+        return abs(beta)
+    if 2 * k == N:
+        return -abs(beta)
+    return abs(beta) * cmath.exp(2j * cmath.pi * k / N)
+
+
+def points(beta, N: int) -> list:
+    return [point(beta, k, N) for k in range(N)]
 
 
 class HolomorphicEP(Protocol):
@@ -37,8 +38,12 @@ class HolomorphicEP(Protocol):
             raise ValueError(f"activation: {self.name} needs a holomorphic activation ({', '.join(HOLOMORPHIC)}); "
                              f"{activation!r} is not (a non-holomorphic step biases the estimate at every |beta|)")
 
+    @property
+    def N(self) -> int:
+        return int(self.settings.get("N", 2))
+
     def program(self, beta, T1, T2):
-        N = int(self.settings.get("N", 2))
+        N = self.N
         return (Phase("free", T1),) + tuple(
             Phase(f"k{k}", T2, b, "free", complex=isinstance(b, complex), coef=1 / (N * b))
             for k, b in enumerate(points(beta, N)))

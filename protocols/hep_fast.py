@@ -12,7 +12,7 @@ class HolomorphicEPFast(HolomorphicEP):
     name = "hep-fast"
 
     def program(self, beta, T1, T2):
-        N = int(self.settings.get("N", 2))
+        N = self.N
         bs = points(beta, N)
         phases = [Phase("plus", T2, bs[0], "free", coef=1 / (N * bs[0]))]
         if N % 2 == 0:

@@ -9,7 +9,7 @@ With segments long enough to converge it equals `hep` (same N, |beta|). The free
 own: the state saved at the end is the last segment's (nudged).
 """
 from protocols.base import Phase, add
-from protocols.hep import HolomorphicEP, points
+from protocols.hep import HolomorphicEP, point
 
 
 class HolomorphicOsc(HolomorphicEP):
@@ -22,27 +22,22 @@ class HolomorphicOsc(HolomorphicEP):
         if not isinstance(periods, int) or isinstance(periods, bool) or periods < 1:
             raise ValueError(f"periods: {self.name} needs at least one period, got {periods!r}")
 
-    def program(self, beta, T1, T2):
-        N, P = int(self.settings.get("N", 2)), int(self.settings.get("periods", 3))
-        return (Phase("osc", N * P * T2, abs(beta), "zero", complex=True, period=T2),)
+    @property
+    def periods(self) -> int:
+        return int(self.settings.get("periods", 3))
 
-    def _beta_k(self, phase, segment: int, beta):
-        N = int(self.settings.get("N", 2))
-        return complex(points(beta, N)[segment % N])
+    def program(self, beta, T1, T2):
+        return (Phase("osc", self.N * self.periods * T2, abs(beta), "zero", complex=True, period=T2),)
 
     def step_beta(self, phase, t, beta):
-        return self._beta_k(phase, t // phase.period, beta)
+        return complex(point(beta, (t // phase.period) % self.N, self.N))
 
     def on_step(self, phase, t, mem, G):
         """At a segment's end (t a multiple of T2, t > 0; the phase's exit for the last), acc += G / (N P beta_k)."""
         if t == 0 or t % phase.period:
             return mem, None
-        N, P = int(self.settings.get("N", 2)), int(self.settings.get("periods", 3))
-        b = self._beta_k(phase, t // phase.period - 1, phase.beta)
-        return {**mem, "acc": add(mem.get("acc"), G(1.0 / (N * P * b)))}, None
-
-    def on_exit(self, phase, mem, G):
-        return mem
+        b = self.step_beta(phase, t - 1, phase.beta)  # the segment that just ended
+        return {**mem, "acc": add(mem.get("acc"), G(1.0 / (self.N * self.periods * b)))}, None
 
 
 PROTOCOL = HolomorphicOsc()
