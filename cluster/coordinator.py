@@ -73,9 +73,9 @@ class FabricEngine(Engine):
             per_node[i] = pack_arrays(arrays) if arrays else b""
         return per_node
 
-    def set_batch(self, x, y=None) -> None:
+    def set_batch(self, x, y=None, draw=None) -> None:
         self.batch = int(torch.as_tensor(x).shape[0])
-        self.fabric.call("set_batch", per_host=self._per_host(self._boundary(x, y), self.batch))
+        self.fabric.call("set_batch", per_host=self._per_host(self._boundary(x, y), self.batch, after=(draw,)))
 
     def begin(self) -> None:
         self.fabric.call("begin")
@@ -93,14 +93,14 @@ class FabricEngine(Engine):
             out["grad_steps"] = self._series({i: unpack_arrays(r["grad_steps"]) for i, r in res.items()})
         return out
 
-    def train_batch(self, x, y, beta, T1: int, T2: int):
+    def train_batch(self, x, y, beta, T1: int, T2: int, draw=None):
         """One control call per host for a whole batch (boundary, program, local update); returns the free phase's
         output. Same effect as set_batch + run_program + update + output."""
         program = self.program(beta, T1, T2)
         serial = self.fabric.new_serials(len(program))
         B = int(torch.as_tensor(x).shape[0])
         res = self._merged("run_batch", per_host=self._per_host(self._boundary(x, y), serial, B,
-                                                                after=(program, True)))
+                                                                after=(program, True, draw)))
         return self._output_of({i: unpack_arrays(v)["s"] for i, v in res.items()})
 
     def output(self, name: str = "free"):

@@ -2,13 +2,14 @@
 (cluster/coordinator.py), so experiments and tests run unchanged on either.
 
     set_params(full) / get_params() -> full         the owners' copies, assembled
-    set_batch(x, y=None)                             boundary signals, routed per node
+    set_batch(x, y=None, draw=None)                  boundary signals, routed per node; draw: the batch's serial
+                                                     (keys the noise, nodes/noise.py; None: no noise)
     begin()                                          empty accumulators in every node
     run_phase(phase, record_states=False, record_grads=False) -> {"residual", ["states"], ["grad_steps"]}
     run_program(program, record_grads=False)         begin, then every phase (the GDU series, G and states, on the
                                                      first nudged)
     estimate() -> g_hat (owners' copies); estimate_drift() / replica_drift(): primary vs replica, per tensor
-    update(); train_batch(x, y, beta, T1, T2) -> prediction; infer(x, steps) -> output; output(name)
+    update(); train_batch(x, y, beta, T1, T2, draw=None) -> prediction; infer(x, steps) -> output; output(name)
     get_state() -> {node: bytes} / set_state(...); message_logs() -> {"nodes": {...}, "refused", "unknown"}; close()
 
 Both raise the same errors: a PhaseError-derived FabricError from the fabric and a PhaseError from the in-process
@@ -64,9 +65,9 @@ class Engine:
     def program(self, beta, T1: int, T2: int) -> tuple:
         return self.protocol.program(beta, int(T1), int(T2))
 
-    def train_batch(self, x, y, beta, T1: int, T2: int):
+    def train_batch(self, x, y, beta, T1: int, T2: int, draw=None):
         """set_batch, the program, the update; returns the first phase's output (the free prediction)."""
-        self.set_batch(x, y)
+        self.set_batch(x, y, draw)
         program = self.program(beta, T1, T2)
         self.run_program(program)
         self.update()

@@ -70,7 +70,8 @@ class Host(NodeSet):
         from cluster.messages import torch_dtype
         super().__init__(specs, protocol, torch_dtype(settings["dtype"]), settings.get("lrs"),
                          settings.get("optimizer", "sgd"), settings.get("momentum", 0.0),
-                         settings.get("diverge_limit", 1e6), forget_free=settings.get("forget_free", False))
+                         settings.get("diverge_limit", 1e6), forget_free=settings.get("forget_free", False),
+                         noise=settings.get("noise", 0.0), seed=settings.get("seed", 0))
         self.host_id = host_id
         self.timeout_s = float(settings.get("timeout_s", 60.0))
         self.logs = {i: MessageLog(settings.get("log", "counters")) for i in self.ids}
@@ -132,12 +133,16 @@ class Host(NodeSet):
         self._control("get_params")
         return {i: pack_arrays(p) for i, p in self.params.items()}
 
-    def set_batch(self, batch: int, per_node: dict) -> None:
-        """The batch size to every node (global), and the boundary signals routed to each (x, y)."""
+    def set_batch(self, batch: int, per_node: dict, draw=None) -> None:
+        """The batch size to every node (global), the batch's serial `draw` (global; keys the noise), and the
+        boundary signals routed to each (x, y)."""
         self.batch = int(batch)
+        self.draw = None if draw is None else int(draw)
         for i in self.ids:
             self._from_coordinator(i, "control", "set_batch", 0)
             self._from_coordinator(i, "global", "batch", 8)
+            if self.noise and draw is not None:
+                self._from_coordinator(i, "global", "draw", 8)
             arrays = unpack_arrays(per_node[i]) if per_node.get(i) else {}
             for k, v in arrays.items():
                 self._from_coordinator(i, "boundary", k, v.numel() * v.element_size())
@@ -189,12 +194,13 @@ class Host(NodeSet):
         with self.busy:
             return self._phase(serial, phase, record_states, record_grads)
 
-    def run_batch(self, serial: int, batch: int, per_node: dict, program: tuple, apply: bool = True) -> dict:
+    def run_batch(self, serial: int, batch: int, per_node: dict, program: tuple, apply: bool = True,
+                  draw=None) -> dict:
         """A whole training batch from one control call: the boundary, the program's phases (serials serial,
         serial + 1, ...) and the local update. Output nodes return their first phase's state (the prediction)."""
         with self.busy:
             self._control("run_batch")
-            self.set_batch(batch, per_node)
+            self.set_batch(batch, per_node, draw)
             self.begin_all()
             for k, ph in enumerate(program):
                 self._phase(serial + k, ph)

@@ -3,7 +3,8 @@
 A data-plane message is legal only on a declared port (src, dst, kind) of the model's graph and partition. What
 the coordinator delivers is legal as `control` (calls: phase triggers, parameters, checkpoints) to any node, as
 `boundary` only where the model routes it (x to the nodes driven by the input, y to the output nodes), and as
-`global` only for the signals every node may read: beta, the batch size, the protocol and its settings. Messages a
+`global` only for the signals every node may read: beta, the batch size, the batch's serial (`draw`, the clock that
+keys the pre-activation noise), the protocol and its settings. Messages a
 receiver rejected (a forged sender, a duplicate, a malformed header), connections it refused (no valid credential)
 and messages for a node that is not on the host are violations too.
 """
@@ -13,7 +14,7 @@ from collections import defaultdict
 
 from cluster.message_log import COORDINATOR
 
-GLOBALS = ("beta", "batch", "protocol")
+GLOBALS = ("beta", "batch", "protocol", "draw")
 
 
 def locality_report(specs: dict, logs: dict, protocol=None) -> dict:

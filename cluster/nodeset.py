@@ -52,14 +52,18 @@ class Aborted(PhaseError):
 
 class NodeSet:
     def __init__(self, specs: dict, protocol, dtype=torch.float64, lrs: dict | None = None, optimizer: str = "sgd",
-                 momentum: float = 0.0, diverge_limit: float = 1e6, device="cpu", forget_free: bool = False):
+                 momentum: float = 0.0, diverge_limit: float = 1e6, device="cpu", forget_free: bool = False,
+                 noise: float = 0.0, seed: int = 0):
         """specs {node id: NodeSpec}; lrs {parameter: learning rate}; forget_free: the free-phase-memory test
-        (`forget`)."""
+        (`forget`); noise, seed: the std and seed of the pre-activation noise (nodes/noise.py), drawn in the
+        phases of a batch set with a `draw`."""
         self.specs, self.protocol, self.dtype, self.device = dict(specs), protocol, dtype, torch.device(device)
         self.ids = tuple(self.specs)
         lrs = lrs or {}
         self.lrs = {i: {k: float(lrs.get(h.param, 0.0)) for k, h in s.held.items()} for i, s in self.specs.items()}
-        self.rules = {i: rule_of(s, protocol, self.lrs[i]) for i, s in self.specs.items()}
+        self.rules = {i: rule_of(s, protocol, self.lrs[i], (noise, seed)) for i, s in self.specs.items()}
+        self.noise = float(noise)
+        self.draw = None  # the batch's serial (a global clock signal), keys the noise; None: no noise
         self.params = {i: {k: torch.zeros(self._shape(s, h), dtype=dtype, device=self.device)
                            for k, h in s.held.items()}
                        for i, s in self.specs.items()}
@@ -95,8 +99,13 @@ class NodeSet:
         self.routed[i] = {k: v.to(self.device, self.dtype) for k, v in arrays.items() if k in self.specs[i].boundary}
 
     def boundary(self, i: str, phase) -> Guarded:
-        b = {**self.routed[i], "beta": phase.beta, "batch": self.batch, "dtype": self.dtype, "device": self.device}
+        b = {**self.routed[i], "beta": phase.beta, "batch": self.batch, "dtype": self.dtype, "device": self.device,
+             "draw": self.draw}
         return Guarded(b, f"node {i}, phase {phase.name}", "boundary")
+
+    def noiseless(self) -> bool:
+        """Whether this batch's phases run without noise (no std, or no draw)."""
+        return not self.noise or self.draw is None
 
     def commit(self, i: str, delta) -> None:
         """theta += delta on node i's own tensors (a rule's per-step change; parameters are real)."""

@@ -50,26 +50,30 @@ class Router:
         return {name: self._join([a[j] for j in srcs], gaps) for name, _, srcs, gaps in self.plan[i]}
 
 
-def relax(model, params, x, steps, s=None, beta=0.0, y=None, params_at=None, on_step=None, check=None):
+def relax(model, params, x, steps, s=None, beta=0.0, y=None, params_at=None, on_step=None, check=None,
+          noise=None, t0=0):
     """`steps` synchronous steps of every dynamic group from `s` (zeros if None); returns the list of group states.
 
     The layer partition's rules with the parameters as views of `params` (or of `params_at(t)`, the parameters of
     transition t: BPTT's per-step copies), so autograd differentiates the very arithmetic the nodes run.
     `on_step(t, s)` sees every state s_t, t = 1..steps; `check(t, s)` may raise on divergence.
+    noise (std, seed, draw): the pre-activation noise the nodes draw in the free phase of batch `draw`, from its
+    step t0 on (nodes/noise.py), so BPTT differentiates the very noisy trajectory the nodes ran.
     """
     specs = model.node_specs(model.partition("layer"))
     ids = list(specs)
     router = Router(specs)
-    phase = Phase("relax", steps, beta, "zero" if s is None else "carry")
-    rules = {i: rule_of(sp, PHYSICS_ONLY).phase(phase) for i, sp in specs.items()}
+    std, seed, draw = noise if noise else (0.0, 0, None)
+    phase = Phase("free", steps, beta, "zero" if s is None else "carry")
+    rules = {i: rule_of(sp, PHYSICS_ONLY, noise=(std, seed)).phase(phase) for i, sp in specs.items()}
     routed = {i: {k: v for k, v in (("x", x), ("y", y)) if k in sp.boundary and v is not None}
               for i, sp in specs.items()}
     bnd = {}
     for i, sp in specs.items():
         if "y" in routed[i]:
             routed[i]["y"] = routed[i]["y"][:, sp.block.lo:sp.block.hi]
-        bnd[i] = Guarded({**routed[i], "beta": beta, "batch": x.shape[0], "dtype": x.dtype, "device": x.device},
-                         f"node {i}, phase relax", "boundary")
+        bnd[i] = Guarded({**routed[i], "beta": beta, "batch": x.shape[0], "dtype": x.dtype, "device": x.device,
+                          "draw": draw, "t0": t0}, f"node {i}, phase relax", "boundary")
     views = {}
 
     def held(t):
@@ -106,11 +110,14 @@ class ReferenceEngine(Engine):
     name = "reference"
 
     def __init__(self, model, protocol, dtype=torch.float64, lrs=None, optimizer="sgd", momentum=0.0,
-                 device="cpu", diverge_limit=1e6, capture=True, granularity="layer", split=1, forget_free=False):
-        """lrs {parameter: learning rate}; capture: on CUDA, replay phases as CUDA graphs (cluster/captured.py)."""
+                 device="cpu", diverge_limit=1e6, capture=True, granularity="layer", split=1, forget_free=False,
+                 noise=0.0, seed=0):
+        """lrs {parameter: learning rate}; capture: on CUDA, replay phases as CUDA graphs (cluster/captured.py);
+        noise, seed: the pre-activation noise (nodes/noise.py)."""
         specs = model.node_specs(model.partition(granularity, split))
         super().__init__(model, protocol, specs)
-        self.nodes = NodeSet(specs, self.protocol, dtype, lrs, optimizer, momentum, diverge_limit, device, forget_free)
+        self.nodes = NodeSet(specs, self.protocol, dtype, lrs, optimizer, momentum, diverge_limit, device, forget_free,
+                             noise, seed)
         self.dtype, self.device = dtype, torch.device(device)
         self.router = Router(specs)
         self.capture = bool(capture) and self.device.type == "cuda"
@@ -135,9 +142,10 @@ class ReferenceEngine(Engine):
             self.nodes.load_state(i, packed)
         self.loops.clear()
 
-    def set_batch(self, x, y=None) -> None:
+    def set_batch(self, x, y=None, draw=None) -> None:
         x = torch.as_tensor(x)
         self.nodes.batch = int(x.shape[0])
+        self.nodes.draw = draw
         for i, s in self.specs.items():
             arrays = {"x": x}
             if y is not None:
@@ -190,7 +198,7 @@ class ReferenceEngine(Engine):
         """Fixed buffers need a step that changes only s and a, sent alike on every port: the default rule, no
         per-step learning rule, real arithmetic."""
         return (self.model.rule is None and not self.protocol.has_step_rule and not phase.complex
-                and not self.nodes.forget_free)
+                and not self.nodes.forget_free and self.nodes.noiseless())
 
     def _run_static(self, phase, rules, bnd, n: int) -> dict:
         """n steps of the phase on the StaticLoop of its signature (batch size, beta), checked for divergence after

@@ -25,7 +25,7 @@ from experiments.plots import plot_gdu, plot_locality
 from experiments.results import prepare, write_json
 from experiments.train import check_data
 
-META_KEYS = ("model", "sizes", "activation", "protocol", "beta", "T1", "T2", "dt", "N", "seed")
+META_KEYS = ("model", "sizes", "activation", "protocol", "beta", "T1", "T2", "dt", "N", "seed", "periods", "noise")
 REPLAY_KEYS = ("granularity", "transport", "engine", "fabric.log", "fabric.split", "fabric.hosts", "fabric.wire",
                "steps")
 
@@ -60,6 +60,14 @@ def audit_batch(cfg, model):
     return x, y, model.init_params(cfg.seed, torch.float64, cfg.init_scale)
 
 
+AUDIT_DRAW = 0  # the audit's batch is the run's first: its noise is draw 0's
+
+
+def noise_of(cfg):
+    """(std, seed, draw) of the audit's noise for BPTT (None without noise)."""
+    return (cfg.noise, cfg.seed, AUDIT_DRAW) if cfg.noise else None
+
+
 def step_series(cfg, model, proto, program, phases, params, x, y) -> tuple:
     """The GDU series (ALGORITHMS.md §5.2; neurons as the README's "Step-wise audit" pins them): the fabric's
     estimate_steps (parameters from the nodes' G's, neurons `s{n}` = (s^beta_{t+1} - s^beta_t)/beta from the
@@ -71,7 +79,9 @@ def step_series(cfg, model, proto, program, phases, params, x, y) -> tuple:
     names = [f"s{model.groups.index(g)}" for g in model.dynamic_groups]
     for k, s in zip(names, gdu["states"]):
         est[k] = (s[1:] - s[:-1]) / beta
-    ref = {**bptt_steps(model, params, x, y, cfg.T1, cfg.T2), **bptt_state_steps(model, params, x, y, cfg.T1, cfg.T2)}
+    noise = noise_of(cfg)
+    ref = {**bptt_steps(model, params, x, y, cfg.T1, cfg.T2, noise),
+           **bptt_state_steps(model, params, x, y, cfg.T1, cfg.T2, noise)}
     phys = physics_of(model)
     return est, ref, {k: phys.gdu_state_scale(s[0]) for k, s in zip(names, gdu["states"])}
 
@@ -96,7 +106,7 @@ def run_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=None, proto
     engine = make_engine(cfg, model, proto)
     try:
         engine.set_params(params)
-        engine.set_batch(x, y)
+        engine.set_batch(x, y, AUDIT_DRAW)
         program = engine.program(beta, cfg.T1, cfg.T2)
         phases = engine.run_program(program, record_grads=cfg.steps)
         estimate = engine.estimate()
@@ -104,7 +114,7 @@ def run_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=None, proto
         logs = engine.message_logs()
     finally:
         engine.close()
-    truth = bptt_grad(model, params, x, y, cfg.T1)
+    truth = bptt_grad(model, params, x, y, cfg.T1, noise=noise_of(cfg))
     report = compare(estimate, truth)
     report["angles"] = angles(estimate, truth, model.lr_index)
     report["beta_used"] = beta

@@ -93,6 +93,7 @@ class Config:
     angle: float = 0.0             # prototypical-asym: each B entry's sign flipped with probability (1 - cos psi) / 2
     random_sign: bool = False      # vf / cvf: the sign of beta drawn per batch (as ep-random-sign does)
     steps: bool = False
+    noise: float = 0.0             # std of Gaussian noise on every pre-activation at every step (nodes/noise.py)
     forget_free: bool = False      # audit only: the free-phase-memory test (NaN over s0 once the nudged phase moved)
     replay: typing.Optional[str] = None
     address: typing.Optional[str] = None
@@ -204,6 +205,8 @@ def validate(cfg: Config, model=None, protocol=None) -> Config:
         raise ConfigError("dt", f"must be > 0, got {cfg.dt}")
     if cfg.N < 2:
         raise ConfigError("N", f"must be >= 2, got {cfg.N}")
+    if not (isinstance(cfg.noise, (int, float)) and cfg.noise >= 0):
+        raise ConfigError("noise", f"must be a std >= 0, got {cfg.noise!r}")
     if not 0 <= cfg.momentum < 1:
         raise ConfigError("momentum", f"must be in [0, 1), got {cfg.momentum}")
     if not 0 < cfg.test_fraction < 1:

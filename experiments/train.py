@@ -47,9 +47,11 @@ class BPTTTrainer:
         self.opt = Optimizer(cfg.optimizer, cfg.momentum)
         self.params = {k: v.detach().to(self.device, self.dtype).clone() for k, v in params.items()}
 
-    def train_batch(self, x, y) -> torch.Tensor:
+    def train_batch(self, x, y, draw=None) -> torch.Tensor:
+        """One SGD step on BPTT's gradient; with noise, through the free phase's noise of batch `draw`."""
         x, y = (torch.as_tensor(v).to(self.device, self.dtype) for v in (x, y))
-        g, out = bptt_grad(self.model, self.params, x, y, self.cfg.T1, with_output=True)
+        noise = (self.cfg.noise, self.cfg.seed, draw) if self.cfg.noise and draw is not None else None
+        g, out = bptt_grad(self.model, self.params, x, y, self.cfg.T1, with_output=True, noise=noise)
         self.opt.step(self.params, g, self.lrs)
         return out
 
@@ -120,16 +122,17 @@ def run_train(cfg, out_dir: str, progress: bool = True, resume: bool = False, mo
             loss_sum = 0.0
             batches = range(0, len(order), cfg.batch)
             bar = _bar(batches, epoch, cfg, progress)
-            for i in bar:
+            for b, i in enumerate(bar):
+                draw = epoch * len(batches) + b  # the batch's serial in the run: keys the noise, resume-safe
                 idx = order[i:i + cfg.batch]
                 x, y = torch.from_numpy(ds.x_train[idx]), torch.from_numpy(Y[idx])
                 beta = protocol.batch_beta(cfg.beta, rng)
-                out = engine.train_batch(x, y, beta, cfg.T1, cfg.T2).to(torch.float64)
+                out = engine.train_batch(x, y, beta, cfg.T1, cfg.T2, draw).to(torch.float64)
                 correct += int((out.argmax(1).numpy() == ds.y_train[idx]).sum())
                 loss_sum += float(cost(out, y)) * len(idx)
                 seen += len(idx)
                 if baseline is not None:
-                    out_b = baseline.train_batch(x, y)
+                    out_b = baseline.train_batch(x, y, draw)
                     correct_b += int((out_b.argmax(1).numpy() == ds.y_train[idx]).sum())
                 if progress and hasattr(bar, "set_postfix"):
                     bar.set_postfix(acc=f"{correct / seen:.3f}")

@@ -24,6 +24,7 @@ import torch
 
 from nodes.dynamics import physics_of
 from nodes.graph import SIGNAL, NodeSpec
+from nodes.noise import noise_block
 
 
 class LocalityError(RuntimeError):
@@ -51,9 +52,17 @@ def complex_dtype(dtype):
 class NodeRule:
     """The local rule of one logical node (its spec) under one protocol; `phase(ph)` binds it to a phase."""
 
-    def __init__(self, spec: NodeSpec, protocol, lrs: dict | None = None):
-        """lrs {local tensor: learning rate} for per-step updates (a protocol with `has_step_rule`)."""
+    def __init__(self, spec: NodeSpec, protocol, lrs: dict | None = None, noise: tuple = (0.0, 0)):
+        """lrs {local tensor: learning rate} for per-step updates (a protocol with `has_step_rule`); noise (std,
+        seed): Gaussian noise on the pre-activations (nodes/noise.py) in every phase run with a `draw`."""
         self.spec, self.protocol = spec, protocol
+        self.noise_std, self.noise_seed = float(noise[0]), int(noise[1])
+        offset = 0
+        for g in spec.model.dynamic_groups:
+            if g.name == spec.block.group:
+                break
+            offset += g.size
+        self.units = (offset + spec.block.lo, offset + spec.block.hi)  # the node's units among all dynamic units
         self.lrs = {k: float(v) for k, v in (lrs or {}).items() if v}
         self.id = spec.id
         self.phys = physics_of(spec.model)
@@ -105,9 +114,19 @@ class NodeRule:
             u = torch.addmm(const, inbox[slot], W, alpha=k) if u is None else u.addmm_(inbox[slot], W, alpha=k)
         return const.expand(batch, self.spec.width).clone() if u is None else u
 
-    def advance(self, s, const, inbox, params, beta, y, dtype) -> tuple:
-        """The physics of one step: (s_{t+1}, a(s_{t+1})) from s_t, the drive's parts and the nudge."""
-        s = self.phys.step(s, self.drive(const, inbox, params, s.shape[0], dtype), beta, y)
+    def noise(self, boundary, run: str, steps: int, t0: int = 0):
+        """k * std * xi over a phase's steps for this node's units, (steps, B, width); None without noise."""
+        xi = noise_block(self.noise_std, self.noise_seed, boundary.get("draw"), run, steps, boundary["batch"],
+                         *self.units, torch.float64, "cpu", t0)
+        return None if xi is None else (xi * self.k).to(device=boundary["device"], dtype=boundary["dtype"])
+
+    def advance(self, s, const, inbox, params, beta, y, dtype, xi=None) -> tuple:
+        """The physics of one step: (s_{t+1}, a(s_{t+1})) from s_t, the drive's parts (plus the noise xi on the
+        pre-activations) and the nudge."""
+        u = self.drive(const, inbox, params, s.shape[0], dtype)
+        if xi is not None:
+            u = u + xi
+        s = self.phys.step(s, u, beta, y)
         return s, self.phys.signal(s)
 
     def G(self, a_own, inbox, boundary, scale=1.0) -> "GSum":
@@ -187,9 +206,9 @@ def step_series(Gs: list, beta) -> dict:
     return {k: (torch.stack([g[k] for g in Gs[1:]]) - torch.stack([g[k] for g in Gs[:-1]])) / beta for k in Gs[0]}
 
 
-def rule_of(spec: NodeSpec, protocol, lrs: dict | None = None) -> NodeRule:
+def rule_of(spec: NodeSpec, protocol, lrs: dict | None = None, noise: tuple = (0.0, 0)) -> NodeRule:
     """The node's rule: the model's rule class (nodes/graph.Model.rule), NodeRule by default."""
-    return (spec.model.rule or NodeRule)(spec, protocol, lrs)
+    return (spec.model.rule or NodeRule)(spec, protocol, lrs, noise)
 
 
 def _plus(params: dict, delta: dict) -> dict:
@@ -217,7 +236,8 @@ class PhaseRule:
         else:
             s = state["saved"][ph.start].to(dtype).clone()
         a = n.phys.signal(s)
-        state = {**state, "s": s, "a": a, "const": n.const(params, boundary, dtype), "dtype": dtype}
+        state = {**state, "s": s, "a": a, "const": n.const(params, boundary, dtype), "dtype": dtype,
+                 "xi": n.noise(boundary, ph.name, ph.steps, boundary.get("t0", 0)) if n.noise_std else None}
         state.setdefault("saved", {})
         state.setdefault("mem", {})
         return state, {SIGNAL: a}
@@ -243,7 +263,8 @@ class PhaseRule:
         y = boundary.get("y") if n.is_output else None
         if y is None and beta != 0 and n.is_output:
             raise ValueError(f"node {n.id}, phase {self.ph.name}, step {t}: nudged (beta = {beta}) with no target y")
-        s, a = n.advance(state["s"], const, inbox, params, beta, y, state["dtype"])
+        xi = state.get("xi")
+        s, a = n.advance(state["s"], const, inbox, params, beta, y, state["dtype"], None if xi is None else xi[t])
         return {**state, "s": s, "a": a}, {SIGNAL: a}, delta
 
     def exit(self, state: dict, inbox, params: dict, boundary, t: int) -> tuple:
