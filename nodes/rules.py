@@ -116,9 +116,8 @@ class NodeRule:
 
     def noise(self, boundary, run: str, steps: int, t0: int = 0):
         """k * std * xi over a phase's steps for this node's units, (steps, B, width); None without noise."""
-        xi = noise_block(self.noise_std, self.noise_seed, boundary.get("draw"), run, steps, boundary["batch"],
-                         *self.units, torch.float64, "cpu", t0)
-        return None if xi is None else (xi * self.k).to(device=boundary["device"], dtype=boundary["dtype"])
+        return noise_block(self.noise_std * self.k, self.noise_seed, boundary.get("draw"), run, steps,
+                           boundary["batch"], *self.units, boundary["dtype"], boundary["device"], t0)
 
     def advance(self, s, const, inbox, params, beta, y, dtype, xi=None) -> tuple:
         """The physics of one step: (s_{t+1}, a(s_{t+1})) from s_t, the drive's parts (plus the noise xi on the
