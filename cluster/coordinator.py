@@ -86,22 +86,25 @@ class FabricEngine(Engine):
     def run_phase(self, phase, record_states: bool = False, record_grads: bool = False) -> dict:
         """One call per host for the whole phase; returns what was recorded, assembled per group."""
         res = self._merged("run_phase", self.fabric.new_serials(), phase, record_states, record_grads)
-        out = {"residual": max(r["residual"] for r in res.values())}
+        per_sample = [max(r) for r in zip(*(v["residual"] for v in res.values()))]
+        out = {"residual": max(per_sample, default=0.0), "residuals": per_sample}
         if record_states:
             out["states"] = self._groups({i: unpack_arrays(r["states"])["s"] for i, r in res.items()}, dim=2)
         if record_grads:
             out["grad_steps"] = self._series({i: unpack_arrays(r["grad_steps"]) for i, r in res.items()})
         return out
 
-    def train_batch(self, x, y, beta, T1: int, T2: int, draw=None):
-        """One control call per host for a whole batch (boundary, program, local update); returns the free phase's
-        output. Same effect as set_batch + run_program + update + output."""
-        program = self.program(beta, T1, T2)
+    def _run_batch(self, x, y, program, draw=None, apply: bool = True) -> tuple:
+        """One control call per host for a whole batch (boundary, program, local update if `apply`): the same effect
+        as set_batch + run_program + update, returning (the output's prediction, per-phase per-sample residuals)."""
         serial = self.fabric.new_serials(len(program))
         B = int(torch.as_tensor(x).shape[0])
-        res = self._merged("run_batch", per_host=self._per_host(self._boundary(x, y), serial, B,
-                                                                after=(program, True, draw)))
-        return self._output_of({i: unpack_arrays(v)["s"] for i, v in res.items()})
+        res = self.fabric.call("run_batch", per_host=self._per_host(self._boundary(x, y), serial, B,
+                                                                    after=(program, apply, draw)))
+        out = self._output_of({i: unpack_arrays(v)["s"] for r in res.values() for i, v in r["out"].items()})
+        residuals = {ph.name: torch.tensor([max(v) for v in zip(*(r["residuals"][ph.name] for r in res.values()))],
+                                           dtype=torch.float64) for ph in program}
+        return out, residuals
 
     def output(self, name: str = "free"):
         return self._output_of({i: unpack_arrays(v)["s"] for i, v in self._merged("output", name).items()})

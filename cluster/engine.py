@@ -5,11 +5,13 @@
     set_batch(x, y=None, draw=None)                  boundary signals, routed per node; draw: the batch's serial
                                                      (keys the noise, nodes/noise.py; None: no noise)
     begin()                                          empty accumulators in every node
-    run_phase(phase, record_states=False, record_grads=False) -> {"residual", ["states"], ["grad_steps"]}
+    run_phase(phase, record_states=False, record_grads=False) -> {"residual", "residuals" (per sample),
+                                                                  ["states"], ["grad_steps"]}
     run_program(program, record_grads=False)         begin, then every phase (the GDU series, G and states, on the
                                                      first nudged)
     estimate() -> g_hat (owners' copies); estimate_drift() / replica_drift(): primary vs replica, per tensor
     update(); train_batch(x, y, beta, T1, T2, draw=None) -> prediction; infer(x, steps) -> output; output(name)
+    gated_batch(x, y, beta, T1, T2, draw, residual_tol) -> (prediction, dropped samples, fell back to N = 2)
     get_state() -> {node: bytes} / set_state(...); message_logs() -> {"nodes": {...}, "refused", "unknown"}; close()
 
 Both raise the same errors: a PhaseError-derived FabricError from the fabric and a PhaseError from the in-process
@@ -65,13 +67,40 @@ class Engine:
     def program(self, beta, T1: int, T2: int) -> tuple:
         return self.protocol.program(beta, int(T1), int(T2))
 
-    def train_batch(self, x, y, beta, T1: int, T2: int, draw=None):
-        """set_batch, the program, the update; returns the first phase's output (the free prediction)."""
+    def _run_batch(self, x, y, program, draw=None, apply: bool = True) -> tuple:
+        """set_batch, the program, the update if `apply`: (the output's prediction, {phase: (B,) residuals})."""
         self.set_batch(x, y, draw)
+        res = self.run_program(program)
+        if apply:
+            self.update()
+        return self.prediction(program), {k: torch.tensor(v["residuals"], dtype=torch.float64)
+                                              for k, v in res.items()}
+
+    def train_batch(self, x, y, beta, T1: int, T2: int, draw=None):
+        """set_batch, the program, the update; returns the output's prediction (the protocol's: the first phase's
+        state, the free one)."""
+        return self._run_batch(x, y, self.program(beta, T1, T2), draw)[0]
+
+    def gated_batch(self, x, y, beta, T1: int, T2: int, draw, residual_tol: float) -> tuple:
+        """train_batch behind the convergence gate (ALGORITHMS.md §7 "Safety"): the program runs without its update;
+        if a complex phase diverged in any sample (residual inf), the batch runs again on the protocol's fallback
+        program (hep: N = 2, real runs only); the samples whose residual exceeds residual_tol in any phase are
+        dropped, and the update is applied from the kept ones alone, by running them again (the coordinator feeds
+        the boundary; nodes never see a mask). Returns (prediction, samples dropped, whether it fell back)."""
         program = self.program(beta, T1, T2)
-        self.run_program(program)
-        self.update()
-        return self.output(program[0].name)
+        out, res = self._run_batch(x, y, program, draw, apply=False)
+        fallback = self.protocol.fallback(beta, T1, T2)
+        fell = fallback is not None and any(ph.complex and not bool(torch.isfinite(res[ph.name]).all())
+                                            for ph in program)
+        if fell:
+            program = fallback
+            _, res = self._run_batch(x, y, program, draw, apply=False)
+        keep = torch.stack([r <= residual_tol for r in res.values()]).all(0)
+        if bool(keep.all()):
+            self.update()
+        elif bool(keep.any()):
+            self._run_batch(torch.as_tensor(x)[keep], torch.as_tensor(y)[keep], program, draw)
+        return out, int((~keep).sum()), fell
 
     def infer(self, x, steps: int):
         self.set_batch(x)

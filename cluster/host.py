@@ -71,7 +71,8 @@ class Host(NodeSet):
         super().__init__(specs, protocol, torch_dtype(settings["dtype"]), settings.get("lrs"),
                          settings.get("optimizer", "sgd"), settings.get("momentum", 0.0),
                          settings.get("diverge_limit", 1e6), forget_free=settings.get("forget_free", False),
-                         noise=settings.get("noise", 0.0), seed=settings.get("seed", 0))
+                         noise=settings.get("noise", 0.0), seed=settings.get("seed", 0),
+                         gate=settings.get("residual_tol") is not None)
         self.host_id = host_id
         self.timeout_s = float(settings.get("timeout_s", 60.0))
         self.logs = {i: MessageLog(settings.get("log", "counters")) for i in self.ids}
@@ -197,18 +198,21 @@ class Host(NodeSet):
     def run_batch(self, serial: int, batch: int, per_node: dict, program: tuple, apply: bool = True,
                   draw=None) -> dict:
         """A whole training batch from one control call: the boundary, the program's phases (serials serial,
-        serial + 1, ...) and the local update. Output nodes return their first phase's state (the prediction)."""
+        serial + 1, ...) and, if `apply`, the local update. Returns "out": the output nodes' predictions (the
+        protocol's: the first phase's state), and "residuals": {phase: per-sample residual, max over this host's nodes}."""
         with self.busy:
             self._control("run_batch")
             self.set_batch(batch, per_node, draw)
             self.begin_all()
+            residuals = {}
             for k, ph in enumerate(program):
-                self._phase(serial + k, ph)
+                res = self._phase(serial + k, ph)
+                residuals[ph.name] = [max(r) for r in zip(*(v["residual"] for v in res.values()))]
             if apply:
                 for i in self.ids:
                     self.update_of(i)
-            return {i: pack_arrays({"s": self.saved(i, program[0].name)})
-                    for i in self.ids if self.specs[i].is_output}
+            return {"out": {i: pack_arrays({"s": self.prediction(i, program)})
+                            for i in self.ids if self.specs[i].is_output}, "residuals": residuals}
 
     @torch.no_grad()
     def _phase(self, serial: int, phase, record_states=False, record_grads=False) -> dict:
@@ -220,7 +224,7 @@ class Host(NodeSet):
             self._from_coordinator(i, "control", phase.name, 0)
             self._from_coordinator(i, "global", "beta", 16 if isinstance(phase.beta, complex) else 8)
         rules, bnd, out, rec_s, rec_g = self.enter_all(phase, record_states, record_grads)
-        residual = dict.fromkeys(ids, 0.0)
+        residual = {i: [0.0] * self.batch for i in ids}  # per sample, at the last step
         steps = phase.steps
         for t in range(steps):
             for i in ids:
@@ -229,7 +233,7 @@ class Host(NodeSet):
                 inbox = self._gather(i, serial, phase, t)
                 out[i], r = self.step_node(i, rules[i], inbox, bnd[i], phase, t, rec_s, rec_g)
                 if r is not None:
-                    residual[i] = r
+                    residual[i] = r.tolist()
             if self.beat is not None:
                 self.beat.beat(serial, t)
         for i in ids:

@@ -53,10 +53,11 @@ class Aborted(PhaseError):
 class NodeSet:
     def __init__(self, specs: dict, protocol, dtype=torch.float64, lrs: dict | None = None, optimizer: str = "sgd",
                  momentum: float = 0.0, diverge_limit: float = 1e6, device="cpu", forget_free: bool = False,
-                 noise: float = 0.0, seed: int = 0):
+                 noise: float = 0.0, seed: int = 0, gate: bool = False):
         """specs {node id: NodeSpec}; lrs {parameter: learning rate}; forget_free: the free-phase-memory test
         (`forget`); noise, seed: the std and seed of the pre-activation noise (nodes/noise.py), drawn in the
-        phases of a batch set with a `draw`."""
+        phases of a batch set with a `draw`; gate: the convergence gate is on (`residual_tol`), so a sample that
+        diverges in a nudged phase is reported (residual inf) instead of failing the phase."""
         self.specs, self.protocol, self.dtype, self.device = dict(specs), protocol, dtype, torch.device(device)
         self.ids = tuple(self.specs)
         lrs = lrs or {}
@@ -73,6 +74,8 @@ class NodeSet:
         self.batch = 0
         self.diverge_limit = diverge_limit
         self.forget_free = bool(forget_free)
+        self.gate = bool(gate)
+        self.blown = {}  # node -> (B,) bool: samples that diverged in this complex phase (gate on)
         self.forgotten = {i: {} for i in self.ids}  # node -> {buffer: what it held}, this batch
         self._s0_held = {}
 
@@ -164,6 +167,10 @@ class NodeSet:
         if not self.protocol.updates_in_phases:
             self.opts[i].step(self.params[i], self.estimate_of(i), self.lrs[i])
 
+    def prediction(self, i: str, program):
+        """Node i's prediction after a training batch (the protocol's, from the node's own phase state)."""
+        return self.protocol.prediction(self.state[i], program)
+
     def saved(self, i: str, name: str):
         return self.state[i]["saved"][name]
 
@@ -180,6 +187,7 @@ class NodeSet:
         outs = {}
         for i in self.ids:
             self.state[i], outs[i] = rules[i].enter(self.state[i], self.params[i], bnd[i])
+        self.blown = {}
         rec_s = {i: [self.state[i]["s"]] for i in self.ids} if record_states else None
         rec_g = {i: [] for i in self.ids} if record_grads else None
         return rules, bnd, outs, rec_s, rec_g
@@ -211,16 +219,29 @@ class NodeSet:
 
     def check(self, i: str, phase, t: int, steps: int, prev=None):
         """Divergence check of node i's state after step t (every CHECK_EVERY steps and the last). At the last step,
-        with the state before it as `prev`, it returns the residual max |s_T - s_{T-1}| too, from the same host
-        sync."""
+        with the state before it as `prev`, it returns the per-sample residual max_units |s_T - s_{T-1}| (B,) too,
+        from the same host sync. With the gate on, a nudged phase's diverged samples (non-finite or max |s| above
+        the limit at any check) get residual inf instead of failing the phase; the free phase still fails."""
         if not check_due(t, steps):
             return None
         s = self.state[i]["s"]
-        if prev is None or not s.numel():
-            m, residual = s.abs().max().item() if s.numel() else 0.0, 0.0
+        if not s.numel():
+            return torch.zeros(s.shape[0], dtype=torch.float64) if prev is not None else None
+        rows = s.abs().flatten(1).amax(1)
+        if prev is None:
+            res = rows.max()[None]
         else:
-            m, residual = torch.stack([s.abs().max(), (s - prev).abs().max()]).tolist()
+            res = torch.cat([rows.max()[None], (s - prev).abs().flatten(1).amax(1)])
+        res = res.to("cpu", torch.float64)  # the one host sync
+        m, residual = float(res[0]), res[1:] if prev is not None else None
         bad = divergence(s, self.diverge_limit, m)
+        if bad and self.gate and (phase.complex or phase.beta != 0):
+            row = rows.to("cpu", torch.float64)
+            blown = ~(row <= self.diverge_limit)   # NaN rows too
+            self.blown[i] = blown | self.blown.get(i, blown)
+            bad = None
         if bad:
             raise PhaseError(f"node {i}, phase {phase.name}, step {t}: state {bad}")
+        if residual is not None and i in self.blown:
+            residual = torch.where(self.blown[i], torch.inf, residual)
         return residual

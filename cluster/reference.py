@@ -111,13 +111,13 @@ class ReferenceEngine(Engine):
 
     def __init__(self, model, protocol, dtype=torch.float64, lrs=None, optimizer="sgd", momentum=0.0,
                  device="cpu", diverge_limit=1e6, capture=True, granularity="layer", split=1, forget_free=False,
-                 noise=0.0, seed=0):
+                 noise=0.0, seed=0, residual_tol=None):
         """lrs {parameter: learning rate}; capture: on CUDA, replay phases as CUDA graphs (cluster/captured.py);
-        noise, seed: the pre-activation noise (nodes/noise.py)."""
+        noise, seed: the pre-activation noise (nodes/noise.py); residual_tol: the convergence gate is on."""
         specs = model.node_specs(model.partition(granularity, split))
         super().__init__(model, protocol, specs)
         self.nodes = NodeSet(specs, self.protocol, dtype, lrs, optimizer, momentum, diverge_limit, device, forget_free,
-                             noise, seed)
+                             noise, seed, residual_tol is not None)
         self.dtype, self.device = dtype, torch.device(device)
         self.router = Router(specs)
         self.capture = bool(capture) and self.device.type == "cuda"
@@ -162,6 +162,9 @@ class ReferenceEngine(Engine):
     def output(self, name: str = "free"):
         return self._output_of({i: self.nodes.saved(i, name) for i in self.nodes.ids if self.specs[i].is_output})
 
+    def prediction(self, program):
+        return self._output_of({i: self.nodes.prediction(i, program) for i in self.nodes.ids if self.specs[i].is_output})
+
     def message_logs(self, clear: bool = False) -> dict:
         return {"nodes": {}, "refused": [], "unknown": [], "placement": {}}
 
@@ -178,16 +181,17 @@ class ReferenceEngine(Engine):
         if steps > 1 and not (record_states or record_grads) and self._capturable(phase):
             outs = self._run_static(phase, rules, bnd, steps - 1)
             done = steps - 1
-        residual = 0.0
+        residual = torch.zeros(ns.batch, dtype=torch.float64)  # per sample, max over nodes, at the last step
         for t in range(done, steps):
             boxes = {i: self.router.inbox(i, outs, f"node {i}, phase {phase.name}, step {t}") for i in ids}
             for i in ids:
                 outs[i], r = ns.step_node(i, rules[i], boxes[i], bnd[i], phase, t, rec_s, rec_g)
-                residual = max(residual, r or 0.0)
+                if r is not None:
+                    residual = torch.maximum(residual, r)
         boxes = {i: self.router.inbox(i, outs, f"node {i}, phase {phase.name}, step {steps}") for i in ids}
         for i in ids:
             ns.exit_node(i, rules[i], boxes[i], bnd[i], phase, rec_g)
-        out = {"residual": residual}
+        out = {"residual": float(residual.max()) if len(residual) else 0.0, "residuals": residual.tolist()}
         if record_states:
             out["states"] = [t.cpu() for t in self._groups({i: torch.stack(v) for i, v in rec_s.items()}, dim=2)]
         if record_grads:
@@ -201,12 +205,12 @@ class ReferenceEngine(Engine):
                 and not self.nodes.forget_free and self.nodes.noiseless())
 
     def _run_static(self, phase, rules, bnd, n: int) -> dict:
-        """n steps of the phase on the StaticLoop of its signature (batch size, beta), checked for divergence after
+        """n steps of the phase on the StaticLoop of its signature (batch size, beta, which nodes hold y), checked for divergence after
         each chunk of CHECK_EVERY steps (the eager path's schedule). The loop owns fixed buffers for everything its
         body reads that changes between runs: the states and signals (its carry), each node's clamped drive and
         target; parameters are read as bound (in-place optimiser updates reach it; set_params drops the loops)."""
         ns, ids = self.nodes, self.nodes.ids
-        key = (ns.batch, phase.beta)
+        key = (ns.batch, phase.beta, tuple("y" in ns.routed[i] for i in ids))  # a target routed or not
         if key not in self.loops:
             fixed = {i: {k: v.clone() for k, v in (("const", ns.state[i]["const"]), ("y", bnd[i].get("y")))
                          if v is not None} for i in ids}

@@ -67,12 +67,14 @@ def make_engine(cfg, model=None, protocol=None, local: bool = False):
     if cfg.engine == "reference":
         from cluster.reference import ReferenceEngine
         return ReferenceEngine(model, protocol, DTYPES[cfg.dtype], lrs_by_param(model, cfg.lrs), cfg.optimizer,
-                               cfg.momentum, cfg.device, forget_free=cfg.forget_free, noise=cfg.noise, seed=cfg.seed)
+                               cfg.momentum, cfg.device, forget_free=cfg.forget_free, noise=cfg.noise, seed=cfg.seed,
+                               residual_tol=cfg.residual_tol)
     from cluster.coordinator import FabricEngine
     if not local:
         init_ray(cfg.address)
     settings = dict(granularity=cfg.granularity, split=cfg.fabric.split, hosts=cfg.fabric.hosts, lr=cfg.lrs,
                     dtype=cfg.dtype, optimizer=cfg.optimizer, momentum=cfg.momentum, transport=cfg.transport,
                     host=cfg.fabric.host, wire=cfg.fabric.wire, log=cfg.fabric.log, timeout_s=cfg.fabric.timeout_s,
-                    actor_cpus=cfg.fabric.actor_cpus, forget_free=cfg.forget_free, noise=cfg.noise, seed=cfg.seed)
+                    actor_cpus=cfg.fabric.actor_cpus, forget_free=cfg.forget_free, noise=cfg.noise, seed=cfg.seed,
+                    residual_tol=cfg.residual_tol)
     return FabricEngine(model, protocol, settings, local=local)

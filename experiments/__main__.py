@@ -9,8 +9,9 @@ import argparse
 import sys
 import time
 
-COMMANDS = ("train", "audit", "bench", "sweep", "tradeoff")
-DEFAULT_CONFIG = {"train": "train", "audit": "audit", "bench": "bench", "sweep": "sweep", "tradeoff": "cep-tradeoff"}
+COMMANDS = ("train", "audit", "bench", "sweep", "tradeoff", "compare")
+DEFAULT_CONFIG = {"train": "train", "audit": "audit", "bench": "bench", "sweep": "sweep", "tradeoff": "cep-tradeoff",
+                  "compare": "hep-noise"}
 
 
 def parse_args(argv):
@@ -47,6 +48,8 @@ def main(argv=None) -> int:
             sim.bench(out)
         elif args.command == "tradeoff":
             sim.tradeoff(out)
+        elif args.command == "compare":
+            sim.compare(out)
         else:
             sim.sweep(out, args.grid, sets=args.sets)
         return 0

@@ -77,6 +77,12 @@ class Simulator:
         from experiments.tradeoff import run_tradeoff
         return run_tradeoff(self._with(overrides), out or _stamp("tradeoff"))
 
+    def compare(self, out: str | None = None, **overrides) -> dict:
+        """Every setting of the config's `compare` section at every grid point, trained per seed, with its
+        update-BPTT alignment at the initial weights; returns what metrics.json holds."""
+        from experiments.compare import run_compare
+        return run_compare(self._with(overrides), out or _stamp("compare"))
+
     def bench(self, out: str | None = None, **overrides) -> dict:
         from experiments.bench import run_bench
         return run_bench(self._with(overrides), out or _stamp("bench"))

@@ -1,7 +1,8 @@
 """`audit`: freeze the weights and a batch, run the protocol on the engine, compare with BPTT (§12).
 
 Writes `audit.npz` (the pinned bundle, ALGORITHMS.md §1), `audit.json` (total and per-tensor cosine, rel_l2,
-norm_ratio, sign_agreement; angles per layer, in total and for feedback weights; the residual of every phase; the locality report from the receivers' logs; the replica
+norm_ratio, sign_agreement; angles per layer, in total and for feedback weights; the residual of every phase and, with
+`residual_tol`, the convergence gate's counts (`gate`); the locality report from the receivers' logs; the replica
 drift of the updates each end computed; with steps=true the GDU metrics) and the plots `locality.png` (the node
 graph weighted by delivered messages) and, with steps=true, `gdu.png`. `replay=BUNDLE.npz` re-runs on another
 bundle's parameters, batch and settings. The same code runs on either engine (cluster/engine.py).
@@ -17,6 +18,7 @@ import torch
 from cluster.audit import angles, compare, gdu_metrics, read_bundle, write_bundle
 from cluster.bptt import bptt_grad, bptt_state_steps, bptt_steps
 from cluster.locality import locality_report
+from cluster.nodeset import PhaseError
 from cluster.runtime import make_engine, model_from, protocol_from
 from nodes.dynamics import physics_of
 from experiments.config import ConfigError
@@ -58,6 +60,23 @@ def audit_batch(cfg, model):
     x = torch.from_numpy(ds.x_train[:cfg.batch])
     y = torch.from_numpy(one_hot(ds.y_train[:cfg.batch], ds.n_classes))
     return x, y, model.init_params(cfg.seed, torch.float64, cfg.init_scale)
+
+
+class NotConverged(PhaseError):
+    """A gated audit whose nudged phase diverged: `runs` {phase: samples over residual_tol}."""
+
+    def __init__(self, msg: str, runs: dict):
+        super().__init__(msg)
+        self.runs = runs
+
+
+def gate_report(phases: dict, tol: float) -> dict:
+    """The convergence gate (ALGORITHMS.md §12.5): per phase, the samples whose residual max |s_T - s_(T-1)| exceeds
+    tol (inf: diverged in a nudged phase); `runs_nonconverged` counts the phases with any."""
+    over = {k: int(sum(not r <= tol for r in v["residuals"])) for k, v in phases.items()}
+    bad = {k: n for k, n in over.items() if n}
+    return {"residual_tol": tol, "nonconverged_samples": over, "runs_nonconverged": len(bad), "converged": not bad,
+            "diverged": [k for k, v in phases.items() if any(r == float("inf") for r in v["residuals"])]}
 
 
 AUDIT_DRAW = 0  # the audit's batch is the run's first: its noise is draw 0's
@@ -109,6 +128,11 @@ def run_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=None, proto
         engine.set_batch(x, y, AUDIT_DRAW)
         program = engine.program(beta, cfg.T1, cfg.T2)
         phases = engine.run_program(program, record_grads=cfg.steps)
+        gate = gate_report(phases, cfg.residual_tol) if cfg.residual_tol is not None else None
+        if gate and gate["diverged"]:
+            raise NotConverged(f"audit: phase {', '.join(gate['diverged'])} diverged (residual_tol gate; "
+                               f"samples over the tolerance per phase: {gate['nonconverged_samples']})",
+                               gate["nonconverged_samples"])
         estimate = engine.estimate()
         drift = engine.estimate_drift()
         logs = engine.message_logs()
@@ -120,6 +144,8 @@ def run_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=None, proto
     report["beta_used"] = beta
     report["engine"] = cfg.engine
     report["residuals"] = {k: v["residual"] for k, v in phases.items()}
+    if gate:
+        report["gate"] = gate
     report["locality"] = locality_report(engine.specs, logs, proto)
     if cfg.engine == "reference":
         report["locality"]["note"] = "in-process engine: messages are passed by reference and not logged"
@@ -140,5 +166,6 @@ def run_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=None, proto
         print(f"audit {cfg.protocol} beta={beta:g} on {cfg.engine}/{cfg.granularity}/{cfg.transport}: "
               f"cosine {t['cosine']:.6f}, rel_l2 {t['rel_l2']:.3e}, norm_ratio {t['norm_ratio']:.4f}, "
               f"locality violations {len(report['locality']['violations'])} "
-              f"({report['locality']['messages']} messages) -> {out_dir}")
+              f"({report['locality']['messages']} messages)"
+              + (f", runs over residual_tol {gate['runs_nonconverged']}" if gate else "") + f" -> {out_dir}")
     return report

@@ -63,6 +63,15 @@ class TradeoffSection:
 
 
 @dataclass(frozen=True)
+class CompareSection:
+    """`compare` (experiments/compare.py): every setting at every combination of the grid, trained per seed."""
+    settings: list = field(default_factory=list)    # [{label: str, set: {key: value, ...}}, ...]
+    grid: dict = field(default_factory=dict)        # {key: [value, ...]}: crossed with the settings
+    seeds: list = field(default_factory=lambda: [0, 1, 2])
+    angle_batches: int = 2                          # training batches the update-BPTT alignment is averaged over
+
+
+@dataclass(frozen=True)
 class Config:
     model: str = "prototypical"
     sizes: list = field(default_factory=lambda: [64, 64, 10])
@@ -94,6 +103,7 @@ class Config:
     random_sign: bool = False      # vf / cvf: the sign of beta drawn per batch (as ep-random-sign does)
     steps: bool = False
     noise: float = 0.0             # std of Gaussian noise on every pre-activation at every step (nodes/noise.py)
+    residual_tol: typing.Optional[float] = None  # convergence gate: max |s_T - s_(T-1)| per sample and phase
     forget_free: bool = False      # audit only: the free-phase-memory test (NaN over s0 once the nudged phase moved)
     replay: typing.Optional[str] = None
     address: typing.Optional[str] = None
@@ -104,6 +114,7 @@ class Config:
     fabric: FabricSection = field(default_factory=FabricSection)
     bench: BenchSection = field(default_factory=BenchSection)
     tradeoff: TradeoffSection = field(default_factory=TradeoffSection)
+    compare: CompareSection = field(default_factory=CompareSection)
 
     @property
     def lrs(self) -> list:
@@ -144,6 +155,8 @@ def _check_type(name: str, value, typ):
         ok = isinstance(value, str)
     elif typ is list:
         ok = isinstance(value, list)
+    elif typ is dict:
+        ok = isinstance(value, dict)
     elif typ == typing.Optional[str]:
         ok = value is None or isinstance(value, str)
     else:
@@ -207,6 +220,12 @@ def validate(cfg: Config, model=None, protocol=None) -> Config:
         raise ConfigError("N", f"must be >= 2, got {cfg.N}")
     if not (isinstance(cfg.noise, (int, float)) and cfg.noise >= 0):
         raise ConfigError("noise", f"must be a std >= 0, got {cfg.noise!r}")
+    tol = cfg.residual_tol
+    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0):
+        raise ConfigError("residual_tol", f"must be a residual > 0 or null (no gate), got {tol!r}")
+    if tol is not None and proto.updates_in_phases:
+        raise ConfigError("residual_tol", f"protocol {proto.name} updates inside its phases: a gated batch runs "
+                                          f"again on its kept samples, which would apply those updates twice")
     if not 0 <= cfg.momentum < 1:
         raise ConfigError("momentum", f"must be in [0, 1), got {cfg.momentum}")
     if not 0 < cfg.test_fraction < 1:

@@ -1,9 +1,11 @@
 """`sweep CONFIG --grid key=v1,v2,... [--grid ...]`: `audit` at every point of the grid product.
 
-Writes sweep.json: `points` (grid values, rel_l2, cosine, diverged; with steps=true the audit's step-wise (GDU)
-metrics per tensor under `steps`) and `slopes`, the least-squares slope of log rel_l2 against log beta (or eps)
-for each value of the other grid keys, with the range fitted (only over >= 4 values spanning >= 4x with error >=
-1e-12; otherwise slope None and a note); sweep.png, the log-log plot; with steps=true
+Writes sweep.json: `points` (grid values, rel_l2, cosine, diverged; with `residual_tol` also runs_nonconverged, the
+phases over the gate, and such a point is `diverged`; with steps=true the audit's step-wise (GDU) metrics per tensor
+under `steps`) and `slopes`, the least-squares slope of log rel_l2 against log beta (or eps) for each value of the
+other grid keys, with the range fitted (only over >= 4 values spanning >= 4x with error >= 1e-12, diverged points
+excluded; otherwise slope None and a note) and `converged_max`, the largest |beta| (or |eps|) at which every run
+converged (none diverged; with residual_tol, none over it); sweep.png, the log-log plot; with steps=true
 steps.png, each tensor's step-wise RMSE against the first grid key (e.g. the eta sweep of continual EP).
 """
 from __future__ import annotations
@@ -16,7 +18,7 @@ import tempfile
 
 import numpy as np
 
-from experiments.audit import run_audit
+from experiments.audit import NotConverged, run_audit
 from experiments.config import ConfigError, _build, _set_dotted, parse_value, validate
 from experiments.results import prepare, pyplot, write_json
 
@@ -52,16 +54,20 @@ def run_sweep(cfg, out_dir: str, grid_items, sets=()) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for i, (values, c) in enumerate(configs):
             print(f"sweep point {i + 1}/{len(configs)}: {values}", file=sys.stderr)
+            head = {**values, "engine": c.engine, "granularity": c.granularity}
             try:
                 rep = run_audit(dataclasses.replace(c, replay=None), os.path.join(tmp, str(i)), quiet=True)
-                t = rep["total"]
-                points.append({**values, "engine": c.engine, "granularity": c.granularity, "rel_l2": t["rel_l2"],
-                               "cosine": t["cosine"], "diverged": False,
+                t, gate = rep["total"], rep.get("gate")
+                points.append({**head, "rel_l2": t["rel_l2"], "cosine": t["cosine"],
+                               "diverged": bool(gate and not gate["converged"]),
+                               **({"runs_nonconverged": gate["runs_nonconverged"]} if gate else {}),
                                "locality_violations": len(rep["locality"]["violations"]),
                                **({"steps": rep["steps"]} if "steps" in rep else {})})
+            except NotConverged as err:
+                points.append({**head, "rel_l2": None, "cosine": None, "diverged": True,
+                               "runs_nonconverged": sum(1 for n in err.runs.values() if n), "error": str(err)})
             except (RuntimeError, FloatingPointError) as err:
-                points.append({**values, "engine": c.engine, "granularity": c.granularity, "rel_l2": None,
-                               "cosine": None, "diverged": True, "error": str(err)})
+                points.append({**head, "rel_l2": None, "cosine": None, "diverged": True, "error": str(err)})
     x_key = "beta" if "beta" in grid else ("eps" if "eps" in grid else None)
     slopes = fit_slopes(points, x_key, [k for k in grid if k != x_key]) if x_key else []
     result = {"grid": grid, "engines": engines, "points": points, "slopes": slopes}
@@ -71,6 +77,10 @@ def run_sweep(cfg, out_dir: str, grid_items, sets=()) -> dict:
     if any("steps" in p for p in points):
         plot_steps(os.path.join(out_dir, "steps.png"), points, list(grid)[0])
     for s in slopes:
+        bad = sum(1 for p in points if p["diverged"] and all(p[k] == v for k, v in s["group"].items()))
+        if bad:
+            print(f"{s['group']}: {bad} point(s) diverged or over residual_tol; every run converged up to "
+                  f"|{x_key}| = {s['converged_max']}")
         if s["slope"] is None:
             print(f"no slope for {s['group']}: {s['note']}")
         else:
@@ -89,23 +99,24 @@ FIT_MIN_POINTS, FIT_MIN_SPAN, FIT_MIN_ERROR = 4, 4.0, 1e-12
 
 
 def fit_slopes(points, x_key, others) -> list:
-    """Per group of the other keys, the least-squares slope of log rel_l2 on log |x|, over the points that did not
-    diverge and whose error is >= 1e-12 (below that rounding, not the estimator, sets it); fitted only over >= 4
+    """Per group of the other keys, the largest |x| with no divergence (`converged_max`) and the least-squares slope
+    of log rel_l2 on log |x|, over the points that did not diverge and whose error is >= 1e-12 (below that rounding, not the estimator, sets it); fitted only over >= 4
     such values spanning >= 4x, otherwise the entry says why (slope None)."""
     out = []
     for key, pts in _groups(points, x_key, others).items():
+        converged = [abs(p[x_key]) for p in pts if not p["diverged"]]
+        top = {"converged_max": float(max(converged)) if converged else None}
         ok = [p for p in pts if not p["diverged"] and p["rel_l2"] and p["rel_l2"] >= FIT_MIN_ERROR]
         xs = [abs(p[x_key]) for p in ok]
         if len(ok) < FIT_MIN_POINTS or max(xs) < FIT_MIN_SPAN * min(xs):
             out.append({"group": dict(key), "slope": None, "range": [float(min(xs)), float(max(xs))] if xs else None,
-                        "points": len(ok), "note": f"not fitted: needs >= {FIT_MIN_POINTS} values of |{x_key}| "
-                        f"spanning >= {FIT_MIN_SPAN:g}x with error >= {FIT_MIN_ERROR:g} and no divergence"})
+                        "points": len(ok), **top, "note": f"not fitted: needs >= {FIT_MIN_POINTS} values of "
+                        f"|{x_key}| spanning >= {FIT_MIN_SPAN:g}x with error >= {FIT_MIN_ERROR:g} and no divergence"})
             continue
         lx = np.log10(xs)
         ly = np.log10([p["rel_l2"] for p in ok])
         out.append({"group": dict(key), "slope": float(np.polyfit(lx, ly, 1)[0]),
-                    "range": [float(min(abs(p[x_key]) for p in ok)), float(max(abs(p[x_key]) for p in ok))],
-                    "points": len(ok)})
+                    "range": [float(min(xs)), float(max(xs))], "points": len(ok), **top})
     return out
 
 

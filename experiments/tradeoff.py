@@ -16,18 +16,13 @@ runs/.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 
 import numpy as np
-import torch
 
-from cluster.audit import angles
-from cluster.bptt import bptt_grad
-from cluster.runtime import make_engine, model_from, protocol_from
+from experiments.compare import initial_angles
 from experiments.config import ConfigError, _build, validate
-from experiments.datasets import load_dataset, one_hot
 from experiments.results import prepare, pyplot, write_json
 from experiments.train import run_train
 
@@ -60,27 +55,7 @@ def point_configs(cfg) -> list:
 def update_angle(cfg) -> float:
     """The mean update-BPTT angle (degrees, forward tensors) over the first angle_batches training batches, at the
     run's initial weights, on the run's engine."""
-    model, proto = model_from(cfg), protocol_from(cfg)
-    ds = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed, cfg.test_fraction, cfg.data_path, cfg.sizes)
-    params = model.init_params(cfg.seed, torch.float64, cfg.init_scale)
-    rng = np.random.default_rng(cfg.seed)
-    c64 = dataclasses.replace(cfg, dtype="float64")
-    engine = make_engine(c64, model, proto)
-    out = []
-    try:
-        for k in range(cfg.tradeoff.angle_batches):
-            sl = slice(k * cfg.batch, (k + 1) * cfg.batch)
-            x = torch.from_numpy(ds.x_train[sl]).double()
-            y = torch.from_numpy(one_hot(ds.y_train[sl], ds.n_classes)).double()
-            if not len(x):
-                break
-            engine.set_params(params)
-            engine.set_batch(x, y)
-            engine.run_program(engine.program(proto.batch_beta(cfg.beta, rng), cfg.T1, cfg.T2))
-            out.append(angles(engine.estimate(), bptt_grad(model, params, x, y, cfg.T1), model.lr_index)["total"])
-    finally:
-        engine.close()
-    return float(np.mean(out))
+    return float(np.mean([a["total"] for a in initial_angles(cfg, cfg.tradeoff.angle_batches, shuffled=False)]))
 
 
 def spearman(a, b) -> float:

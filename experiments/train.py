@@ -2,7 +2,8 @@
 
 Each batch is one control call per node (engine.train_batch): the coordinator feeds x, y and beta, the nodes
 walk the protocol's phases and apply their local update; accuracy comes from the free phase's output.
-Every epoch: test accuracy and loss, wall time, checkpoint.
+Every epoch: test accuracy and loss, wall time, checkpoint. With `residual_tol` each batch runs behind the
+convergence gate (Engine.gated_batch): per epoch and in total, `dropped_samples` and `hep_fallbacks`.
 Writes config.yaml, metrics.json, metrics.csv, curves.png, confusion.png and checkpoint.npz.
 """
 from __future__ import annotations
@@ -118,7 +119,7 @@ def run_train(cfg, out_dir: str, progress: bool = True, resume: bool = False, mo
             rng = np.random.default_rng([cfg.seed, epoch])
             order = rng.permutation(len(ds.x_train))
             t0 = time.perf_counter()
-            correct = correct_b = seen = 0
+            correct = correct_b = seen = dropped = fallbacks = 0
             loss_sum = 0.0
             batches = range(0, len(order), cfg.batch)
             bar = _bar(batches, epoch, cfg, progress)
@@ -127,7 +128,12 @@ def run_train(cfg, out_dir: str, progress: bool = True, resume: bool = False, mo
                 idx = order[i:i + cfg.batch]
                 x, y = torch.from_numpy(ds.x_train[idx]), torch.from_numpy(Y[idx])
                 beta = protocol.batch_beta(cfg.beta, rng)
-                out = engine.train_batch(x, y, beta, cfg.T1, cfg.T2, draw).to(torch.float64)
+                if cfg.residual_tol is None:
+                    out = engine.train_batch(x, y, beta, cfg.T1, cfg.T2, draw)
+                else:
+                    out, n, fell = engine.gated_batch(x, y, beta, cfg.T1, cfg.T2, draw, cfg.residual_tol)
+                    dropped, fallbacks = dropped + n, fallbacks + int(fell)
+                out = out.to(torch.float64)
                 correct += int((out.argmax(1).numpy() == ds.y_train[idx]).sum())
                 loss_sum += float(cost(out, y)) * len(idx)
                 seen += len(idx)
@@ -142,6 +148,8 @@ def run_train(cfg, out_dir: str, progress: bool = True, resume: bool = False, mo
                    "test_accuracy": acc, "test_loss": loss, "train_seconds": train_s,
                    "seconds": time.perf_counter() - t0,
                    "replica_drift": max(engine.replica_drift().values(), default=0.0)}
+            if cfg.residual_tol is not None:
+                row.update(dropped_samples=dropped, hep_fallbacks=fallbacks)
             metrics["epochs"].append(row)
             if baseline is not None:
                 bacc, bloss, _ = evaluate(baseline, cfg, ds.x_test, ds.y_test, ds.n_classes)
@@ -158,6 +166,8 @@ def run_train(cfg, out_dir: str, progress: bool = True, resume: bool = False, mo
     last = metrics["epochs"][-1] if metrics["epochs"] else {}
     summary = {"test_accuracy": last.get("test_accuracy"), "train_accuracy": last.get("train_accuracy"),
                "engine": cfg.engine, "protocol": cfg.protocol, "dataset": cfg.dataset, **metrics}
+    if cfg.residual_tol is not None:  # the convergence gate's totals over the run
+        summary.update({k: sum(r.get(k, 0) for r in metrics["epochs"]) for k in ("dropped_samples", "hep_fallbacks")})
     if metrics.get("baseline"):
         summary["bptt_test_accuracy"] = metrics["baseline"][-1]["test_accuracy"]
     write_json(os.path.join(out_dir, "metrics.json"), {k: v for k, v in summary.items() if k != "final_params"})
@@ -184,6 +194,8 @@ def _bar(batches, epoch, cfg, progress):
 def _log(row, base) -> None:
     text = (f"epoch {row['epoch']}: train {row['train_accuracy']:.4f}  test {row['test_accuracy']:.4f}  "
             f"loss {row['test_loss']:.4f}  {row['seconds']:.1f} s")
+    if "dropped_samples" in row:
+        text += f"  dropped {row['dropped_samples']}, fallbacks {row['hep_fallbacks']}"
     if base:
         text += f"  | BPTT test {base['test_accuracy']:.4f}"
     print(text, file=sys.stderr)

@@ -282,7 +282,8 @@ class PhaseRule:
         """The learning hooks' view of the node: `G(scale)` = scale * G at its current state and inbox, computed
         only if asked; `G.signals()` = copies of (its own signal, its neighbours' signals per slot) now;
         `G.outer(scale, post, pre)` = the same products as G with the node's own signal replaced by `post` and the
-        neighbours' by `pre` (rules that pair a change of one side with a state of the other, such as VF)."""
+        neighbours' by `pre` (rules that pair a change of one side with a state of the other, such as VF);
+        `G.state()` = the node's own state now."""
         node = self.node
 
         def G(scale=1.0):
@@ -294,5 +295,8 @@ class PhaseRule:
         def outer(scale, post, pre):
             return node.outer(scale, post, pre, boundary)
 
-        G.signals, G.outer = signals, outer
+        def own_state():
+            return state["s"]
+
+        G.signals, G.outer, G.state = signals, outer, own_state
         return G

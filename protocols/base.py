@@ -75,6 +75,11 @@ class Protocol:
     def program(self, beta, T1: int, T2: int) -> tuple:
         raise NotImplementedError
 
+    def fallback(self, beta, T1: int, T2: int):
+        """The program a gated training batch falls back to when a complex phase diverged (Engine.gated_batch);
+        None: no fallback (the diverged samples are dropped)."""
+        return None
+
     def batch_beta(self, beta: float, rng: np.random.Generator) -> float:
         """The beta of one batch; `random_sign` flips it with the run's seeded generator."""
         if self.settings.get("random_sign", self.random_sign):
@@ -102,6 +107,10 @@ class Protocol:
         if phase.coef:
             mem = {**mem, "acc": add(mem.get("acc"), G(phase.coef))}
         return mem
+
+    def prediction(self, state: dict, program) -> object:
+        """A node's prediction after a training batch, from its own phase state: the first phase's final state."""
+        return state["saved"][program[0].name]
 
     def estimate(self, mem: dict, held: dict) -> dict:
         """The node's g_hat on its held tensors (zeros where nothing was accumulated); real part of a complex sum."""

@@ -42,6 +42,10 @@ class HolomorphicEP(Protocol):
     def N(self) -> int:
         return int(self.settings.get("N", 2))
 
+    def fallback(self, beta, T1, T2):
+        """N = 2 (real runs at +-|beta|, `ep-symmetric`'s estimate): no complex state left to diverge."""
+        return self.configured(N=2).program(beta, T1, T2) if self.N > 2 else None
+
     def program(self, beta, T1, T2):
         N = self.N
         return (Phase("free", T1),) + tuple(

@@ -6,7 +6,8 @@ derived from the phase's |beta|, the carried N and its own step counter (a clock
 carrying over from segment to segment. At the end of every segment each synapse accumulates G(s)/beta_k; then
     g_hat = Re( (1 / (N periods)) sum_segments G(s_end) / beta_k ).
 With segments long enough to converge it equals `hep` (same N, |beta|). The free prediction is not a phase of its
-own: the state saved at the end is the last segment's (nudged).
+own: it is the mean of the last period's segment-end states (their zeroth Fourier coefficient, s0 + O(|beta|^N)),
+each node's own.
 """
 from protocols.base import Phase, add
 from protocols.hep import HolomorphicEP, point
@@ -29,15 +30,29 @@ class HolomorphicOsc(HolomorphicEP):
     def program(self, beta, T1, T2):
         return (Phase("osc", self.N * self.periods * T2, abs(beta), "zero", complex=True, period=T2),)
 
+    def fallback(self, beta, T1, T2):
+        """None: the nodes' clock carries N, so a diverged oscillation's samples are dropped, not re-run at N = 2."""
+        return None
+
     def step_beta(self, phase, t, beta):
         return complex(point(beta, (t // phase.period) % self.N, self.N))
 
     def on_step(self, phase, t, mem, G):
-        """At a segment's end (t a multiple of T2, t > 0; the phase's exit for the last), acc += G / (N P beta_k)."""
-        if t == 0 or t % phase.period:
+        """At a segment's end (t a multiple of T2, t > 0; the phase's exit for the last), acc += G / (N P beta_k).
+        Nothing in a phase without the clock (inference's free phase)."""
+        if not phase.period or t == 0 or t % phase.period:
             return mem, None
         b = self.step_beta(phase, t - 1, phase.beta)  # the segment that just ended
-        return {**mem, "acc": add(mem.get("acc"), G(1.0 / (self.N * self.periods * b)))}, None
+        mem = {**mem, "acc": add(mem.get("acc"), G(1.0 / (self.N * self.periods * b)))}
+        if t > (self.periods - 1) * self.N * phase.period:  # the last period: its mean state is the prediction
+            s = G.state() / self.N
+            mem["free"] = s if mem.get("free") is None else mem["free"] + s
+        return mem, None
+
+    def prediction(self, state, program):
+        """The free prediction from the oscillation itself: the mean of the last period's N segment-end states, the
+        zeroth Fourier coefficient of s(beta_k), = s0 + O(|beta|^N) when the segments converge (real part)."""
+        return state["mem"]["free"].real
 
 
 PROTOCOL = HolomorphicOsc()

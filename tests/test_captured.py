@@ -83,6 +83,18 @@ def test_a_new_batch_reaches_the_loop_through_its_fixed_buffers():
     assert len(e.loops) == 2
 
 
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.name)
+def test_inference_after_training_at_the_same_batch_size_gets_its_own_loop(model):
+    """A free phase with y routed (training) and one without (inference) share batch size and beta, not a loop: the
+    training loop's target buffer has nothing to copy from at inference (this failed `train` whenever the test
+    set's chunk was as large as a training batch)."""
+    params = scaled_params(model)
+    e = engine(model, params)
+    x, y = batch(model)
+    e.train_batch(x, y, 0.2, 12, 4)
+    assert_same([e.infer(x, 12)], [relax(model, e.get_params(), x, 12)[-1]])
+
+
 def test_divergence_is_named_at_the_same_step_as_the_eager_path_checks_it():
     unstable = layered("energy", (4, 6, 3), "sigmoid", dt=2.5)
     e = engine(unstable, scaled_params(unstable))

@@ -141,3 +141,27 @@ def test_the_oscillation_runs_alike_on_a_hosted_neuron_fabric_with_its_clock_glo
     assert loc["violations"] == [] and {"N", "periods", "beta"} <= set(loc["globals"])
     assert {k for kinds in dict(loc["per_edge"]).values() for k in kinds} == {"a"}
     assert set(loc["boundary"]["y"]) == {i for i in loc["boundary"]["y"] if i.startswith("L3")}
+
+
+def test_a_trained_oscillation_is_evaluated_by_free_inference():
+    """Training reads the oscillation's (nudged) end state; evaluation runs the plain free phase, where the clock's
+    segment-end accumulation must not run (it has no period)."""
+    e = ReferenceEngine(MODEL, get_protocol("hep-osc").configured(N=4, periods=1), torch.float64,
+                        lrs={k: 0.05 for k in PARAMS})
+    e.set_params(PARAMS)
+    e.train_batch(X, Y, 0.4, 300, 30)
+    from cluster.reference import relax
+    assert float((e.infer(X, 40) - relax(MODEL, e.get_params(), X, 40)[-1]).abs().max()) <= 1e-12
+
+
+def test_the_oscillation_predicts_the_free_state_to_order_beta_to_the_n():
+    """The prediction is the mean of the last period's segment-end states (their zeroth Fourier coefficient): the free
+    state up to O(|beta|^N), so halving |beta| divides its error by about 2^N."""
+    from cluster.reference import relax
+    free = relax(MODEL, PARAMS, X, 300)[-1]
+    errs = []
+    for b in (0.1, 0.2):
+        e = ReferenceEngine(MODEL, get_protocol("hep-osc").configured(N=4, periods=2), torch.float64)
+        e.set_params(PARAMS)
+        errs.append(float((e.train_batch(X, Y, b, 300, 300) - free).abs().max()))
+    assert 1e-9 < errs[0] < 1e-3 and 12 < errs[1] / errs[0] < 20, errs  # measured: 1.0e-4, ratio 16.0

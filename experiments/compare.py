@@ -1,0 +1,190 @@
+"""`compare CONFIG`: settings trained side by side, per seed, with each run's update-BPTT alignment at its initial
+weights (the holomorphic-EP tables `hep-noise` and `hep-depth`; ALGORITHMS.md §7).
+
+The config's `compare` section lists `settings` (each a `label` and the keys it `set`s) and a `grid` ({key: values},
+crossed with every setting, e.g. noise and dataset); every point is trained once per seed of `seeds` with the rest
+of the config. Before training, a run's update is compared with BPTT at its initial weights on its first
+`angle_batches` training batches (the same draws of the noise as the training run's): cosine per layer pair and
+over all forward tensors, averaged over those batches.
+
+Writes metrics.json: `points` (one per run: setting, grid values, seed, cosine, cosine per layer, final test and
+train accuracy, the gate's counts when `residual_tol` is set, seconds, its folder under runs/) and `by_setting`
+(mean and std over seeds per setting and grid point); table.md (that table); compare.png (test accuracy per
+setting, one panel per grid point).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from cluster.audit import angles
+from cluster.bptt import bptt_grad
+from cluster.runtime import make_engine, model_from, protocol_from
+from experiments.config import ConfigError, _build, _set_dotted, validate
+from experiments.datasets import load_dataset, one_hot
+from experiments.results import prepare, pyplot, write_json
+from experiments.train import run_train
+
+GATE_KEYS = ("dropped_samples", "hep_fallbacks")
+
+
+def points_of(cfg) -> list:
+    """(label, grid values, config) of every run, validated before anything runs."""
+    c = cfg.compare
+    if not c.settings:
+        raise ConfigError("compare.settings", "no settings: give a list of {label, set: {key: value}}")
+    if not c.seeds:
+        raise ConfigError("compare.seeds", "give at least one seed")
+    if c.angle_batches < 0:
+        raise ConfigError("compare.angle_batches", f"must be >= 0, got {c.angle_batches}")
+    for k, vals in c.grid.items():
+        if not isinstance(vals, list) or not vals:
+            raise ConfigError(f"compare.grid.{k}", f"expected a non-empty list of values, got {vals!r}")
+    runs = []
+    for n, s in enumerate(c.settings):
+        if not isinstance(s, dict) or not isinstance(s.get("label"), str) or not isinstance(s.get("set", {}), dict):
+            raise ConfigError(f"compare.settings[{n}]", f"expected {{label: str, set: {{key: value}}}}, got {s!r}")
+        for values in itertools.product(*c.grid.values()):
+            grid = dict(zip(c.grid, values))
+            for seed in c.seeds:
+                data = {**cfg.to_dict(), "seed": int(seed)}
+                for k, v in {**grid, **s.get("set", {})}.items():
+                    _set_dotted(data, k, v)
+                try:
+                    run = validate(_build(type(cfg), data))
+                except ConfigError as err:
+                    raise ConfigError(f"compare.settings[{n}] ({s['label']}, {grid}): {err.field}",
+                                      str(err).partition(": ")[2]) from None
+                runs.append((s["label"], grid, run))
+    return runs
+
+
+def initial_angles(cfg, batches: int, shuffled: bool = True) -> list:
+    """Per batch, the update-BPTT angles (cluster.audit.angles: per layer pair and in total, degrees) at the run's
+    initial weights, in float64 on the run's engine, over its first `batches` training batches: epoch 0's order as
+    `train` draws it (`shuffled`) or the first samples in file order; batch k with draw k of the noise, as in
+    training."""
+    model, proto = model_from(cfg), protocol_from(cfg)
+    ds = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed, cfg.test_fraction, cfg.data_path, cfg.sizes)
+    params = model.init_params(cfg.seed, torch.float64, cfg.init_scale)
+    rng = np.random.default_rng(cfg.seed)
+    n = len(ds.x_train)
+    order = np.random.default_rng([cfg.seed, 0]).permutation(n) if shuffled else np.arange(n)
+    engine = make_engine(dataclasses.replace(cfg, dtype="float64"), model, proto)
+    out = []
+    try:
+        for k in range(batches):
+            idx = order[k * cfg.batch:(k + 1) * cfg.batch]
+            if not len(idx):
+                break
+            x = torch.from_numpy(ds.x_train[idx]).double()
+            y = torch.from_numpy(one_hot(ds.y_train[idx], ds.n_classes)).double()
+            engine.set_params(params)
+            engine.set_batch(x, y, k)
+            engine.run_program(engine.program(proto.batch_beta(cfg.beta, rng), cfg.T1, cfg.T2))
+            truth = bptt_grad(model, params, x, y, cfg.T1, noise=(cfg.noise, cfg.seed, k) if cfg.noise else None)
+            out.append(angles(engine.estimate(), truth, model.lr_index))
+    finally:
+        engine.close()
+    return out
+
+
+def alignment(per_batch: list) -> dict:
+    """{"cosine", "layers": {pair: cosine}}: the cosines of initial_angles' angles, averaged over the batches."""
+    if not per_batch:
+        return {"cosine": None, "layers": {}}
+    cos = lambda deg: math.cos(math.radians(deg))  # noqa: E731
+    return {"cosine": float(np.mean([cos(a["total"]) for a in per_batch])),
+            "layers": {n: float(np.mean([cos(a["layers"][n]) for a in per_batch])) for n in per_batch[0]["layers"]}}
+
+
+def run_compare(cfg, out_dir: str) -> dict:
+    runs = points_of(cfg)
+    prepare(out_dir, cfg)
+    points = []
+    for i, (label, grid, c) in enumerate(runs):
+        where = ", ".join(f"{k} {v}" for k, v in grid.items())
+        print(f"compare run {i + 1}/{len(runs)}: {label}{', ' + where if where else ''}, seed {c.seed}",
+              file=sys.stderr)
+        folder = os.path.join(out_dir, "runs", f"{i:03d}-s{c.seed}")
+        t0 = time.perf_counter()
+        align = alignment(initial_angles(c, cfg.compare.angle_batches))
+        m = run_train(c, folder, progress=False)
+        points.append({"setting": label, **{f"grid.{k}": v for k, v in grid.items()}, "seed": c.seed,
+                       "cosine": align["cosine"], "cosine_layers": align["layers"],
+                       "test_accuracy": m["test_accuracy"], "train_accuracy": m["train_accuracy"],
+                       **{k: m[k] for k in GATE_KEYS if k in m}, "seconds": time.perf_counter() - t0,
+                       "folder": os.path.relpath(folder, out_dir)})
+        cos = f"cosine {align['cosine']:.4f}, " if align["cosine"] is not None else ""
+        print(f"  {cos}test accuracy {m['test_accuracy']:.4f}", file=sys.stderr)
+    table = by_setting(points)
+    result = {"points": points, "by_setting": table, "grid": dict(cfg.compare.grid), "seeds": list(cfg.compare.seeds)}
+    write_json(os.path.join(out_dir, "metrics.json"), result)
+    with open(os.path.join(out_dir, "table.md"), "w") as f:
+        f.write(markdown(table))
+    plot_compare(os.path.join(out_dir, "compare.png"), table)
+    print(markdown(table) + f"-> {out_dir}")
+    return result
+
+
+def by_setting(points) -> list:
+    """Mean and std over seeds of every setting at every grid point."""
+    groups = {}
+    for p in points:
+        key = (p["setting"], *((k, p[k]) for k in p if k.startswith("grid.")))
+        groups.setdefault(key, []).append(p)
+    out = []
+    for key, ps in groups.items():
+        row = {"setting": key[0], **dict(key[1:]), "seeds": [p["seed"] for p in ps]}
+        for k in ("test_accuracy", "train_accuracy", "cosine", *GATE_KEYS):
+            vals = [p[k] for p in ps if p.get(k) is not None]
+            if vals:
+                row[k] = float(np.mean(vals))
+                if k in ("test_accuracy", "cosine"):
+                    row[k + "_std"] = float(np.std(vals))
+        for n in ps[0]["cosine_layers"]:
+            row[f"cosine_layer{n}"] = float(np.mean([p["cosine_layers"][n] for p in ps]))
+        out.append(row)
+    return out
+
+
+def markdown(table) -> str:
+    grid = [k for k in table[0] if k.startswith("grid.")] if table else []
+    layers = [k for k in table[0] if k.startswith("cosine_layer")] if table else []
+    gate = [k for k in GATE_KEYS if table and k in table[0]]
+    head = ["setting", *(k[5:] for k in grid), "seeds", "test accuracy (mean ± std)", "cosine at init",
+            *(f"cos layer {k[12:]}" for k in layers), *gate]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in table:
+        cos = f"{r['cosine']:.4f}" if "cosine" in r else "—"
+        cells = [r["setting"], *(str(r[k]) for k in grid), ",".join(map(str, r["seeds"])),
+                 f"{100 * r['test_accuracy']:.1f} ± {100 * r['test_accuracy_std']:.1f} %", cos,
+                 *(f"{r[k]:.4f}" for k in layers), *(f"{r[k]:g}" for k in gate)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_compare(path, table) -> None:
+    plt = pyplot()
+    grid = [k for k in table[0] if k.startswith("grid.")]
+    panels = list(dict.fromkeys(tuple(r[k] for k in grid) for r in table))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.8), sharey=True, squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        rows = [r for r in table if tuple(r[k] for k in grid) == panel]
+        ax.barh(range(len(rows)), [100 * r["test_accuracy"] for r in rows],
+                xerr=[100 * r["test_accuracy_std"] for r in rows], color="tab:blue", alpha=0.8)
+        ax.set_yticks(range(len(rows)), [r["setting"] for r in rows], fontsize=7)
+        ax.set_xlabel("test accuracy (%)"), ax.grid(alpha=0.3, axis="x")
+        ax.set_title(", ".join(f"{k[5:]} {v}" for k, v in zip(grid, panel)) or "all", fontsize=9)
+        lo = min(100 * r["test_accuracy"] for r in table)
+        ax.set_xlim(max(0.0, lo - 10), 100)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
