@@ -7,9 +7,10 @@ of the config. Before training, a run's update is compared with BPTT at its init
 `angle_batches` training batches (the same draws of the noise as the training run's): cosine per layer pair and
 over all forward tensors, averaged over those batches.
 
-Writes metrics.json: `points` (one per run: setting, grid values, seed, cosine, cosine per layer, final test and
-train accuracy, the gate's counts when `residual_tol` is set, seconds, its folder under runs/) and `by_setting`
-(mean and std over seeds per setting and grid point); table.md (that table); compare.png (test accuracy per
+Writes metrics.json after every run (`partial` until the last): `points` (one per run: setting, grid values, seed,
+cosine, cosine per layer, final test and train accuracy, the gate's counts when `residual_tol` is set, seconds,
+its folder under runs/; a run that failed has `error` instead of accuracies and the others go on) and `by_setting`
+(mean and std over seeds per setting and grid point, the seeds that failed); table.md (that table); compare.png (test accuracy per
 setting, one panel per grid point).
 """
 from __future__ import annotations
@@ -115,15 +116,22 @@ def run_compare(cfg, out_dir: str) -> dict:
               file=sys.stderr)
         folder = os.path.join(out_dir, "runs", f"{i:03d}-s{c.seed}")
         t0 = time.perf_counter()
-        align = alignment(initial_angles(c, cfg.compare.angle_batches))
-        m = run_train(c, folder, progress=False)
-        points.append({"setting": label, **{f"grid.{k}": v for k, v in grid.items()}, "seed": c.seed,
-                       "cosine": align["cosine"], "cosine_layers": align["layers"],
-                       "test_accuracy": m["test_accuracy"], "train_accuracy": m["train_accuracy"],
-                       **{k: m[k] for k in GATE_KEYS if k in m}, "seconds": time.perf_counter() - t0,
-                       "folder": os.path.relpath(folder, out_dir)})
-        cos = f"cosine {align['cosine']:.4f}, " if align["cosine"] is not None else ""
-        print(f"  {cos}test accuracy {m['test_accuracy']:.4f}", file=sys.stderr)
+        point = {"setting": label, **{f"grid.{k}": v for k, v in grid.items()}, "seed": c.seed,
+                 "folder": os.path.relpath(folder, out_dir)}
+        try:
+            align = alignment(initial_angles(c, cfg.compare.angle_batches))
+            point.update(cosine=align["cosine"], cosine_layers=align["layers"])
+            m = run_train(c, folder, progress=False)
+            point.update(test_accuracy=m["test_accuracy"], train_accuracy=m["train_accuracy"],
+                         **{k: m[k] for k in GATE_KEYS if k in m})
+            cos = f"cosine {align['cosine']:.4f}, " if align["cosine"] is not None else ""
+            print(f"  {cos}test accuracy {m['test_accuracy']:.4f}", file=sys.stderr)
+        except (RuntimeError, FloatingPointError) as err:  # a failed run is a result too: counted, not fatal
+            point["error"] = str(err)
+            print(f"  run failed: {err}", file=sys.stderr)
+        point["seconds"] = time.perf_counter() - t0
+        points.append(point)
+        write_json(os.path.join(out_dir, "metrics.json"), {"points": points, "partial": True})
     table = by_setting(points)
     result = {"points": points, "by_setting": table, "grid": dict(cfg.compare.grid), "seeds": list(cfg.compare.seeds)}
     write_json(os.path.join(out_dir, "metrics.json"), result)
@@ -142,15 +150,17 @@ def by_setting(points) -> list:
         groups.setdefault(key, []).append(p)
     out = []
     for key, ps in groups.items():
-        row = {"setting": key[0], **dict(key[1:]), "seeds": [p["seed"] for p in ps]}
+        row = {"setting": key[0], **dict(key[1:]), "seeds": [p["seed"] for p in ps],
+               "failed": [p["seed"] for p in ps if "error" in p]}
         for k in ("test_accuracy", "train_accuracy", "cosine", *GATE_KEYS):
             vals = [p[k] for p in ps if p.get(k) is not None]
             if vals:
                 row[k] = float(np.mean(vals))
                 if k in ("test_accuracy", "cosine"):
                     row[k + "_std"] = float(np.std(vals))
-        for n in ps[0]["cosine_layers"]:
-            row[f"cosine_layer{n}"] = float(np.mean([p["cosine_layers"][n] for p in ps]))
+        layers = [p["cosine_layers"] for p in ps if p.get("cosine_layers")]
+        for n in (layers[0] if layers else {}):
+            row[f"cosine_layer{n}"] = float(np.mean([c[n] for c in layers]))
         out.append(row)
     return out
 
@@ -164,9 +174,11 @@ def markdown(table) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table:
         cos = f"{r['cosine']:.4f}" if "cosine" in r else "—"
-        cells = [r["setting"], *(str(r[k]) for k in grid), ",".join(map(str, r["seeds"])),
-                 f"{100 * r['test_accuracy']:.1f} ± {100 * r['test_accuracy_std']:.1f} %", cos,
-                 *(f"{r[k]:.4f}" for k in layers), *(f"{r[k]:g}" for k in gate)]
+        acc = f"{100 * r['test_accuracy']:.1f} ± {100 * r['test_accuracy_std']:.1f} %" if "test_accuracy" in r else "—"
+        if r["failed"]:
+            acc += f" (seed {','.join(map(str, r['failed']))} failed)"
+        cells = [r["setting"], *(str(r[k]) for k in grid), ",".join(map(str, r["seeds"])), acc, cos,
+                 *(f"{r[k]:.4f}" if k in r else "—" for k in layers), *(f"{r[k]:g}" if k in r else "—" for k in gate)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -176,6 +188,7 @@ def plot_compare(path, table) -> None:
     grid = [k for k in table[0] if k.startswith("grid.")]
     panels = list(dict.fromkeys(tuple(r[k] for k in grid) for r in table))
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.8), sharey=True, squeeze=False)
+    table = [r for r in table if "test_accuracy" in r]
     for ax, panel in zip(axes[0], panels):
         rows = [r for r in table if tuple(r[k] for k in grid) == panel]
         ax.barh(range(len(rows)), [100 * r["test_accuracy"] for r in rows],

@@ -59,3 +59,15 @@ def test_a_bad_setting_exits_2_naming_it_before_anything_runs(tmp_path):
                 "--out", str(tmp_path / "c"))
     assert r.returncode == 2 and "compare.settings[0]" in r.stderr and "N" in r.stderr
     assert not (tmp_path / "c").exists()
+
+
+def test_a_failed_run_is_recorded_and_the_others_go_on(tmp_path):
+    bad = {"label": "diverges", "set": {"model": "energy", "dt": 0.5, "activation": "sigmoid", "noise": 1e7,
+                                        "protocol": "ep", "beta": 0.1}}
+    cfg = load_config("hep-noise", overrides={**TOY, "compare.settings": [TOY["compare.settings"][0], bad],
+                                              "compare.grid": {}, "compare.seeds": [0], "residual_tol": None})
+    res = run_compare(cfg, str(tmp_path / "c"))
+    ok, failed = res["points"]
+    assert "error" not in ok and ok["test_accuracy"] is not None
+    assert "diverged" in failed["error"] and "test_accuracy" not in failed
+    assert res["by_setting"][1]["failed"] == [0] and "failed" in (tmp_path / "c" / "table.md").read_text()
