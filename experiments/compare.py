@@ -170,7 +170,7 @@ def markdown(table) -> str:
     layers = [k for k in table[0] if k.startswith("cosine_layer")] if table else []
     gate = [k for k in GATE_KEYS if table and k in table[0]]
     head = ["setting", *(k[5:] for k in grid), "seeds", "test accuracy (mean ± std)", "cosine at init",
-            *(f"cos layer {k[12:]}" for k in layers), *gate]
+            *(f"cos layer {k[12:]}" for k in layers), *(f"{k.replace('_', ' ')} (mean per run)" for k in gate)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table:
         cos = f"{r['cosine']:.4f}" if "cosine" in r else "—"
@@ -178,8 +178,8 @@ def markdown(table) -> str:
         if r["failed"]:
             acc += f" (seed {','.join(map(str, r['failed']))} failed)"
         cells = [r["setting"], *(str(r[k]) for k in grid), ",".join(map(str, r["seeds"])), acc, cos,
-                 *(f"{r[k]:.4f}" if k in r else "—" for k in layers), *(f"{r[k]:g}" if k in r else "—" for k in gate)]
-        lines.append("| " + " | ".join(cells) + " |")
+                 *(f"{r[k]:.4f}" if k in r else "—" for k in layers), *(f"{r[k]:.0f}" if k in r else "—" for k in gate)]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")  # a label's |beta|
     return "\n".join(lines) + "\n"
 
 
