@@ -187,9 +187,14 @@ def plot_compare(path, table) -> None:
     plt = pyplot()
     grid = [k for k in table[0] if k.startswith("grid.")]
     panels = list(dict.fromkeys(tuple(r[k] for k in grid) for r in table))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.8), sharey=True, squeeze=False)
+    cols = min(4, len(panels))
+    rows_n = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 0.4 + 0.35 * len(table) / len(panels) + 2.2 * rows_n),
+                             sharey=True, squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
     table = [r for r in table if "test_accuracy" in r]
-    for ax, panel in zip(axes[0], panels):
+    for ax, panel in zip(axes.flat, panels):
         rows = [r for r in table if tuple(r[k] for k in grid) == panel]
         ax.barh(range(len(rows)), [100 * r["test_accuracy"] for r in rows],
                 xerr=[100 * r["test_accuracy_std"] for r in rows], color="tab:blue", alpha=0.8)
