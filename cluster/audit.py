@@ -78,10 +78,11 @@ def gdu_metrics(est_steps: dict, bptt_steps: dict, scale: dict | None = None) ->
 
 
 def write_bundle(path: str, meta: dict, x, y, params: dict, estimate: dict, bptt: dict,
-                 estimate_steps: dict | None = None, bptt_steps: dict | None = None) -> None:
+                 estimate_steps: dict | None = None, bptt_steps: dict | None = None, implicit: dict | None = None) -> None:
     arrays = {"meta": np.array(json.dumps(meta)), "x": _np(x), "y": _np(y)}
     for prefix, d in (("param", params), ("estimate", estimate), ("bptt", bptt),
-                      ("estimate_steps", estimate_steps or {}), ("bptt_steps", bptt_steps or {})):
+                      ("estimate_steps", estimate_steps or {}), ("bptt_steps", bptt_steps or {}),
+                      ("implicit", implicit or {})):
         arrays.update({f"{prefix}/{k}": _np(v) for k, v in d.items()})
     np.savez(path, **arrays)
 

@@ -15,9 +15,10 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def model_from(cfg):
-    if cfg.model == "prototypical-asym":
-        return layered_asym(tuple(cfg.sizes), cfg.activation, True, cfg.dt, feedback_init=cfg.feedback_init,
-                            angle=cfg.angle)
+    if cfg.model in ("prototypical-asym", "vector-field"):
+        return layered_asym(tuple(cfg.sizes), cfg.activation, True, cfg.dt,
+                            "prototypical" if cfg.model == "prototypical-asym" else "vector-field",
+                            feedback_init=cfg.feedback_init, angle=cfg.angle)
     return layered(cfg.model, tuple(cfg.sizes), cfg.activation, cfg.dt)
 
 

@@ -2,7 +2,9 @@
 
 Writes `audit.npz` (the pinned bundle, ALGORITHMS.md §1), `audit.json` (total and per-tensor cosine, rel_l2,
 norm_ratio, sign_agreement; angles per layer, in total and for feedback weights; the residual of every phase and, with
-`residual_tol`, the convergence gate's counts (`gate`); the locality report from the receivers' logs; the replica
+`residual_tol`, the convergence gate's counts (`gate`); `implicit` (noiseless runs): implicit differentiation at the free
+fixed point (cluster/implicit.py), its gap to BPTT (above 1e-8: the free phase had not settled), the fixed point's
+residual and spectral radius, and the estimate against it (the bundle carries `implicit/*`); the locality report from the receivers' logs; the replica
 drift of the updates each end computed; with steps=true the GDU metrics) and the plots `locality.png` (the node
 graph weighted by delivered messages) and, with steps=true, `gdu.png`. `replay=BUNDLE.npz` re-runs on another
 bundle's parameters, batch and settings. The same code runs on either engine (cluster/engine.py).
@@ -17,6 +19,7 @@ import torch
 
 from cluster.audit import angles, compare, gdu_metrics, read_bundle, write_bundle
 from cluster.bptt import bptt_grad, bptt_state_steps, bptt_steps
+from cluster.implicit import implicit_grad
 from cluster.locality import locality_report
 from cluster.nodeset import PhaseError
 from cluster.runtime import make_engine, model_from, protocol_from
@@ -79,6 +82,7 @@ def gate_report(phases: dict, tol: float) -> dict:
             "diverged": [k for k, v in phases.items() if any(r == float("inf") for r in v["residuals"])]}
 
 
+IMPLICIT_GAP = 1e-8  # relative gap between implicit differentiation and BPTT above which the free phase had not settled
 AUDIT_DRAW = 0  # the audit's batch is the run's first: its noise is draw 0's
 
 
@@ -140,6 +144,12 @@ def run_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=None, proto
         engine.close()
     truth = bptt_grad(model, params, x, y, cfg.T1, noise=noise_of(cfg))
     report = compare(estimate, truth)
+    implicit = None
+    if not cfg.noise:  # implicit differentiation at the free fixed point: a second truth, and a convergence check
+        implicit, diag = implicit_grad(model, params, x, y, cfg.T1)
+        gap = compare(implicit, truth)["total"]["rel_l2"]
+        report["implicit"] = {**diag, "bptt_gap": gap, "estimate": compare(estimate, implicit)["total"],
+                              "converged": bool(gap <= IMPLICIT_GAP and diag["radius"] < 1)}
     report["angles"] = angles(estimate, truth, model.lr_index)
     report["beta_used"] = beta
     report["engine"] = cfg.engine
@@ -158,7 +168,8 @@ def run_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=None, proto
         est_steps, bptt_s, scale = step_series(cfg, model, proto, program, phases, params, x, y)
         report["steps"] = gdu_metrics(est_steps, bptt_s, scale)
         plot_gdu(os.path.join(out_dir, "gdu.png"), est_steps, bptt_s, scale)
-    write_bundle(os.path.join(out_dir, "audit.npz"), meta, x, y, params, estimate, truth, est_steps, bptt_s)
+    write_bundle(os.path.join(out_dir, "audit.npz"), meta, x, y, params, estimate, truth, est_steps, bptt_s,
+                 implicit)
     write_json(os.path.join(out_dir, "audit.json"), report)
     plot_locality(os.path.join(out_dir, "locality.png"), engine.specs, report["locality"])
     if not quiet:

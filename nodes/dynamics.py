@@ -5,6 +5,7 @@ touch its units, nodes/graph.Term) to the next state, and gives the signal a(s) 
 
   energy:        a(s) = rho(s);  s <- s - dt (s - rho'(s) h + beta (s - y))      [u = h; beta term at the output]
   prototypical:  a(s) = s;       s <- rho(h - beta (s - y)) = g(u - k beta (s - y)),  u = k h + c
+  vector-field:  a(s) = rho(s);  s <- s + dt (-s + h - beta (s - y))               [f = -s + h, any h: no energy]
 
 where rho(z) = g(k z + c) (nodes/activations.PREACTIVATION; sigmoid4: k = 4, c = -2): k and c are folded into the
 clamped drive and the products' alpha, so a prototypical step is the products and one pass of g. The input's
@@ -78,7 +79,26 @@ class Prototypical(Physics):
         return RHO_PRIME_OF_OUTPUT[self.activation](s_free)
 
 
-PHYSICS = {p.name: p for p in (Energy, Prototypical)}
+class VectorField(Physics):
+    """dx/dt = f(x) = -x + h(x), h = W_{n-1} rho(x_{n-1}) + b_{n-1} + B_n rho(x_{n+1}) (ALGORITHMS.md §1): a field
+    with no energy unless B_n = W_n^T and rho' is uniform; the nudge -beta (x_N - y) joins f_N."""
+
+    name = "vector-field"
+
+    def signal(self, s):
+        return self.rho(s)
+
+    def step(self, s, u, beta=0.0, y=None):
+        f = u - s
+        if y is not None and beta != 0:
+            f = f - beta * (s - y)
+        return s + self.dt * f
+
+    def gdu_state_scale(self, s_free):
+        return self.dt
+
+
+PHYSICS = {p.name: p for p in (Energy, Prototypical, VectorField)}
 
 
 def physics_of(model) -> Physics:

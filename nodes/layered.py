@@ -20,7 +20,7 @@ from nodes.activations import ACTIVATIONS
 from nodes.graph import Dense, Group, Model
 
 SYMMETRIC = ("energy", "prototypical")
-MODELS = SYMMETRIC + ("prototypical-asym",)  # the layered nets a config's `model` may name
+MODELS = SYMMETRIC + ("prototypical-asym", "vector-field")  # the layered nets a config's `model` may name
 FEEDBACK_INITS = ("transpose", "independent")
 
 
@@ -74,7 +74,8 @@ def layered_asym(sizes, activation: str, feedback: bool = True, dt: float = 1.0,
             params[f"B{n}"] = (B * signs).contiguous()
         return params
 
-    return Model("prototypical-asym" if feedback else "feed-forward", physics, activation, groups, tuple(inter),
+    name = ("prototypical-asym" if physics == "prototypical" else physics) if feedback else "feed-forward"
+    return Model(name, physics, activation, groups, tuple(inter),
                  float(dt), lr, init=init if feedback else None)
 
 

@@ -3,10 +3,11 @@ weights are their own parameters (`prototypical-asym`): free phase -> s0; nudged
 every node pairs its own post-synaptic change with the pre-synaptic free signals it received:
 
     g_hat_{W_n} = -(s_beta_{n+1} - s0_{n+1}) a0_n^T / beta,   g_hat_{b_n} = -(s_beta_{n+1} - s0_{n+1}) / beta,
-    g_hat_{B_n} = -(s_beta_n - s0_n) a0_{n+1}^T / beta          (batch means; a0 = s0 on prototypical-asym)
+    g_hat_{B_n} = -(s_beta_n - s0_n) a0_{n+1}^T / beta          (batch means; a0 = s0 on prototypical-asym,
+                                                                 rho(x0) on vector-field)
 
-The node keeps its own free signal and its neighbours' (what the last free exchange delivered) until the nudged
-phase ends. `random_sign` draws the sign of beta per batch.
+The node keeps its own free state and its neighbours' free signals (what the last free exchange delivered) until
+the nudged phase ends. `random_sign` draws the sign of beta per batch.
 """
 from protocols.base import Phase, Protocol
 
@@ -14,17 +15,16 @@ from protocols.base import Phase, Protocol
 class VectorField(Protocol):
     name = "vf"
     keys = ("random_sign",)
-    models = ("prototypical-asym",)
+    models = ("prototypical-asym", "vector-field")
 
     def program(self, beta, T1, T2):
         return Phase("free", T1), Phase("nudged", T2, beta, "free")
 
     def on_exit(self, phase, mem, G):
         if phase.beta == 0:
-            return {**mem, "free": G.signals()}
-        own0, pre0 = mem["free"]
-        own = G.signals()[0]
-        return {"acc": G.outer(1.0 / phase.beta, own - own0, pre0)}
+            return {**mem, "free": (G.state().clone(), G.signals()[1])}
+        s0, pre0 = mem["free"]
+        return {"acc": G.outer(1.0 / phase.beta, G.state() - s0, pre0)}
 
 
 PROTOCOL = VectorField()
