@@ -12,6 +12,7 @@ import torch
 from cluster.engine import Engine
 from cluster.fabric import Fabric
 from cluster.messages import pack_arrays, unpack_arrays
+from cluster.nodeset import per_sample_max
 from nodes.graph import slice_params
 
 
@@ -86,7 +87,7 @@ class FabricEngine(Engine):
     def run_phase(self, phase, record_states: bool = False, record_grads: bool = False) -> dict:
         """One call per host for the whole phase; returns what was recorded, assembled per group."""
         res = self._merged("run_phase", self.fabric.new_serials(), phase, record_states, record_grads)
-        per_sample = [max(r) for r in zip(*(v["residual"] for v in res.values()))]
+        per_sample = per_sample_max(v["residual"] for v in res.values())
         out = {"residual": max(per_sample, default=0.0), "residuals": per_sample}
         if record_states:
             out["states"] = self._groups({i: unpack_arrays(r["states"])["s"] for i, r in res.items()}, dim=2)
@@ -102,7 +103,7 @@ class FabricEngine(Engine):
         res = self.fabric.call("run_batch", per_host=self._per_host(self._boundary(x, y), serial, B,
                                                                     after=(program, apply, draw)))
         out = self._output_of({i: unpack_arrays(v)["s"] for r in res.values() for i, v in r["out"].items()})
-        residuals = {ph.name: torch.tensor([max(v) for v in zip(*(r["residuals"][ph.name] for r in res.values()))],
+        residuals = {ph.name: torch.tensor(per_sample_max(r["residuals"][ph.name] for r in res.values()),
                                            dtype=torch.float64) for ph in program}
         return out, residuals
 

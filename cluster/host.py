@@ -23,7 +23,7 @@ import zmq
 from cluster.message_log import COORDINATOR, MessageLog
 from cluster.messages import (MessageError, array_bytes, decode_header, dtype_name, encode_control, header_prefix,
                               header_suffix, pack_arrays, unpack_arrays)
-from cluster.nodeset import Aborted, NodeSet, PhaseError
+from cluster.nodeset import Aborted, NodeSet, PhaseError, per_sample_max
 from cluster.ports import NodeInbox, as_payload
 from cluster.transport import TransportError, make_transport
 from nodes.rules import LocalityError, step_series
@@ -207,7 +207,7 @@ class Host(NodeSet):
             residuals = {}
             for k, ph in enumerate(program):
                 res = self._phase(serial + k, ph)
-                residuals[ph.name] = [max(r) for r in zip(*(v["residual"] for v in res.values()))]
+                residuals[ph.name] = per_sample_max(v["residual"] for v in res.values())
             if apply:
                 for i in self.ids:
                     self.update_of(i)

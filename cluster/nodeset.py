@@ -42,6 +42,11 @@ def _nan(v):
     return v
 
 
+def per_sample_max(residuals) -> list:
+    """The element-wise max of per-sample residual lists (one per node or host): the batch's residual per sample."""
+    return [max(r) for r in zip(*residuals)]
+
+
 class PhaseError(RuntimeError):
     """A phase failed at a node (timeout, divergence, abort); the text names node, phase and step."""
 
@@ -75,7 +80,7 @@ class NodeSet:
         self.diverge_limit = diverge_limit
         self.forget_free = bool(forget_free)
         self.gate = bool(gate)
-        self.blown = {}  # node -> (B,) bool: samples that diverged in this complex phase (gate on)
+        self.blown = {}  # node -> (B,) bool: samples that diverged in this nudged phase (gate on)
         self.forgotten = {i: {} for i in self.ids}  # node -> {buffer: what it held}, this batch
         self._s0_held = {}
 

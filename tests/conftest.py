@@ -43,6 +43,17 @@ def rel(a, b):
     return float((a - b).norm() / b.norm())
 
 
+def estimate_once(engine, params, x, y, beta, T1, T2):
+    """The engine's estimate after one program on (x, y) from `params`; the engine is closed afterwards."""
+    try:
+        engine.set_params(params)
+        engine.set_batch(x, y)
+        engine.run_program(engine.program(beta, T1, T2))
+        return engine.estimate()
+    finally:
+        engine.close()
+
+
 def run_cli(*args, timeout=300):
     import subprocess
     return subprocess.run([sys.executable, "-m", "experiments", *args], cwd=ROOT, capture_output=True,

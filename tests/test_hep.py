@@ -14,6 +14,7 @@ from experiments.config import ConfigError, load_config
 from experiments.sweep import run_sweep
 from nodes.dynamics import physics_of
 from protocols import get_protocol
+from tests.conftest import estimate_once
 
 CFG = load_config("hep-toy")
 
@@ -31,13 +32,7 @@ TRUTH = bptt_grad(MODEL, PARAMS, X, Y, CFG.T1)
 
 def estimate(name, N, beta, engine=None, T=300):
     e = engine or ReferenceEngine(MODEL, get_protocol(name).configured(N=N), torch.float64)
-    try:
-        e.set_params(PARAMS)
-        e.set_batch(X, Y)
-        e.run_program(e.program(beta, T, T))
-        return e.estimate()
-    finally:
-        e.close()
+    return estimate_once(e, PARAMS, X, Y, beta, T, T)
 
 
 def err(g):

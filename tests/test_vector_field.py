@@ -10,7 +10,7 @@ from cluster.coordinator import FabricEngine
 from cluster.implicit import implicit_grad
 from cluster.reference import ReferenceEngine, relax
 from nodes.layered import layered, layered_asym
-from tests.conftest import run_cli
+from tests.conftest import estimate_once, run_cli
 from tests.test_hep import gap
 
 MODEL = layered_asym((4, 5, 3), "tanh", True, 0.2, "vector-field")
@@ -36,14 +36,7 @@ def test_implicit_differentiation_is_bptt_once_the_free_phase_has_settled():
 
 
 def vf(beta, engine=None):
-    e = engine or ReferenceEngine(MODEL, "vf", torch.float64)
-    try:
-        e.set_params(PARAMS)
-        e.set_batch(X, Y)
-        e.run_program(e.program(beta, T, T))
-        return e.estimate()
-    finally:
-        e.close()
+    return estimate_once(engine or ReferenceEngine(MODEL, "vf", torch.float64), PARAMS, X, Y, beta, T, T)
 
 
 def vf_formula(beta):
