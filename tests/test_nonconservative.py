@@ -1,0 +1,116 @@
+"""The centralised non-conservative estimators (cluster/nonconservative.py, ALGORITHMS.md §9) on §13's toy T1 and on
+layered vector fields: the field is the nodes' own Euler step, its Jacobian the autograd one; VF keeps its plateau,
+AEP's bias is O(beta) one-sided and O(beta^2) symmetric, Dyadic EP is exact at every beta, and on a feed-forward net
+AEP gives backprop's gradient."""
+import math
+
+import pytest
+import torch
+
+from cluster.audit import compare
+from cluster.bptt import bptt_grad
+from cluster.implicit import implicit_grad
+from cluster.nonconservative import Field, estimate, t1_toy
+from cluster.reference import relax
+from nodes.layered import layered_asym
+
+TOY = t1_toy()
+STEPS = 20000  # §13: every relaxation 20,000 Euler steps of dt 0.05
+
+
+def err(method, beta, model, params, x, y, S0, truth, T=STEPS):
+    return compare(estimate(method, model, params, x, y, beta, T, T, S0=S0)["grad"], truth)["total"]
+
+
+@pytest.fixture(scope="module")
+def toy_truth():
+    model, params, x, y = TOY
+    t = estimate("implicit", model, params, x, y, 0.0, STEPS, 0)
+    return t["free"], t["grad"]
+
+
+def small():
+    model = layered_asym((4, 6, 3), "tanh", True, 0.2, "vector-field")
+    gen = torch.Generator().manual_seed(5)
+    return (model, model.init_params(2, torch.float64, 1.5), torch.randn(5, 4, generator=gen, dtype=torch.float64),
+            torch.randn(5, 3, generator=gen, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("case", ["toy", "layered"])
+def test_the_field_is_the_nodes_euler_step_and_its_jacobian_is_autograds(case):
+    model, params, x, y = TOY if case == "toy" else small()
+    F = Field(model, params, x)
+    S = torch.randn(x.shape[0], F.n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    parts = list(torch.split(S, [g.size for g in model.dynamic_groups], 1))
+    assert torch.allclose(torch.cat(relax(model, params, x, 1, s=parts), 1), S + F.dt * F(S), rtol=0, atol=1e-15)
+    J = torch.stack([torch.autograd.functional.jacobian(lambda v: Field(model, params, x[b:b + 1])(v[None])[0], S[b])
+                     for b in range(len(S))])
+    assert torch.allclose(F.jacobian(S), J, rtol=0, atol=1e-14)
+    d = torch.randn_like(S)
+    assert torch.allclose(F.jt(S, d), torch.bmm(J.transpose(1, 2), d.unsqueeze(-1)).squeeze(-1), rtol=0, atol=1e-14)
+
+
+def test_implicit_truth_is_the_relax_based_one_on_the_toy(toy_truth):
+    model, params, x, y = TOY
+    g, diag = implicit_grad(model, params, x, y, 3000)  # the nodes' relax: settled well before 3000 steps
+    assert diag["residual"] <= 1e-14 and compare(g, toy_truth[1])["total"]["rel_l2"] <= 1e-12
+
+
+def test_toy_t1_reproduces_the_reference_table(toy_truth):
+    """§13 T1 to its printed digits (+-20 % for the errors): VF 0.9306 / 0.9350 / 0.9365, AEP +-beta 3.4e-1 /
+    1.0e-2 / 1.0e-4, Dyadic <= 1e-10."""
+    model, params, x, y = TOY
+    S0, truth = toy_truth
+    for beta, cos, aep in ((0.5, 0.9306, 3.4e-1), (0.1, 0.9350, 1.0e-2), (0.01, 0.9365, 1.0e-4)):
+        vf = err("vf", beta, model, params, x, y, S0, truth)
+        assert abs(vf["cosine"] - cos) <= 1e-4, (beta, vf)
+        a = err("aep-symmetric", beta, model, params, x, y, S0, truth)["rel_l2"]
+        assert 0.8 * aep <= a <= 1.2 * aep, (beta, a)
+        assert err("dyadic", beta, model, params, x, y, S0, truth)["rel_l2"] <= 1e-10
+
+
+def test_one_sided_aep_has_a_bias_of_order_beta(toy_truth):
+    model, params, x, y = TOY
+    S0, truth = toy_truth
+    e = [err("aep", b, model, params, x, y, S0, truth)["rel_l2"] for b in (0.04, 0.01)]
+    assert 0.8 <= math.log(e[0] / e[1]) / math.log(4) <= 1.2, e
+
+
+def test_tied_weights_do_not_make_the_vector_field_conservative():
+    """B = W^T, yet rho' varies over the units, so J != J^T: VF stays biased, AEP's bias falls as beta^2."""
+    model, params, x, y = small()
+    assert all(torch.equal(params[f"B{n}"], params[f"W{n}"].T) for n in (1,))
+    T = 600
+    truth = estimate("implicit", model, params, x, y, 0.0, T, 0)
+    J = Field(model, params, x).jacobian(truth["free"])
+    assert float((J - J.transpose(1, 2)).abs().max()) > 1e-2
+    assert compare(truth["grad"], bptt_grad(model, params, x, y, T))["total"]["rel_l2"] <= 1e-10
+    S0, g = truth["free"], truth["grad"]
+    vf = [err("vf", b, model, params, x, y, S0, g, T)["rel_l2"] for b in (1e-2, 1e-3)]
+    aep = [err("aep-symmetric", b, model, params, x, y, S0, g, T)["rel_l2"] for b in (0.05, 0.02)]
+    assert vf[1] > 1e-2 and abs(vf[0] - vf[1]) < 0.1 * vf[1], vf
+    assert 1.8 <= math.log(aep[0] / aep[1]) / math.log(2.5) <= 2.2, aep
+
+
+def test_aep_on_a_feed_forward_net_is_backprop():
+    model = layered_asym((8, 6, 4), "tanh", False, 0.5, "vector-field")
+    params = model.init_params(3, torch.float64, 1.0)
+    gen = torch.Generator().manual_seed(7)
+    x, y = torch.randn(4, 8, generator=gen, dtype=torch.float64), torch.randn(4, 4, generator=gen, dtype=torch.float64)
+    h = x @ params["W0"].T + params["b0"]  # the free state of a feed-forward field: one pass, x1 = W0 x + b0
+    out = torch.tanh(h) @ params["W1"].T + params["b1"]
+    leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    o = torch.tanh(x @ leaves["W0"].T + leaves["b0"]) @ leaves["W1"].T + leaves["b1"]
+    backprop = dict(zip(leaves, torch.autograd.grad(0.5 * ((o - y) ** 2).sum(1).mean(), list(leaves.values()))))
+    e = estimate("aep", model, params, x, y, 1e-3, 200, 200)
+    S0 = e["free"]
+    assert torch.allclose(S0, torch.cat([h, out], 1), rtol=0, atol=1e-12)
+    assert compare(e["grad"], backprop)["total"]["cosine"] >= 0.9999
+    vf = estimate("vf", model, params, x, y, 1e-3, 200, 200)
+    assert compare(vf["grad"], backprop)["total"]["rel_l2"] >= 0.5  # no feedback: VF's hidden updates are zero
+
+
+def test_the_reference_refuses_a_model_with_an_energy():
+    from nodes.layered import layered
+    with pytest.raises(ValueError, match="vector-field"):
+        estimate("aep", layered("energy", (3, 2), "tanh", 0.5), {}, torch.zeros(1, 3), torch.zeros(1, 2), 0.1, 1, 1)
