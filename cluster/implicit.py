@@ -18,8 +18,9 @@ from nodes.dynamics import cost
 
 
 def implicit_grad(model, params: dict, x, y, T1: int) -> tuple:
-    """(dC/dtheta at the fixed point reached by T1 free steps, diagnostics): `residual` max |Phi(s) - s| there and
-    `radius`, the largest spectral radius of dPhi/ds over the samples (>= 1: the fixed point is not stable)."""
+    """(dC/dtheta at the fixed point reached by T1 free steps, diagnostics): `residual` max |Phi(s) - s| there,
+    `radius`, the largest spectral radius of dPhi/ds over the samples (>= 1: the fixed point is not stable), and for
+    Euler physics the field Jacobian's `antisymmetry` and `abscissa` (field_jacobian_report)."""
     with torch.no_grad():
         free = relax(model, params, x, T1)
     leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
@@ -40,4 +41,20 @@ def implicit_grad(model, params: dict, x, y, T1: int) -> tuple:
     g = {k: (v.detach() if v is not None else torch.zeros_like(leaves[k])) for k, v in zip(leaves, grads)}
     residual = float((O - S).detach().abs().max()) if O.numel() else 0.0
     radius = float(torch.linalg.eigvals(J.detach()).abs().max()) if n else 0.0
-    return g, {"residual": residual, "radius": radius}
+    return g, {"residual": residual, "radius": radius, **field_jacobian_report(model, J.detach())}
+
+
+EULER = ("energy", "vector-field")  # physics whose step is s + dt f(s): the field's Jacobian is (dPhi/ds - I) / dt
+
+
+def field_jacobian_report(model, JPhi) -> dict:
+    """For an Euler physics, of the field's Jacobian J = (dPhi/ds - I)/dt at the free state, over the samples:
+    `antisymmetry` max ||J - J^T|| / ||J|| (Frobenius; 0 to rounding for a gradient field such as `energy`, where
+    AEP's anchor term -2A(x - x0) vanishes) and `abscissa` max Re eig(J) (< 0: the free state is stable for the
+    continuous dynamics, and J^T, AEP's and Dyadic's learning-phase Jacobian, is as stable). {} otherwise."""
+    if model.physics not in EULER or JPhi.shape[1] == 0:
+        return {}
+    eye = torch.eye(JPhi.shape[1], dtype=JPhi.dtype, device=JPhi.device)
+    J = (JPhi - eye) / model.dt
+    asym = torch.linalg.matrix_norm(J - J.transpose(1, 2)) / torch.linalg.matrix_norm(J)
+    return {"antisymmetry": float(asym.max()), "abscissa": float(torch.linalg.eigvals(J).real.max())}

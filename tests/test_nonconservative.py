@@ -114,3 +114,35 @@ def test_the_reference_refuses_a_model_with_an_energy():
     from nodes.layered import layered
     with pytest.raises(ValueError, match="vector-field"):
         estimate("aep", layered("energy", (3, 2), "tanh", 0.5), {}, torch.zeros(1, 3), torch.zeros(1, 2), 0.1, 1, 1)
+
+
+def test_the_audit_side_jacobian_report_says_where_aeps_correction_vanishes():
+    """energy: J = -Hessian of E, symmetric, so 2A = J - J^T = 0 to rounding and AEP is EP; the tied vector field
+    and the toy are not; every free state here is stable (Re eig J < 0)."""
+    from nodes.layered import layered
+    model = layered("energy", (4, 6, 3), "sigmoid", 0.5)
+    params = model.init_params(1, torch.float64, 1.0)
+    x, y = small()[2:]
+    _, rep = implicit_grad(model, params, x, y, 300)
+    assert rep["antisymmetry"] <= 1e-10 and rep["abscissa"] < 0
+    for m, p, xx, yy in (small(), TOY):
+        _, rep = implicit_grad(m, p, xx, yy, 3000)
+        assert rep["antisymmetry"] > 1e-2 and rep["abscissa"] < 0
+        J = Field(m, p, xx).jacobian(estimate("implicit", m, p, xx, yy, 0.0, 3000, 0)["free"])
+        assert abs(float(torch.linalg.eigvals(J).real.max()) - rep["abscissa"]) <= 1e-12
+
+
+def test_the_toy_script_writes_its_table_and_slopes(tmp_path):
+    import json
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "experiments.toy_nonconservative", "--out", str(tmp_path), "--steps",
+                        "3000", "--betas", "0.04,0.01"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads((tmp_path / "toy.json").read_text())
+    assert 0.8 <= rep["slopes"]["aep"] <= 1.2 and 1.8 <= rep["slopes"]["aep-symmetric"] <= 2.2
+    assert rep["slopes"]["dyadic"] is None and all(p["rel_l2"] <= 1e-10 for p in rep["points"] if p["method"] == "dyadic")
+    assert "| 0.01 |" in (tmp_path / "table.md").read_text()
+    bad = subprocess.run([sys.executable, "-m", "experiments.toy_nonconservative", "--out", str(tmp_path / "b"),
+                          "--betas", "0.1,x"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--betas" in bad.stderr and not (tmp_path / "b").exists()
