@@ -98,7 +98,7 @@ class Config:
     data_path: typing.Optional[str] = None
     test_fraction: float = 0.2
     init_scale: float = 1.0        # the seeded initial weights are multiplied by this
-    feedback_init: str = "transpose"  # prototypical-asym: B{n} starts as W{n}^T, or "independent"
+    feedback_init: str = "transpose"  # asymmetric nets: B{n} starts as W{n}^T, "independent", or "none" (feed-forward)
     angle: float = 0.0             # prototypical-asym: each B entry's sign flipped with probability (1 - cos psi) / 2
     random_sign: bool = False      # vf / cvf: the sign of beta drawn per batch (as ep-random-sign does)
     steps: bool = False

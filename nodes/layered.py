@@ -4,7 +4,7 @@
 the output; `W{n}` (d_{n+1}, d_n) and `b{n}` (d_{n+1},) connect layer n to n+1 and are used both ways
 (ALGORITHMS.md §1, models `energy` and `prototypical`). `layered_asym(...)`: forward `W{n}`, `b{n}` owned by
 layer n+1 and feedback `B{n}` (d_n, d_{n+1}), no bias, owned by layer n, for n = 1..N-1 (§1, "Asymmetric layered
-networks"); `feedback=False` gives a feed-forward net; `feedback_init` "transpose" starts B{n} as W{n}^T,
+networks"); `feedback=False` or `feedback_init="none"` gives a feed-forward net; `feedback_init` "transpose" starts B{n} as W{n}^T,
 "independent" draws it like any weight, and `angle` psi flips each feedback entry's sign with probability
 (1 - cos psi) / 2 (Ernoult et al. 2020's --angle). `directed_graph(...)`: one recurrent group of units driven
 by a (masked) directed weight matrix W and an input group through U (§13's toy, T1); the dynamics that run on it
@@ -21,7 +21,7 @@ from nodes.graph import Dense, Group, Model
 
 SYMMETRIC = ("energy", "prototypical")
 MODELS = SYMMETRIC + ("prototypical-asym", "vector-field")  # the layered nets a config's `model` may name
-FEEDBACK_INITS = ("transpose", "independent")
+FEEDBACK_INITS = ("transpose", "independent", "none")  # "none": a feed-forward net, no B{n}
 
 
 def _groups(sizes) -> tuple:
@@ -55,6 +55,7 @@ def layered_asym(sizes, activation: str, feedback: bool = True, dt: float = 1.0,
     _activation(activation)
     if feedback_init not in FEEDBACK_INITS:
         raise ValueError(f"feedback_init: expected one of {FEEDBACK_INITS}, got {feedback_init!r}")
+    feedback = feedback and feedback_init != "none"
     if not 0.0 <= float(angle) <= 180.0:
         raise ValueError(f"angle: must be in [0, 180] degrees, got {angle}")
     sizes, groups = _groups(sizes)

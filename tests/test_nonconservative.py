@@ -146,3 +146,44 @@ def test_the_toy_script_writes_its_table_and_slopes(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "experiments.toy_nonconservative", "--out", str(tmp_path / "b"),
                           "--betas", "0.1,x"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--betas" in bad.stderr and not (tmp_path / "b").exists()
+
+
+def test_the_vf_protocol_on_the_toys_directed_graph_is_the_centralised_vf(toy_truth):
+    """The nodes' `vf` (in-process engine, layer granularity: one node per group S and Y) at §13's full length equals
+    the centralised estimate; on the directed graph `granularity=layer` means one node per unit group."""
+    from cluster.reference import ReferenceEngine
+    from tests.conftest import estimate_once
+    from tests.test_hep import gap
+    model, params, x, y = TOY
+    assert [b.node_id for b in model.partition("layer")] == ["S", "Y"]
+    nodes = estimate_once(ReferenceEngine(model, "vf", torch.float64), params, x, y, 0.1, STEPS, STEPS)
+    central = estimate("vf", model, params, x, y, 0.1, STEPS, STEPS, S0=toy_truth[0])["grad"]
+    assert gap(nodes, central) <= 1e-12
+    assert abs(compare(nodes, toy_truth[1])["total"]["cosine"] - 0.9350) <= 1e-4
+
+
+@pytest.mark.parametrize("where", [dict(granularity="neuron", hosts=2), dict(granularity="layer")],
+                         ids=["neuron-hosts2", "layer"])
+def test_fabrics_run_vf_on_the_toy_as_the_in_process_engine(where, ray_session):
+    from cluster.coordinator import FabricEngine
+    from cluster.reference import ReferenceEngine
+    from tests.conftest import estimate_once
+    from tests.test_hep import gap
+    model, params, x, y = TOY
+    fab = FabricEngine(model, "vf", dict(lr=[0.0], dtype="float64", transport="zmq", timeout_s=20.0, **where))
+    ref = ReferenceEngine(model, "vf", torch.float64)
+    assert gap(estimate_once(fab, params, x, y, 0.1, 300, 300), estimate_once(ref, params, x, y, 0.1, 300, 300)) <= 1e-12
+
+
+def test_a_feed_forward_vector_field_from_the_config_has_no_feedback_and_its_audit_has_a_stable_jacobian(tmp_path):
+    import json
+    from tests.conftest import run_cli
+    r = run_cli("audit", "audit", "--set", "model=vector-field", "--set", "feedback_init=none", "--set", "protocol=vf",
+                "--set", "activation=tanh", "--set", "sizes=[6,5,4,3]", "--set", "dataset=random", "--set", "dt=0.5",
+                "--set", "T1=100", "--set", "T2=100", "--set", "engine=reference", "--out", str(tmp_path / "a"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    import numpy as np
+    with np.load(tmp_path / "a" / "audit.npz") as z:
+        assert not any(k.startswith("param/B") for k in z.files) and "param/W2" in z.files
+    imp = json.loads((tmp_path / "a" / "audit.json").read_text())["implicit"]
+    assert imp["converged"] and imp["abscissa"] < 0 and imp["antisymmetry"] > 0.1
