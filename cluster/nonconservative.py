@@ -159,5 +159,5 @@ def t1_toy():
     h = slice(0, 9), slice(9, 12)
     params = {"W_SS": W[h[0], h[0]], "W_YS": W[h[1], h[0]], "W_SY": W[h[0], h[1]], "W_YY": W[h[1], h[1]],
               "U_S": U[h[0]], "b_S": b[h[0]], "U_Y": U[h[1]], "b_Y": b[h[1]]}
-    model = directed_graph(12, 5, 3, activation="tanh", dt=0.05, physics="vector-field")
+    model = directed_graph(12, 5, 3, activation="tanh", dt=0.05, physics="vector-field", name="vector-graph")
     return model, {k: v.contiguous() for k, v in params.items()}, x, y

@@ -9,12 +9,16 @@ import os
 
 import torch
 
-from nodes.layered import layered, layered_asym
+from nodes.layered import directed_graph, layered, layered_asym
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def model_from(cfg):
+    if cfg.model == "vector-graph":  # sizes [inputs, units, outputs]: the last `outputs` units are the output
+        n_in, n_units, n_out = cfg.sizes
+        return directed_graph(n_units, n_in, n_out, activation=cfg.activation, dt=cfg.dt, physics="vector-field",
+                              name="vector-graph")
     if cfg.model in ("prototypical-asym", "vector-field"):
         return layered_asym(tuple(cfg.sizes), cfg.activation, True, cfg.dt,
                             "prototypical" if cfg.model == "prototypical-asym" else "vector-field",

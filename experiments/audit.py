@@ -36,7 +36,12 @@ REPLAY_KEYS = ("granularity", "transport", "engine", "fabric.log", "fabric.split
 
 
 def replay_config(cfg, sets=()):
-    """Settings from a bundle's meta, then the command line's --set on top (granularity, transport, ...)."""
+    """Settings from a bundle's meta, then the command line's --set on top (granularity, transport, ...). A relative
+    path that is not a file here is looked up in experiments/configs/ (where shipped bundles live)."""
+    from experiments.config import CONFIG_DIR
+    shipped = os.path.join(CONFIG_DIR, cfg.replay)
+    if not os.path.isfile(cfg.replay) and not os.path.isabs(cfg.replay) and os.path.isfile(shipped):
+        cfg = dataclasses.replace(cfg, replay=shipped)
     if not os.path.isfile(cfg.replay):
         raise ConfigError("replay", f"no bundle file {cfg.replay!r}")
     try:

@@ -195,6 +195,9 @@ def validate(cfg: Config, model=None, protocol=None) -> Config:
             raise ConfigError(key, f"{value!r} is not one of {list(allowed)}")
     if len(cfg.sizes) < 2 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in cfg.sizes):
         raise ConfigError("sizes", f"need a list of at least two positive integers, got {cfg.sizes!r}")
+    if cfg.model == "vector-graph" and (len(cfg.sizes) != 3 or not cfg.sizes[2] < cfg.sizes[1]):
+        raise ConfigError("sizes", f"model vector-graph takes [inputs, units, outputs] with outputs < units, got "
+                          f"{cfg.sizes!r}")
     for k in ("T1", "T2", "batch", "eval_batch"):
         if getattr(cfg, k) < 1:
             raise ConfigError(k, f"must be >= 1, got {getattr(cfg, k)}")

@@ -52,6 +52,22 @@ def run(out: str, steps: int = 20000, betas=(0.5, 0.2, 0.1, 0.05, 0.02, 0.01)) -
     return report
 
 
+def write_bundle_t1(path: str, steps: int = 20000, beta: float = 0.1) -> None:
+    """The toy as a replay bundle (ALGORITHMS.md §1 format) for config `toy-nonconservative`: meta (model
+    vector-graph, sizes [5, 12, 3], vf at beta, T1 = T2 = steps), x, y, param/*, estimate/* the centralised VF
+    (cluster/nonconservative), bptt/* BPTT through the free phase (cluster/bptt), implicit/* the implicit truth."""
+    from cluster.audit import write_bundle
+    from cluster.bptt import bptt_grad
+    model, params, x, y = t1_toy()
+    truth = estimate("implicit", model, params, x, y, 0.0, steps, 0)
+    vf = estimate("vf", model, params, x, y, beta, steps, steps, S0=truth["free"])
+    meta = {"model": "vector-graph", "sizes": [5, 12, 3], "activation": "tanh", "protocol": "vf", "beta": beta,
+            "T1": steps, "T2": steps, "dt": 0.05, "N": 2, "seed": 1, "granularity": "layer", "transport": "zmq",
+            "source": "ALGORITHMS.md §13 T1 (NumPy default_rng(1): W, U, b, x, y); estimate: centralised VF "
+                      "(cluster/nonconservative.py)"}
+    write_bundle(path, meta, x, y, params, vf["grad"], bptt_grad(model, params, x, y, steps), implicit=truth["grad"])
+
+
 def table(report) -> str:
     rows = ["| β | " + " | ".join(f"{m} cosine | {m} error" for m in METHODS) + " |",
             "|---|" + "---|---|" * len(METHODS)]
@@ -69,7 +85,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=f"results/toy-nonconservative-{time.strftime('%Y%m%d-%H%M%S')}")
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--betas", default="0.5,0.2,0.1,0.05,0.02,0.01")
+    p.add_argument("--bundle", metavar="PATH", help="write the toy's replay bundle to PATH instead and exit")
     a = p.parse_args(argv)
+    if a.bundle:
+        write_bundle_t1(a.bundle, a.steps)
+        return 0
     try:
         betas = tuple(float(b) for b in a.betas.split(",") if b.strip())
     except ValueError:

@@ -20,7 +20,7 @@ from nodes.activations import ACTIVATIONS
 from nodes.graph import Dense, Group, Model
 
 SYMMETRIC = ("energy", "prototypical")
-MODELS = SYMMETRIC + ("prototypical-asym", "vector-field")  # the layered nets a config's `model` may name
+MODELS = SYMMETRIC + ("prototypical-asym", "vector-field", "vector-graph")  # what a config's `model` may name
 FEEDBACK_INITS = ("transpose", "independent", "none")  # "none": a feed-forward net, no B{n}
 
 
@@ -81,11 +81,14 @@ def layered_asym(sizes, activation: str, feedback: bool = True, dt: float = 1.0,
 
 
 def directed_graph(n_units: int, n_inputs: int, n_outputs: int, mask=None, activation: str = "tanh",
-                   dt: float = 0.05, physics: str = "energy") -> Model:
+                   dt: float = 0.05, physics: str = "energy", name: str = "directed-graph") -> Model:
     """One recurrent group `S` of units (the last `n_outputs` also form no separate group: the cost reads them
     through the output group `Y`), W (S -> S, directed, optionally masked), U (X -> S) and b. Declaration only:
     the partition, ports and legal edges follow the mask."""
     _activation(activation)
+    if not 1 <= n_outputs < n_units or n_inputs < 1:
+        raise ValueError(f"sizes: a directed graph needs [inputs >= 1, units, outputs] with 1 <= outputs < units; got "
+                         f"{[n_inputs, n_units, n_outputs]}")
     groups = (Group("X", n_inputs, "input"), Group("S", n_units - n_outputs, "hidden"),
               Group("Y", n_outputs, "output"))
     inter = []
@@ -98,5 +101,5 @@ def directed_graph(n_units: int, n_inputs: int, n_outputs: int, mask=None, activ
                 sub = tuple(tuple(int(mask[i][j]) for j in cols) for i in rows)
             inter.append(Dense(src, dst, f"W_{dst}{src}", None, symmetric=False, mask=sub))
     inter += [Dense("X", "S", "U_S", "b_S", symmetric=False), Dense("X", "Y", "U_Y", "b_Y", symmetric=False)]
-    return Model("directed-graph", physics, activation, groups, tuple(inter), float(dt),
+    return Model(name, physics, activation, groups, tuple(inter), float(dt),
                  {p.W: 0 for p in inter} | {p.b: 0 for p in inter if p.b})

@@ -15,7 +15,7 @@ from protocols.base import Phase, Protocol
 class VectorField(Protocol):
     name = "vf"
     keys = ("random_sign",)
-    models = ("prototypical-asym", "vector-field")
+    models = ("prototypical-asym", "vector-field", "vector-graph")
 
     def program(self, beta, T1, T2):
         return Phase("free", T1), Phase("nudged", T2, beta, "free")

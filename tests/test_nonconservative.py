@@ -187,3 +187,27 @@ def test_a_feed_forward_vector_field_from_the_config_has_no_feedback_and_its_aud
         assert not any(k.startswith("param/B") for k in z.files) and "param/W2" in z.files
     imp = json.loads((tmp_path / "a" / "audit.json").read_text())["implicit"]
     assert imp["converged"] and imp["abscissa"] < 0 and imp["antisymmetry"] > 0.1
+
+
+def test_the_shipped_toy_bundle_is_the_pinned_draws_and_its_replay_audits_vf(tmp_path):
+    import json
+    from cluster.audit import read_bundle
+    from experiments.config import CONFIG_DIR
+    from experiments.toy_nonconservative import write_bundle_t1
+    from tests.conftest import run_cli
+    from tests.test_hep import gap
+    shipped = read_bundle(f"{CONFIG_DIR}/toy-nonconservative.npz")
+    write_bundle_t1(str(tmp_path / "t1.npz"))
+    fresh = read_bundle(str(tmp_path / "t1.npz"))
+    assert shipped["meta"] == fresh["meta"] and torch.equal(shipped["x"], fresh["x"])
+    for part in ("param", "estimate", "bptt", "implicit"):
+        assert gap(shipped[part], fresh[part]) <= 1e-12, part
+    r = run_cli("audit", "toy-nonconservative", "--out", str(tmp_path / "a"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads((tmp_path / "a" / "audit.json").read_text())
+    assert abs(rep["total"]["cosine"] - 0.9350) <= 1e-4 and rep["implicit"]["converged"]
+    ours = read_bundle(str(tmp_path / "a" / "audit.npz"))
+    assert gap(ours["estimate"], shipped["estimate"]) <= 1e-12 and gap(ours["bptt"], shipped["bptt"]) <= 1e-12
+    bad = run_cli("audit", "audit", "--set", "model=vector-graph", "--set", "sizes=[5,3,3]", "--set", "protocol=vf",
+                  "--out", str(tmp_path / "b"))
+    assert bad.returncode == 2 and "sizes" in bad.stderr and not (tmp_path / "b").exists()
