@@ -16,6 +16,8 @@ import torch
 from cluster.reference import relax
 from nodes.dynamics import cost
 
+EULER = ("energy", "vector-field")  # physics whose step is s + dt f(s): the field's Jacobian is (dPhi/ds - I) / dt
+
 
 def implicit_grad(model, params: dict, x, y, T1: int) -> tuple:
     """(dC/dtheta at the fixed point reached by T1 free steps, diagnostics): `residual` max |Phi(s) - s| there,
@@ -41,20 +43,14 @@ def implicit_grad(model, params: dict, x, y, T1: int) -> tuple:
     g = {k: (v.detach() if v is not None else torch.zeros_like(leaves[k])) for k, v in zip(leaves, grads)}
     residual = float((O - S).detach().abs().max()) if O.numel() else 0.0
     radius = float(torch.linalg.eigvals(J.detach()).abs().max()) if n else 0.0
-    return g, {"residual": residual, "radius": radius, **field_jacobian_report(model, J.detach())}
+    report = field_jacobian_report((J.detach() - eye) / model.dt) if model.physics in EULER and n else {}
+    return g, {"residual": residual, "radius": radius, **report}
 
 
-EULER = ("energy", "vector-field")  # physics whose step is s + dt f(s): the field's Jacobian is (dPhi/ds - I) / dt
-
-
-def field_jacobian_report(model, JPhi) -> dict:
-    """For an Euler physics, of the field's Jacobian J = (dPhi/ds - I)/dt at the free state, over the samples:
-    `antisymmetry` max ||J - J^T|| / ||J|| (Frobenius; 0 to rounding for a gradient field such as `energy`, where
-    AEP's anchor term -2A(x - x0) vanishes) and `abscissa` max Re eig(J) (< 0: the free state is stable for the
-    continuous dynamics, and J^T, AEP's and Dyadic's learning-phase Jacobian, is as stable). {} otherwise."""
-    if model.physics not in EULER or JPhi.shape[1] == 0:
-        return {}
-    eye = torch.eye(JPhi.shape[1], dtype=JPhi.dtype, device=JPhi.device)
-    J = (JPhi - eye) / model.dt
+def field_jacobian_report(J) -> dict:
+    """Of a field's Jacobian J = df/ds (B, n, n) at the free state, over the samples: `antisymmetry`
+    max ||J - J^T|| / ||J|| (Frobenius; 0 to rounding for a gradient field such as `energy`, where AEP's anchor term
+    -2A(x - x0) vanishes) and `abscissa` max Re eig(J) (< 0: the free state is stable for the continuous dynamics,
+    and J^T, AEP's and Dyadic's learning-phase Jacobian, is as stable). For an Euler physics J = (dPhi/ds - I)/dt."""
     asym = torch.linalg.matrix_norm(J - J.transpose(1, 2)) / torch.linalg.matrix_norm(J)
     return {"antisymmetry": float(asym.max()), "abscissa": float(torch.linalg.eigvals(J).real.max())}

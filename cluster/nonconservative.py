@@ -37,9 +37,7 @@ class Field:
         for g in model.dynamic_groups:
             self.span[g.name] = (at, at + g.size)
             at += g.size
-        self.n = at
-        out = model.output_group.name
-        self.out = self.span[out]
+        self.n, self.out = at, self.span[model.output_group.name]
 
     def _parts(self, S):
         return {g: S[:, lo:hi] for g, (lo, hi) in self.span.items()}

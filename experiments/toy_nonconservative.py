@@ -3,22 +3,21 @@
 The toy (cluster/nonconservative.t1_toy: 12 units, pinned NumPy draws) and the centralised estimators VF, AEP
 (one-sided, +-beta) and Dyadic EP against implicit differentiation at the free state, every relaxation `--steps`
 Euler steps (§13: 20,000). Writes toy.json (per method and beta: cosine, rel_l2, the learning phase's residual max
-|field|; per method the least-squares slope of log rel_l2 against log beta over the betas whose error is above
-1e-12) and table.md; prints the table as it goes. This is the reference the fabric protocols of the
+|field|; per method the sweep's fit (experiments/sweep.fit_slopes: the least-squares slope of log rel_l2 against
+log beta over >= 4 betas spanning >= 4x whose error is >= 1e-12, else slope None and why)) and table.md; prints the table as it goes. This is the reference the fabric protocols of the
 non-conservative issue are checked against; the protocols themselves are not yet built.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
-import numpy as np
-
 from cluster.audit import compare
-from cluster.implicit import implicit_grad
-from cluster.nonconservative import estimate, t1_toy
+from cluster.implicit import field_jacobian_report
+from cluster.nonconservative import Field, estimate, t1_toy
+from experiments.results import write_json
+from experiments.sweep import fit_slopes
 
 METHODS = ("vf", "aep", "aep-symmetric", "dyadic")
 
@@ -26,7 +25,7 @@ METHODS = ("vf", "aep", "aep-symmetric", "dyadic")
 def run(out: str, steps: int = 20000, betas=(0.5, 0.2, 0.1, 0.05, 0.02, 0.01)) -> dict:
     model, params, x, y = t1_toy()
     truth = estimate("implicit", model, params, x, y, 0.0, steps, 0)
-    _, diag = implicit_grad(model, params, x, y, steps)
+    diag = field_jacobian_report(Field(model, params, x).jacobian(truth["free"]))
     report = {"steps": steps, "free_residual": truth["residual"], "jacobian": diag, "points": [], "slopes": {}}
     print(f"T1 toy, {steps} Euler steps per relaxation; free residual {truth['residual']:.2e}; "
           f"J antisymmetry {diag['antisymmetry']:.3f}, abscissa {diag['abscissa']:.3f}", flush=True)
@@ -36,16 +35,12 @@ def run(out: str, steps: int = 20000, betas=(0.5, 0.2, 0.1, 0.05, 0.02, 0.01)) -
             e = estimate(m, model, params, x, y, beta, steps, steps, S0=truth["free"])
             c = compare(e["grad"], truth["grad"])["total"]
             report["points"].append({"method": m, "beta": beta, "cosine": c["cosine"], "rel_l2": c["rel_l2"],
-                                     "residual": e["residual"], "seconds": time.time() - t})
+                                     "residual": e["residual"], "diverged": False, "seconds": time.time() - t})
             print(f"  beta {beta:<5g} {m:<14s} cosine {c['cosine']:.4f}  rel_l2 {c['rel_l2']:.2e}  "
                   f"residual {e['residual']:.1e}", flush=True)
-    for m in METHODS:
-        pts = [(p["beta"], p["rel_l2"]) for p in report["points"] if p["method"] == m and p["rel_l2"] > 1e-12]
-        report["slopes"][m] = (float(np.polyfit(np.log([b for b, _ in pts]), np.log([e for _, e in pts]), 1)[0])
-                               if len(pts) >= 2 else None)
+    report["slopes"] = {fit["group"]["method"]: fit for fit in fit_slopes(report["points"], "beta", ["method"])}
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "toy.json"), "w") as f:
-        json.dump(report, f, indent=1)
+    write_json(os.path.join(out, "toy.json"), report)
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write(table(report))
     print(table(report))
@@ -75,7 +70,8 @@ def table(report) -> str:
         by = {p["method"]: p for p in report["points"] if p["beta"] == beta}
         rows.append(f"| {beta:g} | " + " | ".join(f"{by[m]['cosine']:.4f} | {by[m]['rel_l2']:.1e}" for m in METHODS)
                     + " |")
-    slopes = ", ".join(f"{m} {s:.2f}" if s is not None else f"{m} -" for m, s in report["slopes"].items())
+    slopes = ", ".join(f"{m} {f['slope']:.2f}" if f["slope"] is not None else f"{m} -"
+                       for m, f in report["slopes"].items())
     return "\n".join(rows) + f"\n\nFitted slopes of log error against log β: {slopes}.\n"
 
 

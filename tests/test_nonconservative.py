@@ -137,12 +137,12 @@ def test_the_toy_script_writes_its_table_and_slopes(tmp_path):
     import subprocess
     import sys
     r = subprocess.run([sys.executable, "-m", "experiments.toy_nonconservative", "--out", str(tmp_path), "--steps",
-                        "3000", "--betas", "0.04,0.01"], capture_output=True, text=True, timeout=300)
+                        "3000", "--betas", "0.04,0.02,0.01,0.005"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     rep = json.loads((tmp_path / "toy.json").read_text())
-    assert 0.8 <= rep["slopes"]["aep"] <= 1.2 and 1.8 <= rep["slopes"]["aep-symmetric"] <= 2.2
-    assert rep["slopes"]["dyadic"] is None and all(p["rel_l2"] <= 1e-10 for p in rep["points"] if p["method"] == "dyadic")
-    assert "| 0.01 |" in (tmp_path / "table.md").read_text()
+    assert 0.8 <= rep["slopes"]["aep"]["slope"] <= 1.2 and 1.8 <= rep["slopes"]["aep-symmetric"]["slope"] <= 2.2
+    assert rep["slopes"]["dyadic"]["slope"] is None and all(p["rel_l2"] <= 1e-10 for p in rep["points"] if p["method"] == "dyadic")
+    assert "| 0.005 |" in (tmp_path / "table.md").read_text()
     bad = subprocess.run([sys.executable, "-m", "experiments.toy_nonconservative", "--out", str(tmp_path / "b"),
                           "--betas", "0.1,x"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--betas" in bad.stderr and not (tmp_path / "b").exists()
