@@ -14,6 +14,7 @@ from cluster.fabric import Fabric
 from cluster.messages import pack_arrays, unpack_arrays
 from cluster.nodeset import per_sample_max
 from nodes.graph import slice_params
+from protocols import get_protocol
 
 
 def lrs_by_param(model, lr: list) -> dict:
@@ -25,12 +26,14 @@ class FabricEngine(Engine):
     name = "fabric"
 
     def __init__(self, model, protocol, settings: dict, local: bool = False):
-        specs = model.node_specs(model.partition(settings.get("granularity", "layer"), settings.get("split", 1)))
-        super().__init__(model, protocol, specs)
+        proto = get_protocol(protocol)
+        specs = model.node_specs(model.partition(settings.get("granularity", "layer"), settings.get("split", 1)),
+                                 proto.ports)
+        super().__init__(model, proto, specs)
         hs = dict(settings, lrs=lrs_by_param(model, settings["lr"]))
         if not local:
             from cluster.runtime import ship_by_value
-            ship_by_value(self.protocol, *([model.rule] if model.rule else []))
+            ship_by_value(self.protocol, *(r for r in (model.rule, self.protocol.rule) if r))
         self.fabric = Fabric(specs, self.protocol, hs, local)
         self.batch = 0
 

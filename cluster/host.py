@@ -26,6 +26,7 @@ from cluster.messages import (MessageError, array_bytes, decode_header, dtype_na
 from cluster.nodeset import Aborted, NodeSet, PhaseError, per_sample_max
 from cluster.ports import NodeInbox, as_payload
 from cluster.transport import TransportError, make_transport
+from nodes.graph import SIGNAL
 from nodes.rules import LocalityError, step_series
 
 HEARTBEAT_S = 1.0  # a host in a phase tells the coordinator it is alive at most this often
@@ -220,7 +221,7 @@ class Host(NodeSet):
         if serial <= self.aborted_upto:
             raise Aborted(f"host {self.host_id}, phase {phase.name}: aborted by the coordinator before it began")
         for i in ids:
-            self.inboxes[i].start(serial)
+            self.inboxes[i].start(serial, phase.kinds)
             self._from_coordinator(i, "control", phase.name, 0)
             self._from_coordinator(i, "global", "beta", 16 if isinstance(phase.beta, complex) else 8)
         rules, bnd, out, rec_s, rec_g = self.enter_all(phase, record_states, record_grads)
@@ -257,7 +258,10 @@ class Host(NodeSet):
                 raise LocalityError(f"node {i}, phase {phase.name}, step {t}: sends to {key[0]}, which is not a "
                                     f"graph neighbour (no out-port {key[0]}/{key[1]})")
         encoded = {}
+        live = (SIGNAL, *phase.kinds)
         for p in spec.out_ports:
+            if p.kind not in live:
+                continue
             payload = outbox.get((p.dst, p.kind))
             if payload is None:
                 payload = outbox.get(p.kind)
@@ -300,7 +304,7 @@ class Host(NodeSet):
                     self._dispatch(*msg)
                 if self.beat is not None:  # alive, waiting: a neighbour's silence is this wait's own timeout
                     self.beat.beat(serial, t)
-        return inbox.take(serial, t, phase.name, self.batch, self.state[i]["dtype"], self.state[i]["a"])
+        return inbox.take(serial, t, phase.name, self.batch, self.state[i]["dtype"], self.state[i])
 
     def _dispatch(self, user: str, header: bytes, payload) -> None:
         """Check one message from the wire against its connection and its destination's ports, then buffer it."""

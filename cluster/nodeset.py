@@ -202,7 +202,7 @@ class NodeSet:
         parameter change committed, the divergence check. Returns (outbox, residual at the last step or None)."""
         if rec_g is not None:
             rec_g[i].append(self.rules[i].G(self.state[i]["a"], inbox, bnd))
-        prev = self.state[i]["s"]
+        prev = self.rules[i].checked(self.state[i])
         self.state[i], out, delta = rule.step(self.state[i], inbox, self.params[i], bnd, t)
         self.commit(i, delta)
         if self.forget_free and t < 2 and phase.beta != 0 and phase.start in self.state[i]["saved"]:
@@ -229,7 +229,7 @@ class NodeSet:
         the limit at any check) get residual inf instead of failing the phase; the free phase still fails."""
         if not check_due(t, steps):
             return None
-        s = self.state[i]["s"]
+        s = self.rules[i].checked(self.state[i])
         if not s.numel():
             return torch.zeros(s.shape[0], dtype=torch.float64) if prev is not None else None
         rows = s.abs().flatten(1).amax(1)

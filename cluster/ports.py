@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from cluster.messages import MessageError, NUMPY_DTYPE, dtype_name, ndarray_from
+from nodes.graph import SIGNAL
 from nodes.rules import Guarded
 
 MAX_AHEAD = 8
@@ -25,21 +26,31 @@ class NodeInbox:
     def __init__(self, spec):
         self.node = spec.id
         self.ports = {(p.src, p.kind): p for p in spec.in_ports}
-        self.order = tuple(self.ports)
-        self.widths = tuple((k, p.width) for k, p in self.ports.items())
-        self.slots = tuple((s.name, s.width, s.parts, s.kind, s.tiled) for s in spec.slots.values())
+        self.all_slots = tuple((s.name, s.width, s.parts, s.kind, s.tiled) for s in spec.slots.values())
+        self.activate(())
         self.buffer = {}      # (src, kind, serial, step) -> (phase, dtype, shape, ndarray)
         self.count = {}       # (serial, step) -> ports delivered
-        self.ahead = dict.fromkeys(self.order, 0)
-        self.last = dict.fromkeys(self.order, (-1, -1))
+        self.ahead = dict.fromkeys(self.ports, 0)
+        self.last = dict.fromkeys(self.ports, (-1, -1))
         self.serial = -1
         self.stale = 0
         self.bufs = {}
         self.parity = 0
 
-    def start(self, serial: int) -> None:
-        """A phase with this serial begins: messages of older serials are stale (an aborted phase's) and go."""
+    def activate(self, kinds) -> None:
+        """The ports a phase carries: the signal's and those of its extra `kinds` (protocols/base.Phase.kinds)."""
+        live = {SIGNAL, *kinds}
+        self.order = tuple(k for k in self.ports if k[1] in live)
+        self.widths = tuple((k, self.ports[k].width) for k in self.order)
+        self.slots = tuple(s for s in self.all_slots if s[3] in live)
+
+    def start(self, serial: int, kinds=()) -> None:
+        """A phase with this serial begins, carrying the signal and `kinds`: messages of older serials are stale (an
+        aborted phase's) and go."""
         self.serial = serial
+        self.activate(kinds)
+        for key in [k for k in self.buffer if k[2] == serial and k[:2] not in self.order]:
+            self._refuse(key[0], key[1], self.buffer[key][0], key[3])
         for key in [k for k in self.buffer if k[2] < serial]:
             self._pop(key)
             self.stale += 1
@@ -61,6 +72,8 @@ class NodeInbox:
             self.stale += 1
             return
         port = (src, kind)
+        if serial == self.serial and port not in self.order:
+            self._refuse(src, kind, phase, step)
         key = (src, kind, serial, step)
         if key in self.buffer or (serial, step) <= self.last[port]:
             raise MessageError(f"node {self.node}, phase {phase}, step {step}: duplicate message from {src} "
@@ -77,6 +90,10 @@ class NodeInbox:
         self.ahead[port] += 1
         self.count[(serial, step)] = self.count.get((serial, step), 0) + 1
 
+    def _refuse(self, src, kind, phase, step):
+        raise MessageError(f"node {self.node}, phase {phase}, step {step}: message from {src} of kind {kind}, which "
+                           f"this phase does not carry (it carries {sorted({k for _, k in self.order})})")
+
     def complete(self, serial: int, step: int) -> bool:
         return self.count.get((serial, step), 0) == len(self.order)
 
@@ -86,8 +103,8 @@ class NodeInbox:
     def take(self, serial: int, step: int, phase: str, batch: int, dtype, own) -> dict:
         """The step's messages copied side by side into this node's own 64-byte-aligned (B, width) slot buffers
         (aligned operands keep BLAS rounding, hence runs, deterministic). Two buffer sets alternate by step, so a
-        buffer is never overwritten while the step that reads it runs. `own` is the node's own signal (for a slot
-        of its own group)."""
+        buffer is never overwritten while the step that reads it runs. `own` is the node's own payloads by kind
+        (for a slot of its own group: {"a": its signal, ...})."""
         self.count.pop((serial, step), None)
         want = _NAMES[dtype]
         got, buffer, ahead, last, done = {}, self.buffer, self.ahead, self.last, (serial, step)
@@ -108,7 +125,7 @@ class NodeInbox:
                 t = torch.zeros(batch, width, dtype=dtype)  # columns no port fills (a mask's gaps) stay zero
                 buf = self.bufs[key] = (t, t.numpy())
             view = buf[1]
-            pieces = [own.numpy() if src == "self" else got[(src, kind)] for src, _, _ in parts]
+            pieces = [own[kind].numpy() if src == "self" else got[(src, kind)] for src, _, _ in parts]
             if tiles and len(pieces) > 1:  # the parts tile the slot: one copy for all of them
                 np.concatenate(pieces, axis=1, out=view)
             else:

@@ -15,8 +15,9 @@ from cluster.captured import StaticLoop
 from cluster.engine import Engine
 from cluster.nodeset import NodeSet
 from nodes.dynamics import CHECK_EVERY
-from nodes.graph import slice_params
+from nodes.graph import SIGNAL, slice_params
 from nodes.rules import Guarded, rule_of, step_series
+from protocols import get_protocol
 from protocols.base import Phase, Protocol
 
 PHYSICS_ONLY = Protocol()  # no learning rule: relax runs the physics alone
@@ -40,10 +41,12 @@ class Router:
             out[:, lo:hi] = p
         return out
 
-    def inbox(self, i: str, outs: dict, where: str) -> Guarded:
-        """Each source's payload for this node: its port's own ((i, kind) in the outbox) or its kind's."""
+    def inbox(self, i: str, outs: dict, where: str, kinds=()) -> Guarded:
+        """Each source's payload for this node: its port's own ((i, kind) in the outbox) or its kind's; the slots of
+        the signal and of the phase's extra `kinds` only."""
+        live = (SIGNAL, *kinds)
         return Guarded({name: self._join([outs[j].get((i, kind), outs[j].get(kind)) for j in srcs], gaps)
-                        for name, kind, srcs, gaps in self.plan[i]}, where, "port")
+                        for name, kind, srcs, gaps in self.plan[i] if kind in live}, where, "port")
 
     def signals(self, i: str, a: dict) -> dict:
         """The fast path of a step whose only messages are signals: {slot: tensor} from {node: a(s)}."""
@@ -114,8 +117,9 @@ class ReferenceEngine(Engine):
                  noise=0.0, seed=0, residual_tol=None):
         """lrs {parameter: learning rate}; capture: on CUDA, replay phases as CUDA graphs (cluster/captured.py);
         noise, seed: the pre-activation noise (nodes/noise.py); residual_tol: the convergence gate is on."""
-        specs = model.node_specs(model.partition(granularity, split))
-        super().__init__(model, protocol, specs)
+        proto = get_protocol(protocol)
+        specs = model.node_specs(model.partition(granularity, split), proto.ports)
+        super().__init__(model, proto, specs)
         self.nodes = NodeSet(specs, self.protocol, dtype, lrs, optimizer, momentum, diverge_limit, device, forget_free,
                              noise, seed, residual_tol is not None)
         self.dtype, self.device = dtype, torch.device(device)
@@ -183,12 +187,14 @@ class ReferenceEngine(Engine):
             done = steps - 1
         residual = torch.zeros(ns.batch, dtype=torch.float64)  # per sample, max over nodes, at the last step
         for t in range(done, steps):
-            boxes = {i: self.router.inbox(i, outs, f"node {i}, phase {phase.name}, step {t}") for i in ids}
+            boxes = {i: self.router.inbox(i, outs, f"node {i}, phase {phase.name}, step {t}", phase.kinds)
+                     for i in ids}
             for i in ids:
                 outs[i], r = ns.step_node(i, rules[i], boxes[i], bnd[i], phase, t, rec_s, rec_g)
                 if r is not None:
                     residual = torch.maximum(residual, r)
-        boxes = {i: self.router.inbox(i, outs, f"node {i}, phase {phase.name}, step {steps}") for i in ids}
+        boxes = {i: self.router.inbox(i, outs, f"node {i}, phase {phase.name}, step {steps}", phase.kinds)
+                 for i in ids}
         for i in ids:
             ns.exit_node(i, rules[i], boxes[i], bnd[i], phase, rec_g)
         out = {"residual": float(residual.max()) if len(residual) else 0.0, "residuals": residual.tolist()}
@@ -201,7 +207,7 @@ class ReferenceEngine(Engine):
     def _capturable(self, phase) -> bool:
         """Fixed buffers need a step that changes only s and a, sent alike on every port: the default rule, no
         per-step learning rule, real arithmetic."""
-        return (self.model.rule is None and not self.protocol.has_step_rule and not phase.complex
+        return (self.model.rule is None and self.protocol.rule is None and not self.protocol.has_step_rule and not phase.complex
                 and not self.nodes.forget_free and self.nodes.noiseless())
 
     def _run_static(self, phase, rules, bnd, n: int) -> dict:

@@ -32,7 +32,7 @@ from experiments.train import check_data
 
 META_KEYS = ("model", "sizes", "activation", "protocol", "beta", "T1", "T2", "dt", "N", "seed", "periods", "noise")
 REPLAY_KEYS = ("granularity", "transport", "engine", "fabric.log", "fabric.split", "fabric.hosts", "fabric.wire",
-               "steps")
+               "steps", "protocol", "beta", "T1", "T2", "N")  # what --set may change on a replayed bundle
 
 
 def replay_config(cfg, sets=()):

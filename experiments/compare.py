@@ -123,7 +123,11 @@ def run_compare(cfg, out_dir: str) -> dict:
             point.update(cosine=align["cosine"], cosine_layers=align["layers"])
             m = run_train(c, folder, progress=False)
             point.update(test_accuracy=m["test_accuracy"], train_accuracy=m["train_accuracy"],
-                         **{k: m[k] for k in GATE_KEYS if k in m})
+                         **{k: m[k] for k in GATE_KEYS if k in m}, **by_epoch(m["epochs"], cfg.compare.report_epochs))
+            if m.get("baseline"):  # the paired BPTT run (bptt_baseline): same init, batches, optimiser
+                point["bptt"] = {"test_accuracy": m["baseline"][-1]["test_accuracy"],
+                                 "train_accuracy": m["baseline"][-1]["train_accuracy"],
+                                 **by_epoch(m["baseline"], cfg.compare.report_epochs)}
             cos = f"cosine {align['cosine']:.4f}, " if align["cosine"] is not None else ""
             print(f"  {cos}test accuracy {m['test_accuracy']:.4f}", file=sys.stderr)
         except (RuntimeError, FloatingPointError) as err:  # a failed run is a result too: counted, not fatal
@@ -142,21 +146,31 @@ def run_compare(cfg, out_dir: str) -> dict:
     return result
 
 
+def by_epoch(rows: list, epochs) -> dict:
+    """{"test_accuracy_e<n>": test accuracy after epoch n} for the requested epochs that the run reached."""
+    return {f"test_accuracy_e{n}": rows[n - 1]["test_accuracy"] for n in epochs if 1 <= n <= len(rows)}
+
+
 def by_setting(points) -> list:
-    """Mean and std over seeds of every setting at every grid point."""
+    """Mean and std over seeds of every setting at every grid point; a setting trained beside its paired BPTT
+    baseline adds a row `BPTT (beside <setting>)` from the baselines."""
     groups = {}
     for p in points:
-        key = (p["setting"], *((k, p[k]) for k in p if k.startswith("grid.")))
-        groups.setdefault(key, []).append(p)
+        grid = tuple((k, p[k]) for k in p if k.startswith("grid."))
+        groups.setdefault((p["setting"], *grid), []).append(p)
+        if "bptt" in p:
+            groups.setdefault((f"BPTT (beside {p['setting']})", *grid), []).append({**p, **p["bptt"], "cosine": 1.0, "cosine_layers": None,
+                                                                            **{k: None for k in GATE_KEYS}})
     out = []
     for key, ps in groups.items():
         row = {"setting": key[0], **dict(key[1:]), "seeds": [p["seed"] for p in ps],
                "failed": [p["seed"] for p in ps if "error" in p]}
-        for k in ("test_accuracy", "train_accuracy", "cosine", *GATE_KEYS):
+        epochs = sorted({k for p in ps for k in p if k.startswith("test_accuracy_e")}, key=lambda k: int(k[15:]))
+        for k in ("test_accuracy", "train_accuracy", "cosine", *GATE_KEYS, *epochs):
             vals = [p[k] for p in ps if p.get(k) is not None]
             if vals:
                 row[k] = float(np.mean(vals))
-                if k in ("test_accuracy", "cosine"):
+                if k.startswith("test_accuracy") or k == "cosine":
                     row[k + "_std"] = float(np.std(vals))
         layers = [p["cosine_layers"] for p in ps if p.get("cosine_layers")]
         for n in (layers[0] if layers else {}):
@@ -169,7 +183,10 @@ def markdown(table) -> str:
     grid = [k for k in table[0] if k.startswith("grid.")] if table else []
     layers = [k for k in table[0] if k.startswith("cosine_layer")] if table else []
     gate = [k for k in GATE_KEYS if table and k in table[0]]
-    head = ["setting", *(k[5:] for k in grid), "seeds", "test accuracy (mean ± std)", "cosine at init",
+    epochs = sorted({k for r in table for k in r if k.startswith("test_accuracy_e") and not k.endswith("_std")},
+                    key=lambda k: int(k[15:]))
+    head = ["setting", *(k[5:] for k in grid), "seeds", *(f"test accuracy after epoch {k[15:]}" for k in epochs),
+            "test accuracy (mean ± std)", "cosine at init",
             *(f"cos layer {k[12:]}" for k in layers), *(f"{k.replace('_', ' ')} (mean per run)" for k in gate)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table:
@@ -177,7 +194,8 @@ def markdown(table) -> str:
         acc = f"{100 * r['test_accuracy']:.1f} ± {100 * r['test_accuracy_std']:.1f} %" if "test_accuracy" in r else "—"
         if r["failed"]:
             acc += f" (seed {','.join(map(str, r['failed']))} failed)"
-        cells = [r["setting"], *(str(r[k]) for k in grid), ",".join(map(str, r["seeds"])), acc, cos,
+        at = [f"{100 * r[k]:.1f} ± {100 * r[k + '_std']:.1f} %" if k in r else "—" for k in epochs]
+        cells = [r["setting"], *(str(r[k]) for k in grid), ",".join(map(str, r["seeds"])), *at, acc, cos,
                  *(f"{r[k]:.4f}" if k in r else "—" for k in layers), *(f"{r[k]:.0f}" if k in r else "—" for k in gate)]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")  # a label's |beta|
     return "\n".join(lines) + "\n"

@@ -69,6 +69,7 @@ class CompareSection:
     grid: dict = field(default_factory=dict)        # {key: [value, ...]}: crossed with the settings
     seeds: list = field(default_factory=lambda: [0, 1, 2])
     angle_batches: int = 2                          # training batches the update-BPTT alignment is averaged over
+    report_epochs: list = field(default_factory=list)  # epochs whose test accuracy the table shows (the last always)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import tempfile
 
 import numpy as np
 
-from experiments.audit import NotConverged, run_audit
+from experiments.audit import REPLAY_KEYS, NotConverged, replay_config, run_audit
 from experiments.config import ConfigError, _build, _set_dotted, parse_value, validate
 from experiments.results import prepare, pyplot, write_json
 
@@ -38,7 +38,15 @@ def parse_grid(items) -> dict:
 
 
 def run_sweep(cfg, out_dir: str, grid_items, sets=()) -> dict:
+    """On a replay config (a bundle's parameters, batch and settings) the grid varies the bundle's settings
+    (experiments/audit.REPLAY_KEYS: protocol, beta, T1, T2, ...)."""
     grid = parse_grid(grid_items)
+    replay = cfg.replay
+    if replay:
+        bad = [k for k in grid if k not in REPLAY_KEYS]
+        if bad:
+            raise ConfigError("--grid", f"a replayed bundle's sweep varies only {', '.join(REPLAY_KEYS)}; got {bad}")
+        cfg = replay_config(cfg, sets)[0]
     configs = []
     for values in itertools.product(*grid.values()):
         data = cfg.to_dict()
@@ -56,7 +64,8 @@ def run_sweep(cfg, out_dir: str, grid_items, sets=()) -> dict:
             print(f"sweep point {i + 1}/{len(configs)}: {values}", file=sys.stderr)
             head = {**values, "engine": c.engine, "granularity": c.granularity}
             try:
-                rep = run_audit(dataclasses.replace(c, replay=None), os.path.join(tmp, str(i)), quiet=True)
+                rep = run_audit(dataclasses.replace(c, replay=replay), os.path.join(tmp, str(i)), quiet=True,
+                                sets=[*sets, *(f"{k}={v}" for k, v in values.items())])
                 t, gate = rep["total"], rep.get("gate")
                 points.append({**head, "rel_l2": t["rel_l2"], "cosine": t["cosine"],
                                "diverged": bool(gate and not gate["converged"]),

@@ -28,6 +28,11 @@ import torch
 
 ROLES = ("input", "hidden", "output")
 SIGNAL = "a"  # the message kind of the layered physics: a node's signal a(s)
+# Message kinds a protocol may add (Protocol.ports), each with ports derived from the interactions:
+#   "r": the twin of every signal port (same neighbours, same direction), e.g. AEP's rho'(x0_j) (x_j - x0_j);
+#   "t": the transposed product of a directed Dense, sent backwards: the owner of W's rows (the destination) sends
+#        each source block (its own quantity) @ W[rows, source block's columns], e.g. Dyadic EP's W_ji d_j.
+EXTRA_KINDS = ("r", "t")
 
 
 @dataclass(frozen=True)
@@ -157,6 +162,7 @@ class NodeSpec:
     in_ports: tuple       # Port, sorted
     out_ports: tuple      # Port, sorted
     boundary: tuple       # boundary keys routed to this node ("x", "y")
+    transposed: tuple = ()  # kind "t": (dst node id or "self", held W, lo, hi): it sends q @ W[:, lo:hi] to dst
 
     @property
     def width(self) -> int:
@@ -269,12 +275,20 @@ class Model:
                 blocks.append(Block(g.name if single else f"{g.name}.{lo}", g.name, lo, hi))
         return tuple(blocks)
 
-    def node_specs(self, blocks) -> dict:
-        """node id -> NodeSpec for every block of a partition (in the partition's order)."""
+    def node_specs(self, blocks, kinds=()) -> dict:
+        """node id -> NodeSpec for every block of a partition (in the partition's order); `kinds`: the extra
+        message kinds (EXTRA_KINDS) whose ports are derived as well."""
+        bad = set(kinds) - set(EXTRA_KINDS)
+        if bad:
+            raise ValueError(f"model {self.name}: unknown message kinds {sorted(bad)}; expected some of {EXTRA_KINDS}")
         by_group = {}
         for b in blocks:
             by_group.setdefault(b.group, []).append(b)
         specs = {b.node_id: self._spec(b, by_group) for b in blocks}
+        if "r" in kinds:
+            specs = {i: self._twin(s, "r") for i, s in specs.items()}
+        if "t" in kinds:
+            specs = self._transposed(specs, by_group)
         outs = {}
         for s in specs.values():  # a node's out-ports are its neighbours' in-ports from it
             for p in s.in_ports:
@@ -331,6 +345,48 @@ class Model:
                         out_ports=(),
                         boundary=tuple(sorted(boundary)))
 
+    @staticmethod
+    def _twin(spec: NodeSpec, kind: str) -> NodeSpec:
+        """The spec with a `kind` twin of every signal slot and in-port: the same neighbours, another payload."""
+        slots = dict(spec.slots)
+        for sl in spec.slots.values():
+            if sl.kind == SIGNAL:
+                name = f"{sl.group}.{kind}"
+                slots[name] = dataclasses.replace(sl, name=name, kind=kind)
+        ports = spec.in_ports + tuple(dataclasses.replace(p, kind=kind) for p in spec.in_ports if p.kind == SIGNAL)
+        return dataclasses.replace(spec, slots=slots, in_ports=tuple(sorted(ports, key=lambda p: (p.src, p.kind))))
+
+    def _transposed(self, specs: dict, by_group: dict) -> dict:
+        """Kind "t" on every directed Dense between dynamic groups: each destination block c sends every source block
+        b it is connected to (its quantity q) @ W[c rows, b columns], summed over the interactions from b's group to
+        c's; b holds one slot `t.<c>` per such neighbour, and computes its own share ("self") locally."""
+        sends = {i: [] for i in specs}
+        for it in self.interactions:
+            if self.group(it.src).role == "input":
+                continue
+            if it.symmetric:
+                raise ValueError(f"model {self.name}: interaction {it.W} is symmetric; kind 't' (the transposed "
+                                 f"product) is derived for directed interactions only")
+            for c in by_group.get(it.dst, ()):
+                for b in by_group.get(it.src, ()):
+                    if _connected(it.mask, (c.lo, c.hi), (b.lo, b.hi)):
+                        sends[c.node_id].append(("self" if b.node_id == c.node_id else b.node_id, it.W, b.lo, b.hi))
+        into = {i: set() for i in specs}
+        for c, entries in sends.items():
+            for dst, *_ in entries:
+                if dst != "self":
+                    into[dst].add(c)
+        out = {}
+        for i, spec in specs.items():
+            w = spec.width
+            slots = dict(spec.slots)
+            for c in sorted(into[i]):
+                slots[f"t.{c}"] = Slot(f"t.{c}", spec.block.group, "t", w, ((c, 0, w),))
+            ports = spec.in_ports + tuple(Port(c, i, "t", w) for c in into[i])
+            out[i] = dataclasses.replace(spec, slots=slots, in_ports=tuple(sorted(ports, key=lambda p: (p.src, p.kind))),
+                                         transposed=tuple(sends[i]))
+        return out
+
     def _need(self, needed: dict, group: str, by_group: dict, b: Block, mask, rows=None, cols=None):
         """Record that block b reads the signal of `group` from the blocks the mask connects it to; the slot's
         name, or None when the mask connects it to none."""
@@ -345,9 +401,10 @@ class Model:
         return f"{group}.{SIGNAL}"
 
     # ---- what the audits derive ------------------------------------------------------------------------------
-    def legal_edges(self, blocks) -> set:
-        """Directed (src, dst) pairs allowed to carry data-plane messages: blocks that share an interaction."""
-        return {(p.src, p.dst) for s in self.node_specs(blocks).values() for p in s.in_ports}
+    def legal_edges(self, blocks, kinds=()) -> set:
+        """Directed (src, dst) pairs allowed to carry data-plane messages: blocks that share an interaction (both
+        ways where kind "t" sends back along a directed one)."""
+        return {(p.src, p.dst) for s in self.node_specs(blocks, kinds).values() for p in s.in_ports}
 
     def routes(self, blocks) -> dict:
         """node id -> the boundary keys the model routes to it (x to the blocks driven by an input group, y to the

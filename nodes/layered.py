@@ -5,7 +5,8 @@ the output; `W{n}` (d_{n+1}, d_n) and `b{n}` (d_{n+1},) connect layer n to n+1 a
 (ALGORITHMS.md §1, models `energy` and `prototypical`). `layered_asym(...)`: forward `W{n}`, `b{n}` owned by
 layer n+1 and feedback `B{n}` (d_n, d_{n+1}), no bias, owned by layer n, for n = 1..N-1 (§1, "Asymmetric layered
 networks"); `feedback=False` or `feedback_init="none"` gives a feed-forward net; `feedback_init` "transpose" starts B{n} as W{n}^T,
-"independent" draws it like any weight, and `angle` psi flips each feedback entry's sign with probability
+"independent" draws it like any weight, "tied" keeps B{n} = W{n}^T for good (symmetric interactions, model
+`<physics>-tied`), and `angle` psi flips each feedback entry's sign with probability
 (1 - cos psi) / 2 (Ernoult et al. 2020's --angle). `directed_graph(...)`: one recurrent group of units driven
 by a (masked) directed weight matrix W and an input group through U (§13's toy, T1); the dynamics that run on it
 are the non-conservative issue's.
@@ -21,7 +22,8 @@ from nodes.graph import Dense, Group, Model
 
 SYMMETRIC = ("energy", "prototypical")
 MODELS = SYMMETRIC + ("prototypical-asym", "vector-field", "vector-graph")  # what a config's `model` may name
-FEEDBACK_INITS = ("transpose", "independent", "none")  # "none": a feed-forward net, no B{n}
+FEEDBACK_INITS = ("transpose", "independent", "none", "tied")  # "none": feed-forward, no B{n}; "tied": B{n} = W{n}^T
+                                                               # always (one symmetric parameter, no B{n})
 
 
 def _groups(sizes) -> tuple:
@@ -56,6 +58,8 @@ def layered_asym(sizes, activation: str, feedback: bool = True, dt: float = 1.0,
     if feedback_init not in FEEDBACK_INITS:
         raise ValueError(f"feedback_init: expected one of {FEEDBACK_INITS}, got {feedback_init!r}")
     feedback = feedback and feedback_init != "none"
+    if feedback and feedback_init == "tied":
+        return _tied(sizes, activation, dt, physics)
     if not 0.0 <= float(angle) <= 180.0:
         raise ValueError(f"angle: must be in [0, 180] degrees, got {angle}")
     sizes, groups = _groups(sizes)
@@ -78,6 +82,17 @@ def layered_asym(sizes, activation: str, feedback: bool = True, dt: float = 1.0,
     name = ("prototypical-asym" if physics == "prototypical" else physics) if feedback else "feed-forward"
     return Model(name, physics, activation, groups, tuple(inter),
                  float(dt), lr, init=init if feedback else None)
+
+
+def _tied(sizes, activation: str, dt: float, physics: str) -> Model:
+    """Feedback tied to the forward weights for good, B{n} = W{n}^T: symmetric Dense terms under the asymmetric
+    net's physics (on `vector-field`: dx_n/dt = -x_n + W_{n-1} rho(x_{n-1}) + b_{n-1} + W_n^T rho(x_{n+1}), a field
+    that is still not a gradient where rho' varies). The seeded W{n}, b{n} are those of the untied net. Name
+    `<physics>-tied`."""
+    sizes, groups = _groups(sizes)
+    inter = tuple(Dense(f"L{n}", f"L{n + 1}", f"W{n}", f"b{n}", symmetric=True) for n in range(len(sizes) - 1))
+    lr = {p: n for n in range(len(sizes) - 1) for p in (f"W{n}", f"b{n}")}
+    return Model(f"{physics}-tied", physics, activation, groups, inter, float(dt), lr)
 
 
 def directed_graph(n_units: int, n_inputs: int, n_outputs: int, mask=None, activation: str = "tanh",

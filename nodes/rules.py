@@ -75,7 +75,14 @@ class NodeRule:
         self.step_hook = bool(protocol.has_step_rule)
 
     def phase(self, ph) -> "PhaseRule":
+        if ph.kinds:
+            raise ValueError(f"node {self.id}, phase {ph.name}: carries kinds {tuple(ph.kinds)}, which this rule "
+                             f"does not send (protocol {self.protocol.name} needs a rule of its own)")
         return PhaseRule(self, ph)
+
+    def checked(self, state):
+        """The state the divergence check and the convergence residual read (a rule with more fields adds them)."""
+        return state["s"]
 
     def sgd(self, g) -> dict | None:
         """delta = -lr * g on the tensors with a non-zero learning rate (None when nothing changes)."""
@@ -206,8 +213,9 @@ def step_series(Gs: list, beta) -> dict:
 
 
 def rule_of(spec: NodeSpec, protocol, lrs: dict | None = None, noise: tuple = (0.0, 0)) -> NodeRule:
-    """The node's rule: the model's rule class (nodes/graph.Model.rule), NodeRule by default."""
-    return (spec.model.rule or NodeRule)(spec, protocol, lrs, noise)
+    """The node's rule: the protocol's rule class (protocols/base.Protocol.rule: learning-phase dynamics of its own,
+    e.g. AEP's anchor), else the model's (nodes/graph.Model.rule), NodeRule by default."""
+    return (getattr(protocol, "rule", None) or spec.model.rule or NodeRule)(spec, protocol, lrs, noise)
 
 
 def _plus(params: dict, delta: dict) -> dict:
@@ -283,7 +291,7 @@ class PhaseRule:
         only if asked; `G.signals()` = copies of (its own signal, its neighbours' signals per slot) now;
         `G.outer(scale, post, pre)` = the same products as G with the node's own signal replaced by `post` and the
         neighbours' by `pre` (rules that pair a change of one side with a state of the other, such as VF);
-        `G.state()` = the node's own state now."""
+        `G.state(field="s")` = the node's own state now (or another field of it, e.g. Dyadic EP's `d`)."""
         node = self.node
 
         def G(scale=1.0):
@@ -295,8 +303,8 @@ class PhaseRule:
         def outer(scale, post, pre):
             return node.outer(scale, post, pre, boundary)
 
-        def own_state():
-            return state["s"]
+        def own_state(field="s"):
+            return state[field]
 
         G.signals, G.outer, G.state = signals, outer, own_state
         return G

@@ -33,6 +33,7 @@ class Phase:
     complex: bool = False
     coef: complex = 0.0
     period: int = 0          # > 0: beta is a clock, the protocol's step_beta(phase, t, beta) at step t
+    kinds: tuple = ()        # message kinds the phase carries besides the signal `a` (the protocol's `ports`)
 
 
 def add(acc, g):
@@ -56,6 +57,8 @@ class Protocol:
     keys = ()                # config keys carried to the nodes, e.g. ("N",): their values are in self.settings
     checks = ()              # config keys that `validate` reads but the nodes do not get (e.g. the optimiser)
     models = ()              # the model names it runs on (empty: any)
+    ports = ()               # extra message kinds its phases may carry (nodes/graph.EXTRA_KINDS): ports derived
+    rule = None              # the nodes' rule class for it (a nodes.rules.NodeRule subclass; None: the model's)
 
     def __init__(self, **settings):
         self.settings = dict(settings)

@@ -133,6 +133,7 @@ def test_every_protocol_runs_on_a_hosted_neuron_fabric(protocol, ray_session):
     from cluster.locality import locality_report
     p = get_protocol(protocol)
     m = (layered_asym((3, 3, 2), "sigmoid") if "prototypical-asym" in p.models
+         else layered_asym((3, 3, 2), "tanh", physics="vector-field") if "vector-field" in p.models
          else layered("prototypical", (3, 3, 2), "sigmoid"))
     f = FabricEngine(m, protocol, settings(granularity="neuron", hosts=2, lr=LR))
     ref = reference(protocol, scaled_params(m), model=m)

@@ -109,14 +109,14 @@ def test_inbox_assembles_a_complete_step_and_checks_batch_dtype_and_width():
     assert not box.complete(1, 0) and box.missing(1, 0) == ["L3"]
     box.accept("L3", "a", "free", 1, 0, "float64", [4, 2], msg(2, value=3.0))
     assert box.complete(1, 0)
-    got = box.take(1, 0, "free", 4, torch.float64, own=torch.zeros(4, 3, dtype=torch.float64))
+    got = box.take(1, 0, "free", 4, torch.float64, own={"a": torch.zeros(4, 3, dtype=torch.float64)})
     assert torch.equal(got["L1.a"], torch.ones(4, 5, dtype=torch.float64)) and got["L3.a"].eq(3).all()
     for shape, dtype, what in (([1, 5], "float64", r"float64\[1, 5\], expected float64\[4, 5\]"),
                                ([4, 5], "float32", r"float32\[4, 5\], expected float64\[4, 5\]")):
         box.accept("L1", "a", "free", 1, 1, dtype, shape, msg(shape[1], B=shape[0], dtype=np.dtype(dtype)))
         box.accept("L3", "a", "free", 1, 1, "float64", [4, 2], msg(2))
         with pytest.raises(MessageError, match=r"node L2, phase free, step 1, message from L1: " + what):
-            box.take(1, 1, "free", 4, torch.float64, own=torch.zeros(4, 3, dtype=torch.float64))
+            box.take(1, 1, "free", 4, torch.float64, own={"a": torch.zeros(4, 3, dtype=torch.float64)})
         box.start(2)  # the failed phase's leftovers are stale at the next one
         box.start(1)
 

@@ -1,0 +1,137 @@
+"""The node protocols `aep`, `aep-symmetric` and `dyadic` (nodes/nonreciprocal.py, ALGORITHMS.md §9): each node's
+estimate equals the centralised reference's (cluster/nonconservative.py) on §13's toy and on layered vector fields,
+feed-forward included; fabrics equal the in-process engine with the extra kinds listed per edge and no violation;
+the orders in beta hold against implicit differentiation; the gate reads d; bad input is refused by name."""
+import pytest
+import torch
+
+from cluster.audit import compare
+from cluster.coordinator import FabricEngine
+from cluster.nonconservative import estimate, t1_toy
+from cluster.reference import ReferenceEngine
+from nodes.layered import layered_asym
+from tests.conftest import estimate_once
+from tests.test_hep import gap
+
+TOY = t1_toy()
+PROTOCOLS = ("vf", "aep", "aep-symmetric", "dyadic")
+
+
+def tied(feedback=True):
+    """A layered vector field 4-6-3 with B = W^T at the start (tanh: rho' varies, so J is not symmetric)."""
+    model = layered_asym((4, 6, 3), "tanh", feedback, 0.2, "vector-field")
+    gen = torch.Generator().manual_seed(5)
+    return (model, model.init_params(2, torch.float64, 1.5), torch.randn(5, 4, generator=gen, dtype=torch.float64),
+            torch.randn(5, 3, generator=gen, dtype=torch.float64))
+
+
+def nodes_estimate(case, protocol, beta, T1, T2, granularity="layer"):
+    model, params, x, y = case
+    return estimate_once(ReferenceEngine(model, protocol, torch.float64, granularity=granularity), params, x, y,
+                         beta, T1, T2)
+
+
+@pytest.mark.parametrize("granularity", ["layer", "neuron"])
+@pytest.mark.parametrize("case", ["toy", "tied", "feed-forward"])
+def test_the_nodes_estimates_are_the_centralised_ones(case, granularity):
+    """Rounding only: every quantity is O(1) and the sums differ in order, so 1e-12 absolute bounds it with room."""
+    c = {"toy": TOY, "tied": tied(), "feed-forward": tied(False)}[case]
+    T = 600 if case == "toy" else 200
+    for protocol in PROTOCOLS:
+        central = estimate(protocol, *c, 0.1, T, T)["grad"]
+        assert gap(nodes_estimate(c, protocol, 0.1, T, T, granularity), central) <= 1e-12, protocol
+
+
+@pytest.mark.parametrize("where", [dict(granularity="neuron", hosts=2), dict(granularity="layer")],
+                         ids=["neuron-hosts2", "layer"])
+def test_fabrics_run_them_as_the_in_process_engine_and_list_their_kinds_per_edge(where, ray_session):
+    from cluster.locality import locality_report
+    model, params, x, y = TOY
+    for protocol, kinds in (("aep-symmetric", {"a", "r", "t"}), ("dyadic", {"a", "t"})):
+        fab = FabricEngine(model, protocol, dict(lr=[0.0], dtype="float64", transport="zmq", timeout_s=20.0, **where))
+        try:
+            fab.set_params(params)
+            fab.set_batch(x, y)
+            res = fab.run_program(fab.program(0.1, 200, 200))
+            est, logs = fab.estimate(), fab.message_logs()
+        finally:
+            fab.close()
+        ref = ReferenceEngine(model, protocol, torch.float64, granularity=where["granularity"])
+        ref.set_params(params)
+        ref.set_batch(x, y)
+        want = ref.run_program(ref.program(0.1, 200, 200))
+        assert gap(est, ref.estimate()) <= 1e-12, protocol
+        assert {k: v["residual"] for k, v in res.items()} == pytest.approx({k: v["residual"] for k, v in want.items()},
+                                                                           abs=1e-12)
+        rep = locality_report(fab.specs, logs, fab.protocol)
+        assert rep["violations"] == [] and all(set(v) == kinds for v in rep["per_edge"].values()), protocol
+        steps = 200 + 1  # the learning phase's messages: one per step and the last exchange
+        extra = [v for v in rep["per_edge"].values()]
+        assert all(v["t"] == steps * (2 if protocol == "aep-symmetric" else 1) for v in extra)
+
+
+def test_on_a_feed_forward_net_kind_t_runs_backwards_along_edges_that_carry_no_signal():
+    model = tied(False)[0]
+    specs = model.node_specs(model.partition("layer"), ("r", "t"))
+    fwd = {(p.src, p.dst) for s in specs.values() for p in s.in_ports if p.kind == "a"}
+    back = {(p.src, p.dst) for s in specs.values() for p in s.in_ports if p.kind == "t"}
+    assert fwd == {("L1", "L2")} and back == {("L2", "L1")}
+    assert model.legal_edges(model.partition("layer")) == fwd
+    assert model.legal_edges(model.partition("layer"), ("r", "t")) == fwd | back
+
+
+def test_tied_weights_aep_symmetric_is_second_order_and_dyadic_exact_where_vf_plateaus():
+    """Against implicit differentiation at the free state (the truth of a fixed-point model)."""
+    c = tied()
+    T = 1500
+    truth = estimate("implicit", *c, 0.0, T, 0)["grad"]
+    e = {(p, b): compare(nodes_estimate(c, p, b, T, T), truth)["total"]["rel_l2"]
+         for p in PROTOCOLS for b in (0.04, 0.02)}
+    assert 3.6 <= e[("aep-symmetric", 0.04)] / e[("aep-symmetric", 0.02)] <= 4.4
+    assert 1.7 <= e[("aep", 0.04)] / e[("aep", 0.02)] <= 2.3
+    assert e[("dyadic", 0.04)] <= 1e-10 and e[("dyadic", 0.02)] <= 1e-10
+    assert e[("vf", 0.02)] >= 0.1 and 0.9 <= e[("vf", 0.04)] / e[("vf", 0.02)] <= 1.1
+
+
+def test_aep_on_a_feed_forward_net_is_backprop():
+    from cluster.bptt import bptt_grad
+    model, params, x, y = tied(False)
+    truth = bptt_grad(model, params, x, y, 400)  # 400 Euler steps of dt 0.2: the free state to rounding
+    assert compare(nodes_estimate((model, params, x, y), "aep-symmetric", 1e-3, 400, 400), truth)["total"][
+        "cosine"] >= 0.9999
+    assert compare(nodes_estimate((model, params, x, y), "vf", 1e-3, 400, 400), truth)["total"]["rel_l2"] >= 0.3
+
+
+def test_the_dyadic_residual_reads_d_as_well_as_m():
+    """m starts at the settled x0 and barely moves; d moves until J^T d = beta dC/dm: the gate must see it."""
+    model, params, x, y = TOY
+    e = ReferenceEngine(model, "dyadic", torch.float64)
+    e.set_params(params)
+    e.set_batch(x, y)
+    res = e.run_program(e.program(0.1, 4000, 5))
+    assert res["free"]["residual"] <= 1e-12 and res["dyadic"]["residual"] >= 1e-4
+
+
+def test_bad_input_is_refused_by_name(tmp_path):
+    from experiments.config import ConfigError, load_config
+    from nodes.layered import layered
+    for protocol in ("aep", "aep-symmetric", "dyadic"):
+        with pytest.raises(ConfigError) as err:
+            load_config("audit", [f"protocol={protocol}", "model=energy"])
+        assert err.value.field == "model"
+    with pytest.raises(ValueError, match="model: protocol aep runs on a vector-field model"):
+        ReferenceEngine(layered_asym((4, 5, 3), "tanh"), "aep", torch.float64)  # prototypical physics
+    for protocol in ("aep", "dyadic"):
+        with pytest.raises(ValueError, match="interaction W1 is symmetric"):
+            ReferenceEngine(layered("energy", (4, 5, 3), "tanh"), protocol, torch.float64)
+    with pytest.raises(ValueError, match="carries kinds"):  # a phase with extra kinds needs a rule that sends them
+        model, params, x, y = TOY
+        e = ReferenceEngine(model, "vf", torch.float64)
+        e.set_params(params)
+        e.set_batch(x, y)
+        e.run_program(get_protocol_program("aep"))
+
+
+def get_protocol_program(name):
+    from protocols import get_protocol
+    return get_protocol(name).program(0.1, 2, 2)
