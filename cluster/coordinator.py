@@ -91,7 +91,8 @@ class FabricEngine(Engine):
         """One call per host for the whole phase; returns what was recorded, assembled per group."""
         res = self._merged("run_phase", self.fabric.new_serials(), phase, record_states, record_grads)
         per_sample = per_sample_max(v["residual"] for v in res.values())
-        out = {"residual": max(per_sample, default=0.0), "residuals": per_sample}
+        node = max(res, key=lambda i: max(res[i]["residual"], default=0.0))
+        out = {"residual": max(per_sample, default=0.0), "residuals": per_sample, "node": node}
         if record_states:
             out["states"] = self._groups({i: unpack_arrays(r["states"])["s"] for i, r in res.items()}, dim=2)
         if record_grads:

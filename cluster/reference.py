@@ -186,6 +186,7 @@ class ReferenceEngine(Engine):
             outs = self._run_static(phase, rules, bnd, steps - 1)
             done = steps - 1
         residual = torch.zeros(ns.batch, dtype=torch.float64)  # per sample, max over nodes, at the last step
+        node, worst = ids[0], -1.0  # the node with the largest residual
         for t in range(done, steps):
             boxes = {i: self.router.inbox(i, outs, f"node {i}, phase {phase.name}, step {t}", phase.kinds)
                      for i in ids}
@@ -193,11 +194,14 @@ class ReferenceEngine(Engine):
                 outs[i], r = ns.step_node(i, rules[i], boxes[i], bnd[i], phase, t, rec_s, rec_g)
                 if r is not None:
                     residual = torch.maximum(residual, r)
+                    if len(r) and float(r.max()) > worst:
+                        node, worst = i, float(r.max())
         boxes = {i: self.router.inbox(i, outs, f"node {i}, phase {phase.name}, step {steps}", phase.kinds)
                  for i in ids}
         for i in ids:
             ns.exit_node(i, rules[i], boxes[i], bnd[i], phase, rec_g)
-        out = {"residual": float(residual.max()) if len(residual) else 0.0, "residuals": residual.tolist()}
+        out = {"residual": float(residual.max()) if len(residual) else 0.0, "residuals": residual.tolist(),
+               "node": node}
         if record_states:
             out["states"] = [t.cpu() for t in self._groups({i: torch.stack(v) for i, v in rec_s.items()}, dim=2)]
         if record_grads:

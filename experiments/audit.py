@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 
 import numpy as np
 import torch
@@ -84,7 +85,16 @@ def gate_report(phases: dict, tol: float) -> dict:
     over = {k: int(sum(not r <= tol for r in v["residuals"])) for k, v in phases.items()}
     bad = {k: n for k, n in over.items() if n}
     return {"residual_tol": tol, "nonconverged_samples": over, "runs_nonconverged": len(bad), "converged": not bad,
-            "diverged": [k for k, v in phases.items() if any(r == float("inf") for r in v["residuals"])]}
+            "diverged": [k for k, v in phases.items() if any(r == float("inf") for r in v["residuals"])],
+            "worst": {k: {"node": v.get("node"), "residual": v["residual"]} for k, v in phases.items()}}
+
+
+def unsettled(gate: dict, protocol: str) -> str:
+    """The failure of a stationary protocol's audit: every phase over the gate, with its worst node and residual."""
+    parts = [f"phase {k}: node {w['node']}, residual {w['residual']:.3g}" for k, w in gate["worst"].items()
+             if gate["nonconverged_samples"][k]]
+    return (f"audit: {'; '.join(parts)} > residual_tol {gate['residual_tol']:g}: protocol {protocol} reads "
+            f"stationary states, and these phases had not settled (more steps: T1, T2)")
 
 
 IMPLICIT_GAP = 1e-8  # relative gap between implicit differentiation and BPTT above which the free phase had not settled
@@ -131,6 +141,13 @@ def run_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=None, proto
         x, y, params = audit_batch(cfg, model)
     beta = proto.batch_beta(cfg.beta, np.random.default_rng(cfg.seed))
     prepare(out_dir, cfg)
+    implicit = diag = None
+    if not cfg.noise:  # implicit differentiation at the free fixed point: a second truth, and a convergence check;
+        implicit, diag = implicit_grad(model, params, x, y, cfg.T1)  # its Jacobian report comes before the run
+        if diag.get("abscissa", -1.0) >= 0:
+            print(f"audit: the field's Jacobian at the free state is unstable (max Re eig J = {diag['abscissa']:.3g} "
+                  f">= 0): x0 is no attractor, and J^T, the learning phase's linearisation under AEP and Dyadic EP, "
+                  f"is as unstable", file=sys.stderr)
     engine = make_engine(cfg, model, proto)
     try:
         engine.set_params(params)
@@ -142,6 +159,8 @@ def run_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=None, proto
             raise NotConverged(f"audit: phase {', '.join(gate['diverged'])} diverged (residual_tol gate; "
                                f"samples over the tolerance per phase: {gate['nonconverged_samples']})",
                                gate["nonconverged_samples"])
+        if gate and proto.stationary and not gate["converged"]:
+            raise NotConverged(unsettled(gate, proto.name), gate["nonconverged_samples"])
         estimate = engine.estimate()
         drift = engine.estimate_drift()
         logs = engine.message_logs()
@@ -149,9 +168,7 @@ def run_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=None, proto
         engine.close()
     truth = bptt_grad(model, params, x, y, cfg.T1, noise=noise_of(cfg))
     report = compare(estimate, truth)
-    implicit = None
-    if not cfg.noise:  # implicit differentiation at the free fixed point: a second truth, and a convergence check
-        implicit, diag = implicit_grad(model, params, x, y, cfg.T1)
+    if implicit is not None:
         gap = compare(implicit, truth)["total"]["rel_l2"]
         report["implicit"] = {**diag, "bptt_gap": gap, "estimate": compare(estimate, implicit)["total"],
                               "converged": bool(gap <= IMPLICIT_GAP and diag["radius"] < 1)}

@@ -212,10 +212,18 @@ def plot_compare(path, table) -> None:
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     table = [r for r in table if "test_accuracy" in r]
+    epochs = sorted({k for r in table for k in r if k.startswith("test_accuracy_e") and not k.endswith("_std")},
+                    key=lambda k: int(k[15:]))  # report_epochs: one bar each, the final one last
+    keys = [k for k in epochs if any(r[k] != r["test_accuracy"] for r in table if k in r)] + ["test_accuracy"]
+    h = 0.8 / len(keys)
     for ax, panel in zip(axes.flat, panels):
         rows = [r for r in table if tuple(r[k] for k in grid) == panel]
-        ax.barh(range(len(rows)), [100 * r["test_accuracy"] for r in rows],
-                xerr=[100 * r["test_accuracy_std"] for r in rows], color="tab:blue", alpha=0.8)
+        for n, k in enumerate(keys):
+            ax.barh([j - 0.4 + h * (n + 0.5) for j in range(len(rows))], [100 * r.get(k, float("nan")) for r in rows],
+                    height=h, xerr=[100 * r.get(k + "_std", 0.0) for r in rows], alpha=0.8,
+                    label="final" if k == "test_accuracy" else f"epoch {k[15:]}")
+        if len(keys) > 1:
+            ax.legend(fontsize=7, loc="lower right")
         ax.set_yticks(range(len(rows)), [r["setting"] for r in rows], fontsize=7)
         ax.set_xlabel("test accuracy (%)"), ax.grid(alpha=0.3, axis="x")
         ax.set_title(", ".join(f"{k[5:]} {v}" for k, v in zip(grid, panel)) or "all", fontsize=9)

@@ -21,6 +21,7 @@ class Nonreciprocal(Protocol):
     models = ("vector-field", "vector-graph")
     checks = ("feedback_init",)
     rule = NonreciprocalRule
+    stationary = True
 
     def validate(self, beta, **settings):
         super().validate(beta, **settings)

@@ -59,6 +59,7 @@ class Protocol:
     models = ()              # the model names it runs on (empty: any)
     ports = ()               # extra message kinds its phases may carry (nodes/graph.EXTRA_KINDS): ports derived
     rule = None              # the nodes' rule class for it (a nodes.rules.NodeRule subclass; None: the model's)
+    stationary = False       # its estimate reads stationary states: with residual_tol, an unsettled phase fails the audit
 
     def __init__(self, **settings):
         self.settings = dict(settings)

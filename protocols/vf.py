@@ -16,6 +16,7 @@ class VectorField(Protocol):
     name = "vf"
     keys = ("random_sign",)
     models = ("prototypical-asym", "vector-field", "vector-graph")
+    stationary = True
 
     def program(self, beta, T1, T2):
         return Phase("free", T1), Phase("nudged", T2, beta, "free")

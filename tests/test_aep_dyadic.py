@@ -135,3 +135,87 @@ def test_bad_input_is_refused_by_name(tmp_path):
 def get_protocol_program(name):
     from protocols import get_protocol
     return get_protocol(name).program(0.1, 2, 2)
+
+
+def test_a_tied_vector_field_is_one_symmetric_parameter_with_the_untied_nets_draws():
+    from cluster.bptt import bptt_grad
+    from cluster.runtime import model_from
+    from experiments.config import ConfigError, load_config
+    cfg = load_config("compare-nonconservative", overrides={"sizes": [4, 6, 3], "feedback_init": "tied", "dt": 0.2,
+                                                                    "protocol": "ep-symmetric"})
+    t = model_from(cfg)
+    assert t.name == "vector-field-tied" and set(t.param_shapes()) == {"W0", "b0", "W1", "b1"} and t.dt == 0.2
+    model, params, x, y = tied()
+    pt = {k: params[k] for k in t.param_shapes()}
+    assert all(torch.equal(v, t.init_params(2, torch.float64, 1.5)[k]) for k, v in pt.items())
+    # the same field while B1 = W1^T: the tied net's BPTT gradient is the untied one's with B1's folded into W1
+    g, gt = bptt_grad(model, params, x, y, 100), bptt_grad(t, pt, x, y, 100)
+    assert gap({"W1": gt["W1"], "b0": gt["b0"]}, {"W1": g["W1"] + g["B1"].T, "b0": g["b0"]}) <= 1e-12
+    for protocol in ("aep", "dyadic"):
+        with pytest.raises(ConfigError) as err:
+            load_config("compare-nonconservative", overrides={"protocol": protocol, "feedback_init": "tied"})
+        assert err.value.field == "feedback_init"
+
+
+def test_a_message_of_a_kind_the_phase_does_not_carry_is_refused():
+    from cluster.messages import MessageError
+    from cluster.ports import NodeInbox
+    import numpy as np
+    model = TOY[0]
+    spec = model.node_specs(model.partition("layer"), ("r", "t"))["S"]
+    box = NodeInbox(spec)
+    box.start(1)  # a free phase: the signal only
+    box.accept("Y", "a", "free", 1, 0, "float64", [1, 3], np.zeros((1, 3)))
+    assert box.complete(1, 0)
+    with pytest.raises(MessageError, match="kind r, which this phase does not carry"):
+        box.accept("Y", "r", "free", 1, 0, "float64", [1, 3], np.zeros((1, 3)))
+    box.accept("Y", "t", "plus", 2, 0, "float64", [1, 9], np.zeros((1, 9)))  # a phase ahead: kept until it starts
+    with pytest.raises(MessageError, match="kind t, which this phase does not carry"):
+        box.start(2, ())
+    box = NodeInbox(spec)
+    box.start(2, ("r", "t"))
+    for kind, w in (("a", 3), ("r", 3), ("t", 9)):
+        assert not box.complete(2, 0)
+        box.accept("Y", kind, "plus", 2, 0, "float64", [1, w], np.ones((1, w)))
+    got = box.take(2, 0, "plus", 1, torch.float64, {"a": torch.zeros(1, 9, dtype=torch.float64),
+                                                     "r": torch.full((1, 9), 2.0, dtype=torch.float64)})
+    assert set(got) == {"S.a", "Y.a", "S.r", "Y.r", "t.Y"} and got["S.r"].eq(2).all() and got["t.Y"].eq(1).all()
+
+
+def test_a_sweep_over_the_replayed_toy_fits_each_protocols_order(tmp_path):
+    import json
+    from tests.conftest import run_cli
+    r = run_cli("sweep", "toy-nonconservative", "--grid", "protocol=aep,aep-symmetric", "--grid",
+                "beta=0.2,0.1,0.05,0.025", "--set", "T1=3000", "--set", "T2=3000", "--out", str(tmp_path / "s"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    slope = {s["group"]["protocol"]: s["slope"] for s in rep["slopes"]}
+    assert 0.8 <= slope["aep"] <= 1.2 and 1.8 <= slope["aep-symmetric"] <= 2.2, slope
+    bad = run_cli("sweep", "toy-nonconservative", "--grid", "lr=0.1,0.2", "--out", str(tmp_path / "b"))
+    assert bad.returncode == 2 and "--grid" in bad.stderr and not (tmp_path / "b").exists()
+
+
+def test_an_unsettled_learning_phase_fails_the_gated_audit_naming_node_phase_and_residual(tmp_path):
+    import json
+    from tests.conftest import run_cli
+    r = run_cli("audit", "toy-nonconservative", "--set", "protocol=dyadic", "--set", "T1=3000", "--set", "T2=40",
+                "--set", "residual_tol=1e-8", "--out", str(tmp_path / "a"))
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "phase dyadic: node " in r.stderr and "residual" in r.stderr and "residual_tol 1e-08" in r.stderr
+    assert "phase free" not in r.stderr  # the free phase settled
+    ok = run_cli("audit", "toy-nonconservative", "--set", "protocol=dyadic", "--set", "T1=3000", "--set", "T2=3000",
+                 "--set", "residual_tol=1e-8", "--out", str(tmp_path / "b"))
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    gate = json.loads((tmp_path / "b" / "audit.json").read_text())["gate"]
+    assert gate["converged"] and set(gate["worst"]) == {"free", "dyadic"} and gate["worst"]["dyadic"]["node"] in "SY"
+
+
+def test_an_unstable_jacobian_at_the_free_state_is_reported_before_the_learning_phase(tmp_path):
+    from tests.conftest import run_cli
+    args = ["audit", "audit", "--set", "model=vector-graph", "--set", "sizes=[3,10,2]", "--set", "protocol=aep",
+            "--set", "dataset=random", "--set", "dt=0.1", "--set", "T1=300", "--set", "T2=300", "--set",
+            "activation=tanh", "--set", "engine=reference"]
+    r = run_cli(*args, "--set", "init_scale=4", "--out", str(tmp_path / "a"))
+    assert r.returncode == 0 and "Jacobian at the free state is unstable (max Re eig J = 0.25" in r.stderr
+    r = run_cli(*args, "--set", "init_scale=2", "--out", str(tmp_path / "b"))
+    assert r.returncode == 0 and "unstable" not in r.stderr

@@ -71,3 +71,25 @@ def test_a_failed_run_is_recorded_and_the_others_go_on(tmp_path):
     assert "error" not in ok and ok["test_accuracy"] is not None
     assert "diverged" in failed["error"] and "test_accuracy" not in failed
     assert res["by_setting"][1]["failed"] == [0] and "failed" in (tmp_path / "c" / "table.md").read_text()
+
+
+def test_report_epochs_and_the_paired_bptt_baseline_make_columns_and_a_row(tmp_path):
+    """compare-nonconservative's shape on a tiny vector field: accuracy after chosen epochs, and BPTT beside AEP."""
+    cfg = load_config("compare-nonconservative", overrides={
+        "dataset": "random", "sizes": [6, 8, 3], "epochs": 2, "T1": 80, "T2": 40, "batch": 64, "dt": 0.5,
+        "compare.seeds": [0, 1], "compare.angle_batches": 1, "compare.report_epochs": [1, 2]})
+    res = run_compare(cfg, str(tmp_path / "c"))
+    rows = {r["setting"]: r for r in res["by_setting"]}
+    assert set(rows) == {"EP (ep-symmetric, tied)", "VF (vf)", "AEP (aep-symmetric)", "Dyadic (dyadic)",
+                         "BPTT (beside AEP (aep-symmetric))"}
+    aep = [p for p in res["points"] if p["setting"] == "AEP (aep-symmetric)"]
+    for p in aep:
+        m = json.loads((tmp_path / "c" / p["folder"] / "metrics.json").read_text())
+        assert p["test_accuracy_e1"] == m["epochs"][0]["test_accuracy"]
+        assert p["bptt"]["test_accuracy_e1"] == m["baseline"][0]["test_accuracy"]
+    bptt = rows["BPTT (beside AEP (aep-symmetric))"]
+    assert bptt["test_accuracy_e2"] == pytest.approx(np.mean([p["bptt"]["test_accuracy"] for p in aep]))
+    assert bptt["cosine"] == 1.0 and "cosine_layer0" not in bptt
+    assert all(p["cosine"] > 0.999 for p in res["points"] if p["setting"] in ("AEP (aep-symmetric)", "Dyadic (dyadic)"))
+    table = (tmp_path / "c" / "table.md").read_text()
+    assert "test accuracy after epoch 1" in table and "test accuracy after epoch 2" in table
