@@ -30,8 +30,10 @@ ROLES = ("input", "hidden", "output")
 SIGNAL = "a"  # the message kind of the layered physics: a node's signal a(s)
 # Message kinds a protocol may add (Protocol.ports), each with ports derived from the interactions:
 #   "r": the twin of every signal port (same neighbours, same direction), e.g. AEP's rho'(x0_j) (x_j - x0_j);
-#   "t": the transposed product of a directed Dense, sent backwards: the owner of W's rows (the destination) sends
-#        each source block (its own quantity) @ W[rows, source block's columns], e.g. Dyadic EP's W_ji d_j.
+#   "t": the transposed product along every Dense term between dynamic groups: the owner of W's rows (the
+#        destination) sends each source block (its own quantity) @ W[rows, source block's columns], e.g. Dyadic
+#        EP's W_ji d_j; on a symmetric term the replica holder (the source) also sends each destination block
+#        (its own quantity) @ W[destination rows, its columns]^T, each end with its own copy of W.
 EXTRA_KINDS = ("r", "t")
 
 
@@ -162,7 +164,8 @@ class NodeSpec:
     in_ports: tuple       # Port, sorted
     out_ports: tuple      # Port, sorted
     boundary: tuple       # boundary keys routed to this node ("x", "y")
-    transposed: tuple = ()  # kind "t": (dst node id or "self", held W, lo, hi): it sends q @ W[:, lo:hi] to dst
+    transposed: tuple = ()  # kind "t": (dst node id or "self", held W, lo, hi, rows): it sends q @ W[:, lo:hi]
+                            # (rows False: it owns W's rows) or q @ W[lo:hi, :]^T (rows True: a replica's columns)
 
     @property
     def width(self) -> int:
@@ -357,20 +360,24 @@ class Model:
         return dataclasses.replace(spec, slots=slots, in_ports=tuple(sorted(ports, key=lambda p: (p.src, p.kind))))
 
     def _transposed(self, specs: dict, by_group: dict) -> dict:
-        """Kind "t" on every directed Dense between dynamic groups: each destination block c sends every source block
-        b it is connected to (its quantity q) @ W[c rows, b columns], summed over the interactions from b's group to
-        c's; b holds one slot `t.<c>` per such neighbour, and computes its own share ("self") locally."""
+        """Kind "t" on every Dense term between dynamic groups: each destination block c sends every source block b
+        it is connected to (its quantity q) @ W[c rows, b columns], summed over the interactions from b's group to
+        c's; on a symmetric term b, which holds a replica of W's columns, sends c q @ W[c rows, b columns]^T as
+        well. A receiver holds one slot `t.<sender>` per such neighbour and computes its own share ("self")
+        locally."""
         sends = {i: [] for i in specs}
         for it in self.interactions:
             if self.group(it.src).role == "input":
                 continue
-            if it.symmetric:
-                raise ValueError(f"model {self.name}: interaction {it.W} is symmetric; kind 't' (the transposed "
-                                 f"product) is derived for directed interactions only")
             for c in by_group.get(it.dst, ()):
                 for b in by_group.get(it.src, ()):
                     if _connected(it.mask, (c.lo, c.hi), (b.lo, b.hi)):
-                        sends[c.node_id].append(("self" if b.node_id == c.node_id else b.node_id, it.W, b.lo, b.hi))
+                        sends[c.node_id].append(("self" if b.node_id == c.node_id else b.node_id, it.W, b.lo, b.hi,
+                                                 False))
+                        if it.symmetric:
+                            local = it.W if it.dst != b.group else f"{it.W}.replica"
+                            sends[b.node_id].append(("self" if b.node_id == c.node_id else c.node_id, local, c.lo,
+                                                     c.hi, True))
         into = {i: set() for i in specs}
         for c, entries in sends.items():
             for dst, *_ in entries:

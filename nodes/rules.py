@@ -146,11 +146,13 @@ class NodeRule:
         steps)."""
         return {g.slot: inbox[g.slot].clone() for _, g in self.grads if g.kind in ("rows", "cols")}
 
-    def outer(self, scale, post, pre: dict, boundary) -> "GSum":
+    def outer(self, scale, post, pre: dict, boundary, synapses: bool = False) -> "GSum":
         """The products of G with `post` as the node's own signal and `pre` as its neighbours' (VF-style rules pair
-        a change of one side with a state of the other): -scale/B sum over the batch of post x pre."""
+        a change of one side with a state of the other): -scale/B sum over the batch of post x pre. `synapses`: the
+        products between dynamic units only (no bias, no clamped input), e.g. the pre-synaptic term of a
+        gradient field's -(d_theta f)^T delta."""
         x = boundary["x"] if any(g.kind == "clamped" for _, g in self.grads) else None
-        return GSum(self, ((-scale / post.shape[0], post, pre, x),))
+        return GSum(self, ((-scale / post.shape[0], post, pre, x, not synapses),))
 
     def products(self, terms) -> dict:
         """sum_k c_k G_k for terms (c_k = -scale_k / B, a_own, neighbours' signals, x), one product per tensor over
@@ -161,20 +163,24 @@ class NodeRule:
             return ts[0] if len(ts) == 1 else torch.cat(ts)
         own = None
         out = {}
+        full = tuple(k for k in terms if k[4])  # the terms with a share in the bias and the clamped input
         for local, g in self.grads:
             if g.kind == "cols":
-                t = torch.mm(cat([sl[g.slot] * c for c, _, sl, _ in terms]).T, cat([a for _, a, _, _ in terms]))
+                t = torch.mm(cat([sl[g.slot] * c for c, _, sl, _, _ in terms]).T, cat([k[1] for k in terms]))
             else:
                 if own is None:
-                    own = cat([a * c for c, a, _, _ in terms])
+                    own = cat([a * c for c, a, *_ in terms])
+                part = own if len(full) == len(terms) else cat([a * c for c, a, *_ in full]) if full else None
                 if g.kind == "rows":
-                    t = torch.mm(own.T, cat([sl[g.slot] for _, _, sl, _ in terms]))
+                    t = torch.mm(own.T, cat([sl[g.slot] for _, _, sl, _, _ in terms]))
+                elif part is None:  # synaptic terms only
+                    t = own.new_zeros((own.shape[1], terms[0][3].shape[1]) if g.kind == "clamped" else own.shape[1])
                 elif g.kind == "clamped":  # every term of a batch reads the same x: sum the post side first
                     B = terms[0][1].shape[0]
-                    post = own if len(terms) == 1 else own.reshape(len(terms), B, -1).sum(0)
-                    t = torch.mm(post.T, terms[0][3].to(own.dtype))
+                    post = part if len(full) == 1 else part.reshape(len(full), B, -1).sum(0)
+                    t = torch.mm(post.T, full[0][3].to(own.dtype))
                 else:
-                    t = own.sum(0)
+                    t = part.sum(0)
             out[local] = t if g.mask is None else t * g.mask.to(device=t.device, dtype=t.dtype)
         return out
 
@@ -300,8 +306,8 @@ class PhaseRule:
         def signals():
             return state["a"].clone(), node.pre(inbox)
 
-        def outer(scale, post, pre):
-            return node.outer(scale, post, pre, boundary)
+        def outer(scale, post, pre, synapses=False):
+            return node.outer(scale, post, pre, boundary, synapses)
 
         def own_state(field="s"):
             return state[field]

@@ -115,15 +115,14 @@ def test_the_dyadic_residual_reads_d_as_well_as_m():
 def test_bad_input_is_refused_by_name(tmp_path):
     from experiments.config import ConfigError, load_config
     from nodes.layered import layered
-    for protocol in ("aep", "aep-symmetric", "dyadic"):
+    for protocol, model in (("aep", "prototypical"), ("aep-symmetric", "prototypical-asym"), ("dyadic", "energy")):
         with pytest.raises(ConfigError) as err:
-            load_config("audit", [f"protocol={protocol}", "model=energy"])
+            load_config("audit", [f"protocol={protocol}", f"model={model}"])
         assert err.value.field == "model"
-    with pytest.raises(ValueError, match="model: protocol aep runs on a vector-field model"):
+    with pytest.raises(ValueError, match="model: protocol aep runs on a vector-field model or an energy net"):
         ReferenceEngine(layered_asym((4, 5, 3), "tanh"), "aep", torch.float64)  # prototypical physics
-    for protocol in ("aep", "dyadic"):
-        with pytest.raises(ValueError, match="interaction W1 is symmetric"):
-            ReferenceEngine(layered("energy", (4, 5, 3), "tanh"), protocol, torch.float64)
+    with pytest.raises(ValueError, match="model: protocol dyadic runs on a vector-field model, not physics 'energy'"):
+        ReferenceEngine(layered("energy", (4, 5, 3), "tanh"), "dyadic", torch.float64)
     with pytest.raises(ValueError, match="carries kinds"):  # a phase with extra kinds needs a rule that sends them
         model, params, x, y = TOY
         e = ReferenceEngine(model, "vf", torch.float64)
@@ -152,9 +151,10 @@ def test_a_tied_vector_field_is_one_symmetric_parameter_with_the_untied_nets_dra
     g, gt = bptt_grad(model, params, x, y, 100), bptt_grad(t, pt, x, y, 100)
     assert gap({"W1": gt["W1"], "b0": gt["b0"]}, {"W1": g["W1"] + g["B1"].T, "b0": g["b0"]}) <= 1e-12
     for protocol in ("aep", "dyadic"):
-        with pytest.raises(ConfigError) as err:
-            load_config("compare-nonconservative", overrides={"protocol": protocol, "feedback_init": "tied"})
-        assert err.value.field == "feedback_init"
+        for key, value in (("feedback_init", "tied"), ("noise", 0.05)):
+            with pytest.raises(ConfigError) as err:
+                load_config("compare-nonconservative", overrides={"protocol": protocol, key: value})
+            assert err.value.field == key
 
 
 def test_a_message_of_a_kind_the_phase_does_not_carry_is_refused():
@@ -219,3 +219,70 @@ def test_an_unstable_jacobian_at_the_free_state_is_reported_before_the_learning_
     assert r.returncode == 0 and "Jacobian at the free state is unstable (max Re eig J = 0.25" in r.stderr
     r = run_cli(*args, "--set", "init_scale=2", "--out", str(tmp_path / "b"))
     assert r.returncode == 0 and "unstable" not in r.stderr
+
+
+def energy_case():
+    from nodes.layered import layered
+    from tests.conftest import batch, scaled_params
+    model = layered("energy", (4, 6, 3), "tanh", 0.2)
+    return (model, scaled_params(model), *batch(model))
+
+
+def phase_states(model, params, x, y, protocol, beta, T, where=None, tamper=None):
+    """Every group's states over every phase of the protocol's program, and the estimate; `tamper(engine)` runs
+    after the parameters are set (e.g. to make one replica differ from its owner)."""
+    e = ReferenceEngine(model, protocol, torch.float64)
+    e.set_params(params)
+    if tamper:
+        tamper(e)
+    e.set_batch(x, y)
+    e.begin()
+    states = {ph.name: e.run_phase(ph, record_states=True)["states"] for ph in e.program(beta, T, T)}
+    return states, e.estimate()
+
+
+def test_on_energy_the_anchor_vanishes_so_aep_nudges_as_ep_symmetric_and_the_estimates_part_as_beta_squared():
+    """The anchor is computed from each end's own copy of W: it vanishes because the copies agree, not because the
+    code skips it (a replica made to differ by 1e-3 moves the nudged states off ep-symmetric's)."""
+    from cluster.bptt import bptt_grad
+    model, params, x, y = energy_case()
+    T = 400
+    aep, g_aep = phase_states(model, params, x, y, "aep-symmetric", 0.1, T)
+    ep, g_ep = phase_states(model, params, x, y, "ep-symmetric", 0.1, T)
+    assert max(float((a - b).abs().max()) for ph in ep for a, b in zip(aep[ph], ep[ph])) <= 1e-12
+    diff = {}
+    for beta in (0.1, 0.05, 0.025):
+        a = phase_states(model, params, x, y, "aep-symmetric", beta, T)[1]
+        b = phase_states(model, params, x, y, "ep-symmetric", beta, T)[1]
+        diff[beta] = compare(a, b)["total"]["rel_l2"]
+    assert 3.6 <= diff[0.1] / diff[0.05] <= 4.4 and 3.6 <= diff[0.05] / diff[0.025] <= 4.4, diff
+    truth = bptt_grad(model, params, x, y, T)
+    assert compare(g_aep, truth)["total"]["rel_l2"] <= 0.05
+
+    def tamper(e):
+        e.nodes.params["L1"]["W1"] += 1e-3  # L1's replica of W1 no longer equals L2's rows
+
+    aep_t = phase_states(model, params, x, y, "aep-symmetric", 0.1, T, tamper=tamper)[0]
+    ep_t = phase_states(model, params, x, y, "ep-symmetric", 0.1, T, tamper=tamper)[0]
+    assert max(float((a - b).abs().max()) for a, b in zip(aep_t["plus"], ep_t["plus"])) >= 1e-6
+
+
+def test_aep_on_an_energy_fabric_is_the_in_process_engine_with_t_sent_both_ways(ray_session):
+    from cluster.locality import locality_report
+    model, params, x, y = energy_case()
+    fab = FabricEngine(model, "aep-symmetric", dict(lr=[0.0, 0.0], dtype="float64", transport="zmq", timeout_s=20.0,
+                                                    granularity="neuron", hosts=2))
+    try:
+        fab.set_params(params)
+        fab.set_batch(x, y)
+        fab.run_program(fab.program(0.1, 60, 60))
+        est, logs = fab.estimate(), fab.message_logs()
+    finally:
+        fab.close()
+    ref = nodes_estimate((model, params, x, y), "aep-symmetric", 0.1, 60, 60, "neuron")
+    assert gap(est, ref) <= 1e-12
+    rep = locality_report(fab.specs, logs, fab.protocol)
+    assert rep["violations"] == [] and rep["per_edge"]["L1.0->L2.0"].keys() == {"a", "r", "t"}
+    assert rep["per_edge"]["L2.0->L1.0"].keys() == {"a", "r", "t"}
+    with pytest.raises(ValueError, match="runs on a vector-field model, not physics 'energy'"):
+        ReferenceEngine(model, "dyadic", torch.float64)
