@@ -26,7 +26,7 @@ from cluster.messages import (MessageError, array_bytes, decode_header, dtype_na
 from cluster.nodeset import Aborted, NodeSet, PhaseError, per_sample_max
 from cluster.ports import NodeInbox, as_payload
 from cluster.transport import TransportError, make_transport
-from nodes.graph import SIGNAL
+from nodes.graph import carried
 from nodes.rules import LocalityError, step_series
 
 HEARTBEAT_S = 1.0  # a host in a phase tells the coordinator it is alive at most this often
@@ -258,7 +258,7 @@ class Host(NodeSet):
                 raise LocalityError(f"node {i}, phase {phase.name}, step {t}: sends to {key[0]}, which is not a "
                                     f"graph neighbour (no out-port {key[0]}/{key[1]})")
         encoded = {}
-        live = (SIGNAL, *phase.kinds)
+        live = carried(phase.kinds)
         for p in spec.out_ports:
             if p.kind not in live:
                 continue

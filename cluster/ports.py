@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from cluster.messages import MessageError, NUMPY_DTYPE, dtype_name, ndarray_from
-from nodes.graph import SIGNAL
+from nodes.graph import carried
 from nodes.rules import Guarded
 
 MAX_AHEAD = 8
@@ -39,7 +39,7 @@ class NodeInbox:
 
     def activate(self, kinds) -> None:
         """The ports a phase carries: the signal's and those of its extra `kinds` (protocols/base.Phase.kinds)."""
-        live = {SIGNAL, *kinds}
+        live = carried(kinds)
         self.order = tuple(k for k in self.ports if k[1] in live)
         self.widths = tuple((k, self.ports[k].width) for k in self.order)
         self.slots = tuple(s for s in self.all_slots if s[3] in live)

@@ -15,7 +15,7 @@ from cluster.captured import StaticLoop
 from cluster.engine import Engine
 from cluster.nodeset import NodeSet
 from nodes.dynamics import CHECK_EVERY
-from nodes.graph import SIGNAL, slice_params
+from nodes.graph import carried, slice_params
 from nodes.rules import Guarded, rule_of, step_series
 from protocols import get_protocol
 from protocols.base import Phase, Protocol
@@ -44,7 +44,7 @@ class Router:
     def inbox(self, i: str, outs: dict, where: str, kinds=()) -> Guarded:
         """Each source's payload for this node: its port's own ((i, kind) in the outbox) or its kind's; the slots of
         the signal and of the phase's extra `kinds` only."""
-        live = (SIGNAL, *kinds)
+        live = carried(kinds)
         return Guarded({name: self._join([outs[j].get((i, kind), outs[j].get(kind)) for j in srcs], gaps)
                         for name, kind, srcs, gaps in self.plan[i] if kind in live}, where, "port")
 

@@ -146,6 +146,12 @@ def run_compare(cfg, out_dir: str) -> dict:
     return result
 
 
+def epoch_keys(rows) -> list:
+    """The `test_accuracy_e<n>` keys present in rows (report_epochs), in epoch order."""
+    return sorted({k for r in rows for k in r if k.startswith("test_accuracy_e") and not k.endswith("_std")},
+                  key=lambda k: int(k[15:]))
+
+
 def by_epoch(rows: list, epochs) -> dict:
     """{"test_accuracy_e<n>": test accuracy after epoch n} for the requested epochs that the run reached."""
     return {f"test_accuracy_e{n}": rows[n - 1]["test_accuracy"] for n in epochs if 1 <= n <= len(rows)}
@@ -159,13 +165,13 @@ def by_setting(points) -> list:
         grid = tuple((k, p[k]) for k in p if k.startswith("grid."))
         groups.setdefault((p["setting"], *grid), []).append(p)
         if "bptt" in p:
-            groups.setdefault((f"BPTT (beside {p['setting']})", *grid), []).append({**p, **p["bptt"], "cosine": 1.0, "cosine_layers": None,
-                                                                            **{k: None for k in GATE_KEYS}})
+            twin = {**p, **p["bptt"], "cosine": 1.0, "cosine_layers": None, **dict.fromkeys(GATE_KEYS)}
+            groups.setdefault((f"BPTT (beside {p['setting']})", *grid), []).append(twin)
     out = []
     for key, ps in groups.items():
         row = {"setting": key[0], **dict(key[1:]), "seeds": [p["seed"] for p in ps],
                "failed": [p["seed"] for p in ps if "error" in p]}
-        epochs = sorted({k for p in ps for k in p if k.startswith("test_accuracy_e")}, key=lambda k: int(k[15:]))
+        epochs = epoch_keys(ps)
         for k in ("test_accuracy", "train_accuracy", "cosine", *GATE_KEYS, *epochs):
             vals = [p[k] for p in ps if p.get(k) is not None]
             if vals:
@@ -183,8 +189,7 @@ def markdown(table) -> str:
     grid = [k for k in table[0] if k.startswith("grid.")] if table else []
     layers = [k for k in table[0] if k.startswith("cosine_layer")] if table else []
     gate = [k for k in GATE_KEYS if table and k in table[0]]
-    epochs = sorted({k for r in table for k in r if k.startswith("test_accuracy_e") and not k.endswith("_std")},
-                    key=lambda k: int(k[15:]))
+    epochs = epoch_keys(table)
     head = ["setting", *(k[5:] for k in grid), "seeds", *(f"test accuracy after epoch {k[15:]}" for k in epochs),
             "test accuracy (mean ± std)", "cosine at init",
             *(f"cos layer {k[12:]}" for k in layers), *(f"{k.replace('_', ' ')} (mean per run)" for k in gate)]
@@ -212,8 +217,7 @@ def plot_compare(path, table) -> None:
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     table = [r for r in table if "test_accuracy" in r]
-    epochs = sorted({k for r in table for k in r if k.startswith("test_accuracy_e") and not k.endswith("_std")},
-                    key=lambda k: int(k[15:]))  # report_epochs: one bar each, the final one last
+    epochs = epoch_keys(table)  # report_epochs: one bar each, the final one last
     keys = [k for k in epochs if any(r[k] != r["test_accuracy"] for r in table if k in r)] + ["test_accuracy"]
     h = 0.8 / len(keys)
     for ax, panel in zip(axes.flat, panels):

@@ -37,6 +37,11 @@ SIGNAL = "a"  # the message kind of the layered physics: a node's signal a(s)
 EXTRA_KINDS = ("r", "t")
 
 
+def carried(kinds) -> frozenset:
+    """The message kinds a phase carries: the signal and its extra `kinds` (protocols/base.Phase.kinds)."""
+    return frozenset((SIGNAL, *kinds))
+
+
 @dataclass(frozen=True)
 class Group:
     """A unit group: `size` units with state fields `layout` (e.g. ("s",), ("m", "d"), ("phi", "pi"))."""
@@ -183,6 +188,12 @@ def _block_mask(mask, rows, cols):
     return torch.tensor([row[cols[0]:cols[1]] for row in mask[rows[0]:rows[1]]], dtype=torch.float64)
 
 
+def _replica_name(it: Dense, group: str) -> str:
+    """The local name of the replica of a symmetric term's W held by a block of its source group (suffixed when the
+    block's group is the destination too, where it also owns rows of W)."""
+    return it.W if it.dst != group else f"{it.W}.replica"
+
+
 def _connected(mask, rows, cols) -> bool:
     return mask is None or any(any(row[cols[0]:cols[1]]) for row in mask[rows[0]:rows[1]])
 
@@ -323,7 +334,7 @@ class Model:
                     terms.append(Term("bias", it.b))
                     grads[it.b] = Grad("bias")
             if it.symmetric and it.src == b.group and src.role != "input":  # replica of W[:, cols]
-                local = it.W if it.dst != b.group else f"{it.W}.replica"
+                local = _replica_name(it, b.group)
                 held[local] = Held(it.W, None, own, "replica")
                 mask = _block_mask(it.mask, (0, self.group(it.dst).size), own)
                 slot = self._need(needed, it.dst, by_group, b, it.mask, cols=own)
@@ -375,9 +386,8 @@ class Model:
                         sends[c.node_id].append(("self" if b.node_id == c.node_id else b.node_id, it.W, b.lo, b.hi,
                                                  False))
                         if it.symmetric:
-                            local = it.W if it.dst != b.group else f"{it.W}.replica"
-                            sends[b.node_id].append(("self" if b.node_id == c.node_id else c.node_id, local, c.lo,
-                                                     c.hi, True))
+                            sends[b.node_id].append(("self" if b.node_id == c.node_id else c.node_id,
+                                                     _replica_name(it, b.group), c.lo, c.hi, True))
         into = {i: set() for i in specs}
         for c, entries in sends.items():
             for dst, *_ in entries:

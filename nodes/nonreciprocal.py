@@ -112,7 +112,8 @@ class AnchorPhase(PhaseRule):
                              f"state, got start {self.ph.start!r}")
         state, out = super().enter(state, params, boundary)
         x0 = state["saved"][self.ph.start].to(state["dtype"])
-        state = {**state, "d": None, "x0": x0, "rp0": self.node.phys.rho_prime(x0)}
+        state = {**state, "d": None, "x0": x0, "rp0": self.node.phys.rho_prime(x0),
+                 "zero": x0.new_zeros(self.node.spec.width)}  # the constant part of sum_j W_ij r_j: none
         return self._messages(state, out, params)
 
     def _messages(self, state, out, params):
@@ -124,8 +125,8 @@ class AnchorPhase(PhaseRule):
     def step(self, state, inbox, params, boundary, t):
         n = self.node
         B, dtype = state["s"].shape[0], state["dtype"]
-        forward = n.drive(state["s"].new_zeros(n.spec.width), {a: inbox[r] for a, r in n.r_slots.items()}, params,
-                          B, dtype)  # sum_j W_ij r_j, the node's own copies
+        forward = n.drive(state["zero"], {a: inbox[r] for a, r in n.r_slots.items()}, params, B,
+                          dtype)  # sum_j W_ij r_j, the node's own copies
         if n.gradient:
             anchor = state["rp0"] * (forward - n.gathered(state["r"], inbox, params))
         else:
