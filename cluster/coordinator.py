@@ -13,13 +13,15 @@ from cluster.engine import Engine
 from cluster.fabric import Fabric
 from cluster.messages import pack_arrays, unpack_arrays
 from cluster.nodeset import per_sample_max
-from nodes.graph import slice_params
+from nodes.graph import slice_params, target_of
 from protocols import get_protocol
 
 
 def lrs_by_param(model, lr: list) -> dict:
-    """{parameter: learning rate}: lr[i] for the parameters of layer pair i (model.lr_index)."""
-    return {p: float(lr[model.lr_index.get(p, 0)]) for p in model.param_shapes()}
+    """{parameter: learning rate}: lr[i] for the parameters of layer pair i (model.lr_index); 0 for a Hamiltonian
+    model's frozen parameters (nodes/hamiltonian.Echo.frozen)."""
+    frozen = set(model.echo.frozen) if model.echo is not None else set()
+    return {p: 0.0 if p in frozen else float(lr[model.lr_index.get(p, 0)]) for p in model.param_shapes()}
 
 
 class FabricEngine(Engine):
@@ -73,7 +75,7 @@ class FabricEngine(Engine):
             if "x" in s.boundary:
                 arrays["x"] = x
             if "y" in s.boundary and y is not None:
-                arrays["y"] = torch.as_tensor(y)[:, s.block.lo:s.block.hi]
+                arrays["y"] = target_of(s, torch.as_tensor(y))
             per_node[i] = pack_arrays(arrays) if arrays else b""
         return per_node
 
@@ -94,7 +96,7 @@ class FabricEngine(Engine):
         node = max(res, key=lambda i: max(res[i]["residual"], default=0.0))
         out = {"residual": max(per_sample, default=0.0), "residuals": per_sample, "node": node}
         if record_states:
-            out["states"] = self._groups({i: unpack_arrays(r["states"])["s"] for i, r in res.items()}, dim=2)
+            out["states"] = self._groups({i: unpack_arrays(r["states"])["s"] for i, r in res.items()}, dim=-1)
         if record_grads:
             out["grad_steps"] = self._series({i: unpack_arrays(r["grad_steps"]) for i, r in res.items()})
         return out
@@ -113,6 +115,13 @@ class FabricEngine(Engine):
 
     def output(self, name: str = "free"):
         return self._output_of({i: unpack_arrays(v)["s"] for i, v in self._merged("output", name).items()})
+
+    def states(self, name: str) -> list:
+        """Every dynamic group's saved state of phase `name`, the nodes' side by side (audits)."""
+        return self._groups({i: unpack_arrays(v)["s"] for i, v in self._merged("saved_states", name).items()}, dim=-1)
+
+    def kept_bytes(self) -> dict:
+        return self._merged("kept")
 
     def message_logs(self, clear: bool = False) -> dict:
         res = self.fabric.call("message_log", clear)

@@ -108,7 +108,7 @@ class Engine:
         return self.output("free")
 
     def _groups(self, per_node: dict, dim: int) -> list:
-        """Per dynamic group, the nodes' tensors side by side in unit order (along `dim`)."""
+        """Per dynamic group, the nodes' tensors side by side in unit order (along `dim`: the units' axis, the last)."""
         out = []
         for g in self.model.dynamic_groups:
             ids = sorted((i for i, s in self.specs.items() if s.block.group == g.name),
@@ -126,4 +126,4 @@ class Engine:
     def _output_of(self, per_node: dict):
         out = self.model.output_group.name
         ids = sorted((i for i in per_node if self.specs[i].block.group == out), key=lambda i: self.specs[i].block.lo)
-        return torch.cat([per_node[i] for i in ids], dim=1)
+        return torch.cat([per_node[i] for i in ids], dim=-1)

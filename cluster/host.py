@@ -28,6 +28,7 @@ from cluster.ports import NodeInbox, as_payload
 from cluster.transport import TransportError, make_transport
 from nodes.graph import carried
 from nodes.rules import LocalityError, step_series
+from protocols.base import rows
 
 HEARTBEAT_S = 1.0  # a host in a phase tells the coordinator it is alive at most this often
 
@@ -167,6 +168,15 @@ class Host(NodeSet):
         self._control("output")
         return {i: pack_arrays({"s": self.saved(i, name)}) for i in self.ids if self.specs[i].is_output}
 
+    def saved_states(self, name: str) -> dict:
+        """Every node's saved state of phase `name` (audits: the echo's return; a Hamiltonian node's (B, 2, w))."""
+        self._control("saved_states")
+        return {i: pack_arrays({"s": self.saved(i, name)}) for i in self.ids}
+
+    def kept(self) -> dict:
+        """{node: bytes of the tensors it keeps} (NodeSet.kept_bytes)."""
+        return {i: self.kept_bytes(i) for i in self.ids}
+
     def message_log(self, clear: bool = False) -> dict:
         out = {"nodes": {i: log.export() for i, log in self.logs.items()}, "refused": self.transport.refused(),
                "unknown": list(self.unknown)}
@@ -304,7 +314,7 @@ class Host(NodeSet):
                     self._dispatch(*msg)
                 if self.beat is not None:  # alive, waiting: a neighbour's silence is this wait's own timeout
                     self.beat.beat(serial, t)
-        return inbox.take(serial, t, phase.name, self.batch, self.state[i]["dtype"], self.state[i])
+        return inbox.take(serial, t, phase.name, rows(phase, self.batch), self.state[i]["dtype"], self.state[i])
 
     def _dispatch(self, user: str, header: bytes, payload) -> None:
         """Check one message from the wire against its connection and its destination's ports, then buffer it."""

@@ -19,12 +19,14 @@ GLOBALS = ("beta", "batch", "protocol", "draw")
 
 def locality_report(specs: dict, logs: dict, protocol=None) -> dict:
     """specs {node: NodeSpec}; logs: an engine's message_logs() -> {messages, bytes, per_edge, coordinator,
-    globals, boundary, violations, ...}."""
+    controls (the coordinator's calls by name, e.g. phase triggers, summed over the nodes), globals, boundary,
+    violations, ...}."""
     declared = {(p.src, p.dst, p.kind) for s in specs.values() for p in s.in_ports}
     routes = {i: set(s.boundary) for i, s in specs.items()}
     allowed = set(GLOBALS) | set(getattr(protocol, "settings", {}) or {})
     per_edge = defaultdict(lambda: defaultdict(int))
     coordinator = defaultdict(int)
+    controls = defaultdict(int)
     globals_seen = defaultdict(set)
     boundary_seen = defaultdict(set)
     violations = []
@@ -42,6 +44,7 @@ def locality_report(specs: dict, logs: dict, protocol=None) -> dict:
                     boundary_seen[name].add(dst)
                     ok, why = name in routes.get(dst, ()), f"coordinator sent {name!r} to {dst}, which it is not routed to"
                 else:
+                    controls[name] += count
                     ok, why = kind == "control", f"coordinator sent {kind} {name!r} to {dst}"
             else:
                 per_edge[f"{src}->{dst}"][kind] += count
@@ -62,7 +65,7 @@ def locality_report(specs: dict, logs: dict, protocol=None) -> dict:
     return {"messages": total, "bytes": nbytes, "edges": len(per_edge),
             "legal_edges": len({d[:2] for d in declared}),
             "per_edge": {k: dict(v) for k, v in sorted(per_edge.items())},
-            "coordinator": dict(coordinator),
+            "coordinator": dict(coordinator), "controls": dict(sorted(controls.items())),
             "globals": {k: len(v) for k, v in sorted(globals_seen.items())},
             "boundary": {k: sorted(v) for k, v in sorted(boundary_seen.items())},
             "nodes": len(specs), "placement": logs.get("placement", {}), "violations": violations}

@@ -131,6 +131,26 @@ class NodeSet:
         self.set_held({i: params})
         self.opts[i].set_state(opt)
 
+    def kept_bytes(self, i: str) -> int:
+        """Bytes of the tensors node i keeps: its parameters, its optimiser's state and its phase state (states,
+        signals, accumulators, saved states), each storage once; not the boundary signals it is fed (x, y)."""
+        seen = {}
+
+        def walk(v):
+            if isinstance(v, torch.Tensor):
+                st = v.untyped_storage()
+                seen[st.data_ptr()] = st.nbytes()
+            elif isinstance(v, Mapping):
+                for x in v.values():
+                    walk(x)
+            elif isinstance(v, (tuple, list)):
+                for x in v:
+                    walk(x)
+        walk(self.params[i])
+        walk(self.opts[i].get_state())
+        walk(self.state[i])
+        return int(sum(seen.values()))
+
     # ---- the learning rule's end of a batch ---------------------------------------------------------------
     def begin_all(self) -> None:
         """A new batch: every node's accumulators start empty."""
@@ -239,6 +259,8 @@ class NodeSet:
             res = torch.cat([rows.max()[None], (s - prev).abs().flatten(1).amax(1)])
         res = res.to("cpu", torch.float64)  # the one host sync
         m, residual = float(res[0]), res[1:] if prev is not None else None
+        if residual is not None and len(residual) > self.batch > 0:  # copies side by side: the worst per sample
+            residual = residual.reshape(-1, self.batch).amax(0)
         bad = divergence(s, self.diverge_limit, m)
         if bad and self.gate and (phase.complex or phase.beta != 0):
             row = rows.to("cpu", torch.float64)

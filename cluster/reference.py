@@ -15,7 +15,7 @@ from cluster.captured import StaticLoop
 from cluster.engine import Engine
 from cluster.nodeset import NodeSet
 from nodes.dynamics import CHECK_EVERY
-from nodes.graph import carried, slice_params
+from nodes.graph import carried, slice_params, target_of
 from nodes.rules import Guarded, rule_of, step_series
 from protocols import get_protocol
 from protocols.base import Phase, Protocol
@@ -74,7 +74,7 @@ def relax(model, params, x, steps, s=None, beta=0.0, y=None, params_at=None, on_
     bnd = {}
     for i, sp in specs.items():
         if "y" in routed[i]:
-            routed[i]["y"] = routed[i]["y"][:, sp.block.lo:sp.block.hi]
+            routed[i]["y"] = target_of(sp, routed[i]["y"])
         bnd[i] = Guarded({**routed[i], "beta": beta, "batch": x.shape[0], "dtype": x.dtype, "device": x.device,
                           "draw": draw, "t0": t0}, f"node {i}, phase relax", "boundary")
     views = {}
@@ -153,7 +153,7 @@ class ReferenceEngine(Engine):
         for i, s in self.specs.items():
             arrays = {"x": x}
             if y is not None:
-                arrays["y"] = torch.as_tensor(y)[:, s.block.lo:s.block.hi]
+                arrays["y"] = target_of(s, torch.as_tensor(y))
             self.nodes.set_routed(i, arrays)
 
     def begin(self) -> None:
@@ -171,6 +171,12 @@ class ReferenceEngine(Engine):
 
     def message_logs(self, clear: bool = False) -> dict:
         return {"nodes": {}, "refused": [], "unknown": [], "placement": {}}
+
+    def states(self, name: str) -> list:
+        return self._groups({i: self.nodes.saved(i, name) for i in self.nodes.ids}, dim=-1)
+
+    def kept_bytes(self) -> dict:
+        return {i: self.nodes.kept_bytes(i) for i in self.nodes.ids}
 
     def close(self) -> None:
         self.loops.clear()
@@ -203,7 +209,7 @@ class ReferenceEngine(Engine):
         out = {"residual": float(residual.max()) if len(residual) else 0.0, "residuals": residual.tolist(),
                "node": node}
         if record_states:
-            out["states"] = [t.cpu() for t in self._groups({i: torch.stack(v) for i, v in rec_s.items()}, dim=2)]
+            out["states"] = [t.cpu() for t in self._groups({i: torch.stack(v) for i, v in rec_s.items()}, dim=-1)]
         if record_grads:
             out["grad_steps"] = self._series({i: step_series(v, phase.beta) for i, v in rec_g.items()})
         return out

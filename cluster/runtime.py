@@ -15,6 +15,10 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def model_from(cfg):
+    from nodes.hamiltonian import HAMILTONIAN_MODELS
+    if cfg.model in HAMILTONIAN_MODELS:
+        from experiments.sequences import model_of
+        return model_of(cfg)
     if cfg.model == "vector-graph":  # sizes [inputs, units, outputs]: the last `outputs` units are the output
         n_in, n_units, n_out = cfg.sizes
         return directed_graph(n_units, n_in, n_out, activation=cfg.activation, dt=cfg.dt, physics="vector-field",

@@ -124,8 +124,25 @@ def step_series(cfg, model, proto, program, phases, params, x, y) -> tuple:
     return est, ref, {k: phys.gdu_state_scale(s[0]) for k, s in zip(names, gdu["states"])}
 
 
+def _hamiltonian(cfg, model) -> bool:
+    """Whether the run's model is Hamiltonian (a replayed bundle's meta says so too)."""
+    from nodes.hamiltonian import HAMILTONIAN_MODELS
+    if model is not None:
+        return model.echo is not None
+    if cfg.replay and os.path.isfile(cfg.replay):
+        try:
+            return read_bundle(cfg.replay)["meta"].get("model") in HAMILTONIAN_MODELS
+        except Exception:
+            return False
+    return cfg.model in HAMILTONIAN_MODELS
+
+
 def run_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=None, protocol=None) -> dict:
-    """The audit of cfg's protocol (or `protocol`, an object) on cfg's engine; writes out_dir; returns the report."""
+    """The audit of cfg's protocol (or `protocol`, an object) on cfg's engine; writes out_dir; returns the report.
+    A Hamiltonian model's audit (rhel, heb) is experiments/echo.py's."""
+    if _hamiltonian(cfg, model):
+        from experiments.echo import run_echo_audit
+        return run_echo_audit(cfg, out_dir, sets, quiet, model, protocol)
     bundle = None
     if cfg.replay:
         cfg, bundle = replay_config(cfg, [a for a in sets if "=" in a])

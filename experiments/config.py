@@ -16,6 +16,7 @@ import yaml
 
 from cluster.transport import LOOPBACK, WIRES
 from nodes.activations import ACTIVATIONS
+from nodes.hamiltonian import HAMILTONIAN_MODELS, INTEGRATORS
 from nodes.layered import FEEDBACK_INITS, MODELS
 from nodes.optim import OPTIMIZERS
 from protocols import PROTOCOLS
@@ -102,6 +103,13 @@ class Config:
     feedback_init: str = "transpose"  # asymmetric nets: B{n} starts as W{n}^T, "independent", or "none" (feed-forward)
     angle: float = 0.0             # prototypical-asym: each B entry's sign flipped with probability (1 - cos psi) / 2
     random_sign: bool = False      # vf / cvf: the sign of beta drawn per batch (as ep-random-sign does)
+    eps: float = 0.01              # rhel / heb: the echo's nudging strength (each copy's nudge is +-eps or 0)
+    T: int = 100                   # Hamiltonian models: the sequence length, the number of forward (and echo) steps
+    sided: str = "two"             # rhel / heb: echo copies nudged at +eps and -eps ("two") or at 0 and +eps ("one")
+    nudge: str = "reference"       # rhel / heb: the kicks' cotangent at the copies' reference state, or each copy's own
+    integrator: str = "leapfrog"   # Hamiltonian models: leapfrog (position Verlet, force at the half step); the
+                                   # ablations start-force and euler are not time-reversible (refused by rhel, heb)
+    damping: float = 0.0           # Hamiltonian models: a friction -damping * pi (dissipative: refused by rhel, heb)
     steps: bool = False
     noise: float = 0.0             # std of Gaussian noise on every pre-activation at every step (nodes/noise.py)
     residual_tol: typing.Optional[float] = None  # convergence gate: max |s_T - s_(T-1)| per sample and phase
@@ -127,7 +135,7 @@ class Config:
 
 
 CHOICES = {
-    "model": MODELS, "activation": tuple(ACTIVATIONS), "protocol": tuple(PROTOCOLS),
+    "model": MODELS + HAMILTONIAN_MODELS, "integrator": INTEGRATORS, "activation": tuple(ACTIVATIONS), "protocol": tuple(PROTOCOLS),
     "granularity": ("layer", "neuron"), "transport": ("zmq", "ray"), "engine": ("fabric", "reference"),
     "dtype": ("float32", "float64"), "optimizer": OPTIMIZERS, "fabric.log": ("full", "counters"),
     "feedback_init": FEEDBACK_INITS,
@@ -196,6 +204,10 @@ def validate(cfg: Config, model=None, protocol=None) -> Config:
             raise ConfigError(key, f"{value!r} is not one of {list(allowed)}")
     if len(cfg.sizes) < 2 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in cfg.sizes):
         raise ConfigError("sizes", f"need a list of at least two positive integers, got {cfg.sizes!r}")
+    hamiltonian = (model.echo is not None) if model is not None else cfg.model in HAMILTONIAN_MODELS
+    if hamiltonian:
+        from experiments.sequences import validate_sequences
+        validate_sequences(cfg, protocol)
     if cfg.model == "vector-graph" and (len(cfg.sizes) != 3 or not cfg.sizes[2] < cfg.sizes[1]):
         raise ConfigError("sizes", f"model vector-graph takes [inputs, units, outputs] with outputs < units, got "
                           f"{cfg.sizes!r}")

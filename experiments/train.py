@@ -26,6 +26,7 @@ from experiments.datasets import load_dataset, one_hot
 from experiments.plots import plot_confusion, plot_curves
 from experiments.results import prepare, write_csv, write_json
 from nodes.dynamics import cost
+from nodes.hamiltonian import HAMILTONIAN_MODELS
 from nodes.optim import Optimizer
 
 
@@ -89,7 +90,15 @@ def resume_config(out_dir: str, sets=()):
 
 
 def run_train(cfg, out_dir: str, progress: bool = True, resume: bool = False, model=None, protocol=None) -> dict:
-    """Train cfg's net (or `model`) with cfg's protocol (or `protocol`, an object) on cfg's engine; writes out_dir."""
+    """Train cfg's net (or `model`) with cfg's protocol (or `protocol`, an object) on cfg's engine; writes out_dir.
+    A Hamiltonian model trains through experiments/echo.py."""
+    if (model.echo is not None) if model is not None else cfg.model in HAMILTONIAN_MODELS:
+        if resume:
+            raise ConfigError("--resume", "resuming is not built for Hamiltonian models")
+        from experiments.echo import run_echo_train
+        out = run_echo_train(cfg, out_dir, progress, model, protocol)
+        out.pop("_final", None)
+        return out
     ds = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed, cfg.test_fraction, cfg.data_path, cfg.sizes)
     check_data(cfg, ds)
     if cfg.forget_free:

@@ -98,7 +98,24 @@ class VectorField(Physics):
         return self.dt
 
 
-PHYSICS = {p.name: p for p in (Energy, Prototypical, VectorField)}
+class Leapfrog(Physics):
+    """Hamiltonian models (nodes/hamiltonian.py): the node's rule (nodes/leapfrog.LeapfrogRule) integrates (phi, pi)
+    itself; the signal is a position, no activation."""
+
+    name = "leapfrog"
+
+    def __init__(self, activation: str = "identity", dt: float = 1.0):
+        self.activation, self.dt = "identity", float(dt)
+        self.k, self.c = 1.0, 0.0
+
+    def signal(self, s):
+        return s
+
+    def step(self, s, u, beta=0.0, y=None):
+        raise NotImplementedError("a Hamiltonian node steps through nodes/leapfrog.LeapfrogRule")
+
+
+PHYSICS = {p.name: p for p in (Energy, Prototypical, VectorField, Leapfrog)}
 
 
 def physics_of(model) -> Physics:

@@ -70,6 +70,20 @@ class Dense:
 
 
 @dataclass(frozen=True)
+class Local:
+    """A parameter of one group's units alone, in no interaction (e.g. an oscillator's own stiffness): shape (size,),
+    each block holding its units' entries; or `whole` a shape held whole by the group's blocks (a readout, whose
+    loss needs the whole group and so runs where the group is one block)."""
+
+    group: str
+    name: str
+    whole: tuple = ()
+
+    def shape(self, size: int) -> tuple:
+        return tuple(self.whole) if self.whole else (size,)
+
+
+@dataclass(frozen=True)
 class Block:
     """A logical node's share of the units: group `group`, units [lo, hi)."""
 
@@ -212,6 +226,8 @@ class Model:
     lr_index: dict = field(default_factory=dict, compare=False)  # parameter -> index into the run's lr list
     rule: type | None = field(default=None, compare=False)  # the nodes' rule class (None: nodes.rules.NodeRule)
     init: object = field(default=None, compare=False)  # (params, generator) -> params after the seeded init
+    local: tuple = ()      # Local parameters (no interaction), held by their group's blocks
+    echo: object = field(default=None, compare=False)  # a Hamiltonian model's declaration (nodes/hamiltonian.Echo)
 
     def __post_init__(self):
         names = [g.name for g in self.groups]
@@ -252,6 +268,8 @@ class Model:
             shapes[it.W] = (self.group(it.dst).size, self.group(it.src).size)
             if it.b:
                 shapes[it.b] = (self.group(it.dst).size,)
+        for lp in self.local:
+            shapes[lp.name] = lp.shape(self.group(lp.group).size)
         return shapes
 
     def init_params(self, seed: int, dtype=torch.float64, scale: float = 1.0) -> dict:
@@ -267,6 +285,8 @@ class Model:
                 if name == it.W and it.mask is not None:
                     t = t * torch.tensor(it.mask, dtype=torch.float64)
                 params[name] = t
+        for lp in self.local:  # no seeded draw: zeros, set by the model's init
+            params[lp.name] = torch.zeros(lp.shape(self.group(lp.group).size), dtype=torch.float64)
         if self.init is not None:
             params = self.init(params, gen)
         return {k: v.to(dtype) for k, v in params.items()}
@@ -319,9 +339,12 @@ class Model:
                 held[it.W] = Held(it.W, own, None, "primary")
                 mask = _block_mask(it.mask, own, (0, src.size))
                 if src.role == "input":
-                    terms.append(Term("clamped", it.W, "x"))
-                    grads[it.W] = Grad("clamped", "x", mask)
-                    boundary.add("x")
+                    if _connected(it.mask, own, (0, src.size)):
+                        terms.append(Term("clamped", it.W, "x"))
+                        grads[it.W] = Grad("clamped", "x", mask)
+                        boundary.add("x")
+                    else:  # the mask leaves this block no input: its rows are structural zeros, x is not routed here
+                        grads[it.W] = Grad("none")
                 else:
                     slot = self._need(needed, it.src, by_group, b, it.mask, rows=own)
                     if slot is None:  # the mask leaves this block no source: its rows are structural zeros
@@ -343,6 +366,9 @@ class Model:
                 else:
                     terms.append(Term("bwd", local, slot))
                     grads[local] = Grad("cols", slot, mask)
+        for lp in self.local:
+            if lp.group == b.group:
+                held[lp.name] = Held(lp.name, None if lp.whole else own, None, "primary")
         if self.group(b.group).role == "output":
             boundary.add("y")
         slots, in_ports = {}, set()
@@ -427,6 +453,15 @@ class Model:
         """node id -> the boundary keys the model routes to it (x to the blocks driven by an input group, y to the
         output group's blocks)."""
         return {i: s.boundary for i, s in self.node_specs(blocks).items()}
+
+
+def target_of(spec: NodeSpec, y):
+    """The output node's share of a target y (B, d_out) or a target sequence (B, T, d_out): its units' columns; a
+    target whose last axis is not the output group's (a readout's classes) goes whole to the output group's one
+    block."""
+    if y.shape[-1] != spec.model.group(spec.block.group).size:
+        return y
+    return y[..., spec.block.lo:spec.block.hi]
 
 
 def slice_params(spec: NodeSpec, params: dict, copy: bool = True) -> dict:

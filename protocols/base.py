@@ -34,6 +34,13 @@ class Phase:
     coef: complex = 0.0
     period: int = 0          # > 0: beta is a clock, the protocol's step_beta(phase, t, beta) at step t
     kinds: tuple = ()        # message kinds the phase carries besides the signal `a` (the protocol's `ports`)
+    flip: bool = False       # Hamiltonian echo: every node negates its own momenta on entry (nodes/leapfrog.py)
+    copies: tuple = ()       # Hamiltonian echo: copies of the state run side by side, nudged at copies[c] * beta
+
+
+def rows(phase: Phase, batch: int) -> int:
+    """The rows of a phase's states and messages: the batch, times the copies an echo runs side by side."""
+    return batch * max(1, len(phase.copies))
 
 
 def add(acc, g):

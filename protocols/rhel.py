@@ -1,0 +1,83 @@
+"""`rhel`, Recurrent Hamiltonian Echo Learning (Pourcel & Ernoult 2025; ALGORITHMS.md §10) on a Hamiltonian model
+(nodes/hamiltonian.py, nodes/leapfrog.py): two phases, whatever the size of the system,
+
+    forward   T steps from the initial state with the input u_1..u_T; the output node accumulates the loss
+    echo      every node flips its own momenta, then T steps with the input played backwards, two copies side by
+              side: nudged at +eps and -eps (`sided: two`), or at 0 and +eps (`sided: one`); the output node kicks
+              pi <- pi + c eps g_n at the aligned steps, g_n = dl_n/dphi at the copies' reference (nodes/leapfrog)
+
+and every node estimates, from its own accumulators G_c = sum_k h dH/dtheta(phi_half, u) of each copy,
+
+    g_hat = -(G_+ - G_-) / (2 eps)   (two-sided; exact for any eps when H is quadratic)
+    g_hat = -(G_+ - G_0) / eps       (one-sided; error O(eps))
+
+(in general the least-squares slope of G_c against the copies' nudges, times -1), plus the readout's gradient,
+which the output node accumulated directly in the forward pass (a readout is no part of H). The coordinator sends
+the phase, eps and `sided` to every node and the input and target sequences at the batch's start; positions cross
+the springs (kind a), nothing else.
+"""
+import torch
+
+from nodes.hamiltonian import HAMILTONIAN_MODELS
+from protocols.base import Phase, Protocol
+
+SIDED = {"two": (1.0, -1.0), "one": (0.0, 1.0)}
+NUDGES = ("reference", "own")  # the kick's cotangent: at the copies' reference state, or at each copy's own
+
+
+class RHEL(Protocol):
+    name = "rhel"
+    needs_beta = False
+    keys = ("sided", "nudge")
+    checks = ("eps", "integrator", "damping")
+    models = HAMILTONIAN_MODELS
+    terminal = False  # the loss is summed over the whole forward trajectory
+
+    def validate(self, beta, **settings):
+        eps, sided = settings.get("eps", 0.01), settings.get("sided", "two")
+        if not eps or eps != eps:
+            raise ValueError(f"eps: protocol {self.name} needs a non-zero nudging strength, got {eps!r}")
+        if sided not in SIDED:
+            raise ValueError(f"sided: expected one of {tuple(SIDED)}, got {sided!r}")
+        if settings.get("nudge", "reference") not in NUDGES:
+            raise ValueError(f"nudge: expected one of {NUDGES}, got {settings.get('nudge')!r}")
+        integ = settings.get("integrator", "leapfrog")
+        if integ != "leapfrog":
+            raise ValueError(f"integrator: protocol {self.name} needs an exactly time-reversible symplectic integrator "
+                             f"(leapfrog, the force at the half-step position); {integ!r} is not: the echo would not "
+                             f"retrace the forward pass")
+        if settings.get("damping", 0.0):
+            raise ValueError(f"damping: protocol {self.name} runs on non-dissipative systems only (damping breaks "
+                             f"time-reversal symmetry), got {settings['damping']!r}")
+
+    def program(self, eps, T1, T2=None):
+        """(forward, echo): T1 = T steps each; the echo's copies from `sided`."""
+        copies = SIDED[self.settings.get("sided", "two")]
+        return Phase("forward", T1), Phase("echo", T1, eps, "forward", flip=True, copies=copies)
+
+    def gdu_phase(self, program):
+        return program[-1]
+
+    def prediction(self, state, program):
+        """The output node's forward-pass result: logits (ce-mean) or the loss per sample (B, 1)."""
+        return state["mem"]["pred"]
+
+    def estimate(self, mem, held):
+        """-(slope of G_c against the copies' nudges) for H's parameters; the direct gradient for a readout."""
+        acc, direct = mem.get("acc") or {}, mem.get("direct") or {}
+        out = {}
+        for k, v in held.items():
+            if k in direct:
+                out[k] = direct[k].clone()
+            elif k in acc:
+                m = acc[k].new_tensor(mem["copies"]) * float(mem["eps"])
+                c = m - m.mean()
+                out[k] = -torch.tensordot(c, acc[k], dims=1) / float((c * c).sum())
+            else:
+                out[k] = v.new_zeros(v.shape)
+        return out
+
+
+
+
+PROTOCOL = RHEL()
