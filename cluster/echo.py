@@ -197,12 +197,11 @@ def echo_state(model, params, x, T: int) -> tuple:
 
 
 def bptt_saved_bytes(model, params, x, y, T: int, terminal: bool = False) -> int:
-    """Bytes of the tensors autograd keeps for BPTT through T steps (each storage once): the stored trajectory."""
+    """Bytes of the tensors autograd keeps for BPTT through T steps (each tensor once): the stored trajectory."""
     seen = {}
 
     def pack(t):
-        st = t.untyped_storage()
-        seen[st.data_ptr()] = st.nbytes()
+        seen[(t.data_ptr(), t.numel())] = t.numel() * t.element_size()
         return t
     leaves = {k: v.detach().clone().double().requires_grad_(True) for k, v in params.items()}
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
