@@ -9,9 +9,9 @@ import argparse
 import sys
 import time
 
-COMMANDS = ("train", "audit", "bench", "sweep", "tradeoff", "compare")
+COMMANDS = ("train", "audit", "bench", "sweep", "tradeoff", "compare", "two-mass", "chain", "hru-sequence")
 DEFAULT_CONFIG = {"train": "train", "audit": "audit", "bench": "bench", "sweep": "sweep", "tradeoff": "cep-tradeoff",
-                  "compare": "hep-noise"}
+                  "compare": "hep-noise", "two-mass": "two-mass", "chain": "chain", "hru-sequence": "hru-sequence"}
 
 
 def parse_args(argv):
@@ -50,6 +50,8 @@ def main(argv=None) -> int:
             sim.tradeoff(out)
         elif args.command == "compare":
             sim.compare(out)
+        elif args.command in ("two-mass", "chain", "hru-sequence"):
+            sim.experiment(args.command, out)
         else:
             sim.sweep(out, args.grid, sets=args.sets)
         return 0

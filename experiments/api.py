@@ -83,6 +83,12 @@ class Simulator:
         from experiments.compare import run_compare
         return run_compare(self._with(overrides), out or _stamp("compare"))
 
+    def experiment(self, name: str, out: str | None = None, **overrides) -> dict:
+        """A Hamiltonian echo experiment (experiments/oscillators.py: two-mass, chain, hru-sequence); returns what
+        its metrics.json holds."""
+        from experiments.oscillators import EXPERIMENTS
+        return EXPERIMENTS[name](self._with(overrides), out or _stamp(name))
+
     def bench(self, out: str | None = None, **overrides) -> dict:
         from experiments.bench import run_bench
         return run_bench(self._with(overrides), out or _stamp("bench"))

@@ -74,6 +74,13 @@ class CompareSection:
 
 
 @dataclass(frozen=True)
+class EchoSection:
+    """The Hamiltonian echo experiments (experiments/oscillators.py)."""
+    seeds: list = field(default_factory=lambda: [0, 1, 2])   # hru-sequence: one RHEL and one BPTT run per seed
+    audit_eps: float = 1e-4                                  # hru-sequence: eps of each seed's one-batch audit
+
+
+@dataclass(frozen=True)
 class Config:
     model: str = "prototypical"
     sizes: list = field(default_factory=lambda: [64, 64, 10])
@@ -124,6 +131,7 @@ class Config:
     bench: BenchSection = field(default_factory=BenchSection)
     tradeoff: TradeoffSection = field(default_factory=TradeoffSection)
     compare: CompareSection = field(default_factory=CompareSection)
+    echo: EchoSection = field(default_factory=EchoSection)
 
     @property
     def lrs(self) -> list:

@@ -71,6 +71,7 @@ def run_sweep(cfg, out_dir: str, grid_items, sets=()) -> dict:
                                "diverged": bool(gate and not gate["converged"]),
                                **({"runs_nonconverged": gate["runs_nonconverged"]} if gate else {}),
                                "locality_violations": len(rep["locality"]["violations"]),
+                               **({"echo_error": rep["echo_error"]} if "echo_error" in rep else {}),
                                **({"steps": rep["steps"]} if "steps" in rep else {})})
             except NotConverged as err:
                 points.append({**head, "rel_l2": None, "cosine": None, "diverged": True,
