@@ -13,6 +13,7 @@ Datasets:
                     files the `aeon` wheel ships (optional extra `uea`); channels standardised on the training set
   synthetic-motion  hru: a synthetic stand-in (said to be synthetic): class k of 4 drives every channel with a
                     sinusoid of frequency (k + 1) * 0.4 rad per unit time, seeded amplitudes and phases, plus noise
+                    (160 training and 80 test sequences)
 """
 from __future__ import annotations
 
@@ -131,8 +132,8 @@ def load_sequences(cfg) -> Sequences:
     return synthetic_motion(cfg.sizes[0], cfg.sizes[2], T, h, cfg.seed)
 
 
-def synthetic_motion(d_in: int, classes: int, T: int, h: float, seed: int, n_train: int = 40,
-                     n_test: int = 40) -> Sequences:
+def synthetic_motion(d_in: int, classes: int, T: int, h: float, seed: int, n_train: int = 160,
+                     n_test: int = 80) -> Sequences:
     """Class k drives every channel with sin((k + 1) 0.4 t + phase) times a seeded channel amplitude, + N(0, 0.3)."""
     rng = np.random.default_rng(seed)
     amp = rng.uniform(0.5, 1.5, (classes, d_in))

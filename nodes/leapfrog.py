@@ -90,7 +90,7 @@ class LeapfrogRule(NodeRule):
         return EchoPhase(self, ph) if ph.flip else ForwardPhase(self, ph)
 
     # ---- the physics -----------------------------------------------------------------------------------------
-    def drive(self, params, x_t, rows: int):
+    def driving(self, params, x_t, rows: int):
         """d_t = sum of W u_t over the clamped terms, plus the biases (rows, width); None when there is none."""
         d = None
         for w in self.clamped:
@@ -183,7 +183,7 @@ class ForwardPhase(PhaseRule):
         phi, pi = s[:, 0], s[:, 1]
         x = boundary.get("x")
         x_t = x[:, t] if x is not None else None
-        d = n.drive(params, x_t, s.shape[0])
+        d = n.driving(params, x_t, s.shape[0])
         pos = state["a"] if n.echo.integrator == "leapfrog" else phi
         phi, pi = n.leap(phi, pi, pos, inbox, params, d)
         mem = state["mem"]
@@ -250,7 +250,7 @@ class EchoPhase(PhaseRule):
         C = len(state["copies"])
         x = boundary.get("x")
         x_t = x[:, T - 1 - t].repeat(C, 1) if x is not None else None
-        d = n.drive(params, x_t, s.shape[0])
+        d = n.driving(params, x_t, s.shape[0])
         pos = state["a"] if n.echo.integrator == "leapfrog" else phi
         phi, pi = n.leap(phi, pi, pos, inbox, params, d)
         if n.echo.collect == "full":
@@ -297,6 +297,8 @@ def _forward_loss(n, mem, phi, boundary, params, at: int, T: int) -> dict:
 
 
 def _check_sequence(n, ph, x, name):
+    if x is None and n.clamped:
+        raise ValueError(f"{name}: node {n.id}, phase {ph.name}: its drive reads the input sequence; none was given")
     if x is not None and (x.dim() != 3 or x.shape[1] != ph.steps):
         raise ValueError(f"{name}: node {n.id}, phase {ph.name}: expected a sequence (B, T = {ph.steps}, d), got shape "
                          f"{tuple(x.shape)}")

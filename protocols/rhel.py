@@ -29,7 +29,7 @@ class RHEL(Protocol):
     name = "rhel"
     needs_beta = False
     keys = ("sided", "nudge")
-    checks = ("eps", "integrator", "damping")
+    checks = ("eps", "integrator", "damping", "noise", "residual_tol")
     models = HAMILTONIAN_MODELS
     terminal = False  # the loss is summed over the whole forward trajectory
 
@@ -46,6 +46,11 @@ class RHEL(Protocol):
             raise ValueError(f"integrator: protocol {self.name} needs an exactly time-reversible symplectic integrator "
                              f"(leapfrog, the force at the half-step position); {integ!r} is not: the echo would not "
                              f"retrace the forward pass")
+        if settings.get("noise"):
+            raise ValueError(f"noise: protocol {self.name} runs noiseless (a noisy step is not time-reversible)")
+        if settings.get("residual_tol") is not None:
+            raise ValueError(f"residual_tol: protocol {self.name} runs trajectories, not relaxations to a fixed point: "
+                             f"there is no residual to gate on")
         if settings.get("damping", 0.0):
             raise ValueError(f"damping: protocol {self.name} runs on non-dissipative systems only (damping breaks "
                              f"time-reversal symmetry), got {settings['damping']!r}")

@@ -131,15 +131,23 @@ def test_a_changed_replica_shows_as_drift_and_is_used(engine, ray_session):
 @pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
 def test_every_protocol_runs_on_a_hosted_neuron_fabric(protocol, ray_session):
     from cluster.locality import locality_report
+    from experiments.sequences import forces
+    from nodes.hamiltonian import chain
     p = get_protocol(protocol)
     m = (layered_asym((3, 3, 2), "sigmoid") if "prototypical-asym" in p.models
          else layered_asym((3, 3, 2), "tanh", physics="vector-field") if "vector-field" in p.models
          else layered("prototypical", (3, 3, 2), "sigmoid"))
+    x, y = batch(m)
+    ref = None
+    if "chain" in p.models:  # Hamiltonian echo: a 4-mass chain, sequences of 10 steps; the in-process engine on the
+        m = chain(4, dt=0.1, spread=0.3)  # same partition (an echo's contrast amplifies a sum's order by 1/eps)
+        x, y = forces(6, 10, 0.1, 0), 0.1 * forces(6, 10, 0.1, 1)
+        ref = ReferenceEngine(m, protocol, torch.float64, granularity="neuron")
+        ref.set_params(scaled_params(m))
     f = FabricEngine(m, protocol, settings(granularity="neuron", hosts=2, lr=LR))
-    ref = reference(protocol, scaled_params(m), model=m)
+    ref = ref or reference(protocol, scaled_params(m), model=m)
     try:
         f.set_params(scaled_params(m))
-        x, y = batch(m)
         beta = p.batch_beta(0.1, np.random.default_rng(1))
         for e in (f, ref):
             e.set_batch(x, y)
