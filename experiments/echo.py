@@ -138,11 +138,7 @@ def run_echo_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=None, 
 # ---- training ------------------------------------------------------------------------------------------------
 def _evaluate(engine, x, y, T: int, readout: bool) -> dict:
     """The nodes' forward pass on (x, y): mean loss, and the accuracy of a readout's logits."""
-    engine.set_batch(x, y)
-    engine.begin()
-    fwd = Phase("forward", T)
-    engine.run_phase(fwd)
-    pred = engine.prediction((fwd,))
+    pred = engine._run_batch(x, y, (Phase("forward", T),), apply=False)[0]
     if readout:
         loss = float(torch.nn.functional.cross_entropy(pred, y.argmax(1)))
         return {"loss": loss, "accuracy": float((pred.argmax(1) == y.argmax(1)).double().mean())}

@@ -261,3 +261,31 @@ def test_two_phase_calls_whatever_the_size(ray_session, masses, hosts):
             assert phases == {"forward": 1, "echo": 1} and rep["violations"] == []
         finally:
             fab.close()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("fabric,eps_list", [(dict(granularity="neuron"), (1e-4, 1e-2, 1.0)),
+                                             (dict(granularity="layer", hosts=1), (1e-2,))])
+def test_t3_on_the_fabric(ray_session, fabric, eps_list):
+    """§13 T3 on a neuron fabric (a node per mass, an actor each) and a hosted layer fabric: the trajectories equal the
+    in-process engine's to 1e-12, the estimate equals BPTT to 1e-9 for every eps."""
+    from cluster.coordinator import FabricEngine
+    cfg, model, x, y, params = setup()
+    truth = bptt_grad(model, params, x, y, cfg.T)
+    ref = ReferenceEngine(model, get_protocol("rhel"))
+    fab = FabricEngine(model, get_protocol("rhel"), dict(fabric, lr=[0.1], dtype="float64", timeout_s=30))
+    try:
+        for eng in (ref, fab):
+            eng.set_params(params)
+            eng.set_batch(x, y)
+        prog = ref.program(eps_list[0], cfg.T, cfg.T)
+        rec = []
+        for eng in (ref, fab):
+            eng.begin()
+            rec.append([torch.cat(eng.run_phase(ph, record_states=True)["states"], -1) for ph in prog])
+        assert all(float((a - b).abs().max()) <= 1e-12 for a, b in zip(*rec))
+        assert total_rel(fab.estimate(), truth) <= 1e-9
+        for eps in eps_list[1:]:
+            assert total_rel(estimate(model, params, x, y, cfg.T, eps, engine=fab), truth) <= 1e-9, eps
+    finally:
+        fab.close()
