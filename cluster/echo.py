@@ -31,9 +31,9 @@ class System:
         self.out = self.slices[model.output_group.name]
 
     def potential(self, phi, params, x_t):
-        """V(phi) of the whole system per sample (B,), for the forces by autograd (tests) and the energy plots."""
+        """V(phi) of the whole system per sample (B,) (a stack's layers each given the positions below: tests)."""
         V = phi.new_zeros(phi.shape[0])
-        drives = self._drives(params, x_t, phi.shape[0])
+        drives = self._drives(params, x_t, phi)
         for name, sl in self.slices.items():
             p = {role: params[k] for role, k in self.echo.roles.get(name, {}).items()}
             f = phi[:, sl]
@@ -46,17 +46,21 @@ class System:
                 z = p["w"] * f + (d if d is not None else 0.0)
                 V = V + (p["c"] * logcosh(z) / p["w"]).sum(1)
         for it in self.model.interactions:
-            if it.src in self.inputs:
+            if it.src in self.inputs or not it.symmetric:
                 continue
             diff = phi[:, self.slices[it.dst], None] - phi[:, None, self.slices[it.src]]
             V = V + 0.5 * (params[it.W] * diff * diff).sum((1, 2))
         return V
 
-    def _drives(self, params, x_t, B) -> dict:
-        d = {}
+    def _drives(self, params, x_t, phi) -> dict:
+        """d per group: W u_t from the input, W phi_src from a layer below (a directed term: a stack), plus biases."""
+        d, B = {}, phi.shape[0]
         for it in self.model.interactions:
-            if it.src in self.inputs:
-                v = x_t @ params[it.W].T if x_t is not None else None
+            if it.src in self.inputs or not it.symmetric:
+                if it.src in self.inputs:
+                    v = x_t @ params[it.W].T if x_t is not None else None
+                else:
+                    v = phi[:, self.slices[it.src]] @ params[it.W].T
                 if it.b:
                     v = params[it.b].expand(B, -1) if v is None else v + params[it.b]
                 if v is not None:
@@ -67,7 +71,7 @@ class System:
         """-dV/dphi, (B, n): springs W (phi_src - phi_dst) both ways, onsite -a phi + d or -a phi - c tanh(w phi + d)."""
         F = torch.zeros_like(phi)
         parts = [None] * len(self.slices)
-        drives = self._drives(params, x_t, phi.shape[0])
+        drives = self._drives(params, x_t, phi)
         for k, (name, sl) in enumerate(self.slices.items()):
             p = {role: params[key] for role, key in self.echo.roles.get(name, {}).items()}
             f, d = phi[:, sl], drives.get(name)
@@ -79,7 +83,7 @@ class System:
             parts[k] = v
         F = torch.cat(parts, 1)
         for it in self.model.interactions:
-            if it.src in self.inputs:
+            if it.src in self.inputs or not it.symmetric:
                 continue
             W, sd, ss = params[it.W], self.slices[it.dst], self.slices[it.src]
             dst, src = phi[:, sd], phi[:, ss]

@@ -36,9 +36,10 @@ REPLAY_KEYS = ("granularity", "transport", "engine", "fabric.log", "fabric.split
                "steps", "protocol", "beta", "T1", "T2", "N")  # what --set may change on a replayed bundle
 
 
-def replay_config(cfg, sets=()):
-    """Settings from a bundle's meta, then the command line's --set on top (granularity, transport, ...). A relative
-    path that is not a file here is looked up in experiments/configs/ (where shipped bundles live)."""
+def replay_config(cfg, sets=(), meta_keys=META_KEYS, replay_keys=REPLAY_KEYS):
+    """Settings from a bundle's meta (its `meta_keys`), then the command line's --set on top (those of `replay_keys`:
+    granularity, transport, ...). A relative path that is not a file here is looked up in experiments/configs/
+    (where shipped bundles live)."""
     from experiments.config import CONFIG_DIR
     shipped = os.path.join(CONFIG_DIR, cfg.replay)
     if not os.path.isfile(cfg.replay) and not os.path.isabs(cfg.replay) and os.path.isfile(shipped):
@@ -51,12 +52,12 @@ def replay_config(cfg, sets=()):
         raise ConfigError("replay", f"cannot read bundle {cfg.replay!r}: {err}") from None
     meta = bundle["meta"]
     data = cfg.to_dict()
-    data.update({k: meta[k] for k in META_KEYS if k in meta})
+    data.update({k: meta[k] for k in meta_keys if k in meta})
     data["dtype"] = "float64"
     from experiments.config import Config, _build, _set_dotted, parse_value, validate
     for item in sets:
         k, v = item.split("=", 1)
-        if k.strip() in REPLAY_KEYS:
+        if k.strip() in replay_keys:
             _set_dotted(data, k.strip(), parse_value(v))
     return validate(_build(Config, data)), bundle
 

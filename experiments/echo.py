@@ -22,11 +22,12 @@ import time
 import numpy as np
 import torch
 
-from cluster.audit import compare, read_bundle, write_bundle
+from cluster.audit import compare, write_bundle
 from cluster.coordinator import lrs_by_param
 from cluster.echo import System, bptt_grad, bptt_saved_bytes, predict, simulate
 from cluster.locality import locality_report
 from cluster.runtime import make_engine, model_from, protocol_from
+from experiments.audit import replay_config
 from experiments.config import ConfigError
 from experiments.results import prepare, pyplot, write_csv, write_json
 from experiments.sequences import load_sequences
@@ -36,21 +37,6 @@ from protocols.base import Phase
 META_KEYS = ("model", "sizes", "protocol", "eps", "T", "dt", "sided", "nudge", "integrator", "seed", "dataset")
 REPLAY_KEYS = ("granularity", "transport", "engine", "fabric.log", "fabric.split", "fabric.hosts", "fabric.wire",
                "eps", "sided", "nudge")
-
-
-def _replayed(cfg, sets):
-    """cfg with a bundle's meta (and the replay keys of --set on top), and the bundle."""
-    from experiments.config import Config, _build, _set_dotted, parse_value, validate
-    if not os.path.isfile(cfg.replay):
-        raise ConfigError("replay", f"no bundle file {cfg.replay!r}")
-    bundle = read_bundle(cfg.replay)
-    data = cfg.to_dict()
-    data.update({k: bundle["meta"][k] for k in META_KEYS if k in bundle["meta"]})
-    for item in sets:
-        k, v = item.split("=", 1)
-        if k.strip() in REPLAY_KEYS:
-            _set_dotted(data, k.strip(), parse_value(v))
-    return validate(_build(Config, data)), bundle
 
 
 def audit_data(cfg, model):
@@ -81,7 +67,7 @@ def phase_calls(report: dict, program) -> dict:
 def run_echo_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=None, protocol=None) -> dict:
     bundle = None
     if cfg.replay:
-        cfg, bundle = _replayed(cfg, [a for a in sets if "=" in a])
+        cfg, bundle = replay_config(cfg, [a for a in sets if "=" in a], META_KEYS, REPLAY_KEYS)
     cfg = dataclasses.replace(cfg, dtype="float64")
     model = model or model_from(cfg)
     proto = protocol_from(cfg, protocol)
@@ -215,9 +201,9 @@ def run_echo_train(cfg, out_dir: str, progress: bool = False, model=None, protoc
     metrics = {"dataset": data.name, "synthetic": data.synthetic, "epochs": epochs,
                "final_loss": epochs[-1]["train"]["loss"], "initial_loss": epochs[0]["train"]["loss"],
                "final_params": {k: v.tolist() for k, v in final.items()}}
-    if readout:
-        metrics["test_accuracy"] = epochs[-1]["test"]["accuracy"]
-        metrics["train_accuracy"] = epochs[-1]["train"]["accuracy"]
+    # the train contract's keys (DESIGN.md "Command line"): null where the model regresses a trajectory
+    metrics["test_accuracy"] = epochs[-1]["test"]["accuracy"] if readout else None
+    metrics["train_accuracy"] = epochs[-1]["train"]["accuracy"] if readout else None
     if base:
         metrics["bptt_final_params"] = {k: v.tolist() for k, v in base["params"].items()}
         if readout:

@@ -1,7 +1,8 @@
 """Hamiltonian models from a config, and their sequence data (x (B, T, d_in), y (B, T, d_out) or one-hot classes).
 
 Sizes: `two-mass` [1, 2] (§13 T3: an unused force channel, two masses); `chain`, `chain-logcosh` [1, n] (a force on
-the first of n masses); `hru-linear`, `hru-logcosh` [d_in, width, classes]. The step h is `dt`, the length `T`.
+the first of n masses); `hru-linear`, `hru-logcosh` [d_in, width, classes]; `hru-stack-linear`,
+`hru-stack-logcosh` [d_in, width 1, ..., width L, classes]. The step h is `dt`, the length `T`.
 
 Datasets:
   sinusoid          two-mass: §13 T3's target 0.5 sin 3t at t_n = -T h + n h, no force, one sample
@@ -26,10 +27,12 @@ import numpy as np
 import torch
 
 from experiments.config import ConfigError
-from nodes.hamiltonian import chain, hru, two_mass
+from nodes.hamiltonian import chain, hru, hru_stack, two_mass
 
 DATASETS = {"two-mass": ("sinusoid", "teacher"), "chain": ("teacher",), "chain-logcosh": ("teacher",),
-            "hru-linear": ("synthetic-motion", "basic-motions"), "hru-logcosh": ("synthetic-motion", "basic-motions")}
+            "hru-linear": ("synthetic-motion", "basic-motions"), "hru-logcosh": ("synthetic-motion", "basic-motions"),
+            "hru-stack-linear": ("synthetic-motion", "basic-motions"),
+            "hru-stack-logcosh": ("synthetic-motion", "basic-motions")}
 TEACHER_K12 = 1.5
 
 
@@ -53,6 +56,8 @@ def validate_sequences(cfg, protocol=None) -> None:
         ok, form = list(cfg.sizes) == [1, 2], "[1, 2]"
     elif cfg.model.startswith("chain"):
         ok, form = len(cfg.sizes) == 2 and cfg.sizes[0] == 1, "[1, masses]"
+    elif cfg.model.startswith("hru-stack"):
+        ok, form = len(cfg.sizes) >= 4, "[inputs, width 1, ..., width L (L >= 2), classes]"
     else:
         ok, form = len(cfg.sizes) == 3, "[inputs, width, classes]"
     if not ok:
@@ -65,8 +70,8 @@ def validate_sequences(cfg, protocol=None) -> None:
     if proto.name == "heb" and cfg.model.startswith("hru"):
         raise ConfigError("protocol", "heb takes a terminal cost on positions; the hru models' loss is ce-mean "
                                       "(use rhel)")
-    if cfg.dataset == "basic-motions" and (cfg.sizes[0] != 6 or cfg.sizes[2] != 4 or cfg.T != 100):
-        raise ConfigError("sizes", f"basic-motions has 6 channels, 4 classes and T = 100: sizes [6, width, 4], "
+    if cfg.dataset == "basic-motions" and (cfg.sizes[0] != 6 or cfg.sizes[-1] != 4 or cfg.T != 100):
+        raise ConfigError("sizes", f"basic-motions has 6 channels, 4 classes and T = 100: sizes [6, ..., 4], "
                                    f"T 100; got sizes {cfg.sizes}, T {cfg.T}")
     if not cfg.dt > 0:
         raise ConfigError("dt", f"must be > 0, got {cfg.dt}")
@@ -80,8 +85,11 @@ def model_of(cfg):
     if cfg.model.startswith("chain"):
         return chain(cfg.sizes[1], dt=cfg.dt, potential="logcosh" if cfg.model == "chain-logcosh" else "quadratic",
                      **kw)
-    return hru(cfg.sizes[0], cfg.sizes[1], cfg.sizes[2], "logcosh" if cfg.model == "hru-logcosh" else "quadratic",
-               dt=cfg.dt, seed=cfg.seed, **kw)
+    potential = "logcosh" if cfg.model.endswith("logcosh") else "quadratic"
+    if cfg.model.startswith("hru-stack"):
+        return hru_stack(cfg.sizes[0], tuple(cfg.sizes[1:-1]), cfg.sizes[-1], potential, dt=cfg.dt, seed=cfg.seed,
+                         **kw)
+    return hru(cfg.sizes[0], cfg.sizes[1], cfg.sizes[2], potential, dt=cfg.dt, seed=cfg.seed, **kw)
 
 
 def forces(n: int, T: int, h: float, seed: int) -> torch.Tensor:
@@ -129,7 +137,7 @@ def load_sequences(cfg) -> Sequences:
         return Sequences(x[:cfg.batch], y[:cfg.batch], x[cfg.batch:], y[cfg.batch:], "teacher")
     if cfg.dataset == "basic-motions":
         return basic_motions()
-    return synthetic_motion(cfg.sizes[0], cfg.sizes[2], T, h, cfg.seed)
+    return synthetic_motion(cfg.sizes[0], cfg.sizes[-1], T, h, cfg.seed)
 
 
 def synthetic_motion(d_in: int, classes: int, T: int, h: float, seed: int, n_train: int = 160,

@@ -34,7 +34,10 @@ SIGNAL = "a"  # the message kind of the layered physics: a node's signal a(s)
 #        destination) sends each source block (its own quantity) @ W[rows, source block's columns], e.g. Dyadic
 #        EP's W_ji d_j; on a symmetric term the replica holder (the source) also sends each destination block
 #        (its own quantity) @ W[destination rows, its columns]^T, each end with its own copy of W.
-EXTRA_KINDS = ("r", "t")
+#   "g": back along every directed Dense term between dynamic groups only: the owner of W's rows sends each source
+#        block (its own quantity) @ W[rows, source block's columns], e.g. a Hamiltonian layer's input gradient to
+#        the layer that drives it (nodes/leapfrog.py, stacked layers).
+EXTRA_KINDS = ("r", "t", "g")
 
 
 def carried(kinds) -> frozenset:
@@ -185,6 +188,7 @@ class NodeSpec:
     boundary: tuple       # boundary keys routed to this node ("x", "y")
     transposed: tuple = ()  # kind "t": (dst node id or "self", held W, lo, hi, rows): it sends q @ W[:, lo:hi]
                             # (rows False: it owns W's rows) or q @ W[lo:hi, :]^T (rows True: a replica's columns)
+    backward: tuple = ()    # kind "g": (dst node id, held W, lo, hi): it sends q @ W[:, lo:hi] (a directed term's source)
 
     @property
     def width(self) -> int:
@@ -323,6 +327,8 @@ class Model:
             specs = {i: self._twin(s, "r") for i, s in specs.items()}
         if "t" in kinds:
             specs = self._transposed(specs, by_group)
+        if "g" in kinds:
+            specs = self._backward(specs, by_group)
         outs = {}
         for s in specs.values():  # a node's out-ports are its neighbours' in-ports from it
             for p in s.in_ports:
@@ -395,6 +401,30 @@ class Model:
                 slots[name] = dataclasses.replace(sl, name=name, kind=kind)
         ports = spec.in_ports + tuple(dataclasses.replace(p, kind=kind) for p in spec.in_ports if p.kind == SIGNAL)
         return dataclasses.replace(spec, slots=slots, in_ports=tuple(sorted(ports, key=lambda p: (p.src, p.kind))))
+
+    def _backward(self, specs: dict, by_group: dict) -> dict:
+        """Kind "g" on every directed Dense term between dynamic groups: each destination block c sends every source
+        block b it reads (its quantity q) @ W[c rows, b columns]; the receiver has one slot `g.<sender>`."""
+        sends = {i: [] for i in specs}
+        into = {i: set() for i in specs}
+        for it in self.interactions:
+            if it.symmetric or self.group(it.src).role == "input":
+                continue
+            for c in by_group.get(it.dst, ()):
+                for b in by_group.get(it.src, ()):
+                    if b.node_id != c.node_id and _connected(it.mask, (c.lo, c.hi), (b.lo, b.hi)):
+                        sends[c.node_id].append((b.node_id, it.W, b.lo, b.hi))
+                        into[b.node_id].add(c.node_id)
+        out = {}
+        for i, spec in specs.items():
+            w = spec.width
+            slots = dict(spec.slots)
+            for c in sorted(into[i]):
+                slots[f"g.{c}"] = Slot(f"g.{c}", spec.block.group, "g", w, ((c, 0, w),))
+            ports = spec.in_ports + tuple(Port(c, i, "g", w) for c in into[i])
+            out[i] = dataclasses.replace(spec, slots=slots, in_ports=tuple(sorted(ports, key=lambda p: (p.src, p.kind))),
+                                         backward=tuple(sends[i]))
+        return out
 
     def _transposed(self, specs: dict, by_group: dict) -> dict:
         """Kind "t" on every Dense term between dynamic groups: each destination block c sends every source block b

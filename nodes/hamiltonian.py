@@ -24,7 +24,9 @@ averaged over the batch:
   ce-mean      softmax cross-entropy of C mean_n(phi_n) + d against a one-hot class (a readout C, d)
 
 Builders: `two_mass` (§13 T3 exactly), `chain` (n masses between two walls, a force u(t) on the first), `hru`
-(a Hamiltonian recurrent layer: linear or log-cosh, with a readout), `logcosh_toy` (§13 T4) and `linhru_toy` (T5).
+(a Hamiltonian recurrent layer: linear or log-cosh, with a readout), `hru_stack` (layers driven by the half-step
+positions of the layer below: directed Dense terms between dynamic groups), `logcosh_toy` (§13 T4) and
+`linhru_toy` (T5).
 """
 from __future__ import annotations
 
@@ -226,6 +228,42 @@ def hru(d_in: int, width: int, n_out: int, potential: str = "quadratic", dt: flo
                  echo=echo)
 
 
+def hru_stack(d_in: int, widths: tuple, n_out: int, potential: str = "quadratic", dt: float = 0.5,
+              loss: str = "ce-mean", seed: int = 0, integrator: str = "leapfrog", damping: float = 0.0) -> Model:
+    """Stacked Hamiltonian recurrent layers h1 .. hL: layer 1 driven by B1 u_t + b1, layer l by B_l phi_half of
+    layer l-1 (its half-step position in the same step: a directed Dense between dynamic groups) + b_l; the last
+    layer has the readout. Seeded like `hru`, layer by layer."""
+    gen = torch.Generator().manual_seed(int(seed))
+
+    def unif(lo, hi, size):
+        return lo + (hi - lo) * torch.rand(size, generator=gen, dtype=torch.float64)
+    names = [f"h{l + 1}" for l in range(len(widths))]
+    groups = [Group("u", d_in, "input")]
+    interactions, local, values, roles, pot = [], [], {}, {}, {}
+    src, fan = "u", d_in
+    for l, (g, w) in enumerate(zip(names, widths)):
+        groups.append(Group(g, w, "output" if l == len(widths) - 1 else "hidden", LAYOUT))
+        interactions.append(Dense(src, g, f"B{l + 1}", f"b{l + 1}", symmetric=False))
+        values[f"B{l + 1}"] = torch.randn(w, fan, generator=gen, dtype=torch.float64) / math.sqrt(fan)
+        values[f"A{l + 1}"] = unif(0.5, 2.0, w) if potential == "quadratic" else unif(0.1, 1.0, w)
+        local.append(Local(g, f"A{l + 1}"))
+        roles[g] = {"a": f"A{l + 1}"}
+        if potential == "logcosh":
+            values.update({f"w{l + 1}": unif(0.5, 1.0, w), f"c{l + 1}": unif(0.5, 1.0, w)})
+            local += [Local(g, f"w{l + 1}"), Local(g, f"c{l + 1}")]
+            roles[g].update(w=f"w{l + 1}", c=f"c{l + 1}")
+        pot[g] = potential
+        src, fan = g, w
+    readout = {}
+    if loss == "ce-mean":
+        local += [Local(names[-1], "C", (n_out, widths[-1])), Local(names[-1], "d", (n_out,))]
+        values["C"] = torch.randn(n_out, widths[-1], generator=gen, dtype=torch.float64) / math.sqrt(widths[-1])
+        readout = {"C": "C", "d": "d"}
+    echo = Echo(potential=pot, roles=roles, loss=loss, readout=readout, integrator=integrator, damping=damping)
+    return Model(f"hru-stack-{'linear' if potential == 'quadratic' else 'logcosh'}", "leapfrog", "identity", tuple(groups), tuple(interactions), dt=dt,
+                 local=tuple(local), rule=_rule(), init=_set(values), echo=echo)
+
+
 def logcosh_toy(h: float = 0.1, integrator: str = "leapfrog") -> Model:
     """§13 T4: 4 uncoupled units, u_t fed straight in (B = I, frozen), alpha = 0.5, c = (0.8, 0.6, 0.9, 0.7)
     (frozen), trained w = (0.7, 0.9, 0.6, 0.8); loss sin-sum; from rest."""
@@ -255,4 +293,5 @@ def linhru_toy(h: float = 0.1, collect: str = "half", seed: int = 3) -> tuple:
     return model, u
 
 
-HAMILTONIAN_MODELS = ("two-mass", "chain", "chain-logcosh", "hru-linear", "hru-logcosh")
+HAMILTONIAN_MODELS = ("two-mass", "chain", "chain-logcosh", "hru-linear", "hru-logcosh", "hru-stack-linear",
+                      "hru-stack-logcosh")

@@ -63,12 +63,19 @@ class LeapfrogRule(NodeRule):
         self.echo, self.h, self.kind = echo, float(model.dt), echo.potential[group]
         self.roles = dict(echo.roles.get(group, {}))
         dense = {it.W: it for it in model.interactions}
-        for fwd, w, slot in self.step_terms:
-            it = dense[spec.held[w].param]
-            if not it.symmetric:
-                raise ValueError(f"model: {model.name}'s interaction {it.W} between dynamic groups is directed; a "
-                                 f"Hamiltonian coupling is a spring, symmetric (node {self.id})")
-        self.springs = tuple((fwd, w, slot, spec.grads[w].mask) for fwd, w, slot in self.step_terms)
+        directed = {w for _, w, _ in self.step_terms if not dense[spec.held[w].param].symmetric}
+        self.springs = tuple((fwd, w, slot, spec.grads[w].mask) for fwd, w, slot in self.step_terms
+                             if w not in directed)
+        # a directed term from a dynamic group drives this layer by W phi_half of the layer below (a stack)
+        self.stacked = tuple((w, slot, spec.grads[w].mask) for fwd, w, slot in self.step_terms if w in directed)
+        self.back = spec.backward  # kind g: (source node, W, lo, hi): the input gradient to the layer below
+        self.g_slots = tuple(sl.name for sl in spec.slots.values() if sl.kind == "g")
+        readers = {it.dst for it in model.interactions if it.src == group and not it.symmetric}
+        self.readers = tuple(sorted({p.dst for p in spec.out_ports if p.kind == SIGNAL and any(
+            p.dst == g or p.dst.startswith(g + ".") for g in readers)}))
+        if (self.g_slots or self.readers) and self.springs:
+            raise ValueError(f"model: {model.name}: a stacked layer's units are uncoupled (springs and a layer above "
+                             f"at node {self.id} are not built)")
         self.clamped = tuple(t.weight for t in spec.terms if t.kind == "clamped")
         self.masks = {w: spec.grads[w].mask for w in self.clamped if spec.grads[w].mask is not None}
         self.biases = tuple(t.weight for t in spec.terms if t.kind == "bias")
@@ -85,16 +92,21 @@ class LeapfrogRule(NodeRule):
         self.start = (torch.tensor(phi0[lo:hi], dtype=torch.float64), torch.tensor(pi0[lo:hi], dtype=torch.float64))
 
     def phase(self, ph) -> PhaseRule:
-        if ph.kinds:
-            raise ValueError(f"node {self.id}, phase {ph.name}: a Hamiltonian node carries positions only")
+        if set(ph.kinds) - {"g"}:
+            raise ValueError(f"node {self.id}, phase {ph.name}: a Hamiltonian node carries positions and input "
+                             f"gradients only, not kinds {tuple(ph.kinds)}")
         return EchoPhase(self, ph) if ph.flip else ForwardPhase(self, ph)
 
     # ---- the physics -----------------------------------------------------------------------------------------
-    def driving(self, params, x_t, rows: int):
-        """d_t = sum of W u_t over the clamped terms, plus the biases (rows, width); None when there is none."""
+    def driving(self, params, x_t, rows: int, inbox):
+        """d_t = sum of W u_t over the clamped terms and of W phi_half over the layers below (their reference
+        half-step positions, in the inbox), plus the biases (rows, width); None when there is none."""
         d = None
         for w in self.clamped:
             v = x_t @ params[w].T
+            d = v if d is None else d + v
+        for w, slot, _ in self.stacked:
+            v = inbox[slot] @ params[w].T
             d = v if d is None else d + v
         for b in self.biases:
             d = params[b].expand(rows, -1).clone() if d is None else d + params[b]
@@ -133,9 +145,29 @@ class LeapfrogRule(NodeRule):
                                   x_t.reshape(copies, -1, x_t.shape[1])) / (dd.shape[0] // copies)
             if w in self.masks:
                 out[w] = out[w] * self.masks[w].to(out[w].dtype)
+        for w, slot, mask in self.stacked:
+            u = inbox[slot]
+            out[w] = torch.einsum("cbi,cbj->cij", dd.reshape(copies, -1, dd.shape[1]),
+                                  u.reshape(copies, -1, u.shape[1])) / (dd.shape[0] // copies)
+            if mask is not None:
+                out[w] = out[w] * mask.to(out[w].dtype)
         for b in self.biases:
             out[b] = per_copy_mean(dd, copies)
+        return out, dd
+
+    def outbox(self, sent, copies: tuple, batch: int) -> dict:
+        """The half-step positions to the spring neighbours (per copy) and, to the layers above, the copies'
+        reference (repeated per copy, so every message has the phase's rows)."""
+        out = {SIGNAL: sent}
+        if self.readers:
+            ref = reference(sent, copies, batch).repeat(max(1, len(copies)), 1) if len(copies) > 1 else sent
+            out.update({(dst, SIGNAL): ref for dst in self.readers})
         return out
+
+    def backward(self, dd, params, copies: int) -> dict:
+        """Kind g to each layer below: h dV/dd @ W[:, its columns] per copy (the input gradient's share of every
+        copy; the receiver forms the contrast)."""
+        return {(dst, "g"): (self.h * dd) @ params[w][:, lo:hi] for dst, w, lo, hi in self.back}
 
     def leap(self, phi, pi, pos, inbox, params, d):
         """One integrator step from (phi, pi); `pos` the position the force reads (phi_half for leapfrog):
@@ -175,7 +207,7 @@ class ForwardPhase(PhaseRule):
         sent = n.sent(phi, pi)
         state = {**state, "s": torch.stack((phi, pi), 1), "a": sent, "dtype": dtype, "mem": mem}
         state.setdefault("saved", {})
-        return state, {SIGNAL: sent}
+        return state, n.outbox(sent, (), B)
 
     def step(self, state, inbox, params, boundary, t):
         n = self.node
@@ -183,14 +215,14 @@ class ForwardPhase(PhaseRule):
         phi, pi = s[:, 0], s[:, 1]
         x = boundary.get("x")
         x_t = x[:, t] if x is not None else None
-        d = n.driving(params, x_t, s.shape[0])
+        d = n.driving(params, x_t, s.shape[0], inbox)
         pos = state["a"] if n.echo.integrator == "leapfrog" else phi
         phi, pi = n.leap(phi, pi, pos, inbox, params, d)
         mem = state["mem"]
         if n.is_output:
             mem = _forward_loss(n, mem, phi, boundary, params, t + 1, self.ph.steps)
         sent = n.sent(phi, pi)
-        return {**state, "s": torch.stack((phi, pi), 1), "a": sent, "mem": mem}, {SIGNAL: sent}, None
+        return {**state, "s": torch.stack((phi, pi), 1), "a": sent, "mem": mem}, n.outbox(sent, (), s.shape[0]), None
 
     def exit(self, state, inbox, params, boundary, t):
         n, mem = self.node, state["mem"]
@@ -224,7 +256,9 @@ class EchoPhase(PhaseRule):
         if n.is_output:
             pi = pi + self._kick(state, params, phi, boundary, ph.steps)
         sent = n.sent(phi, pi)
-        return {**state, "s": torch.stack((phi, pi), 1), "a": sent}, {SIGNAL: sent}
+        out = n.outbox(sent, copies, B)
+        out.update({(dst, "g"): phi.new_zeros(phi.shape[0], hi - lo) for dst, _, lo, hi in n.back})  # no step yet
+        return {**state, "s": torch.stack((phi, pi), 1), "a": sent}, out
 
     def _kick(self, state, params, phi, boundary, at: int):
         """copies[c] * eps * g_at for every copy, g at the copies' reference state against y_at (forward time)."""
@@ -250,14 +284,17 @@ class EchoPhase(PhaseRule):
         C = len(state["copies"])
         x = boundary.get("x")
         x_t = x[:, T - 1 - t].repeat(C, 1) if x is not None else None
-        d = n.driving(params, x_t, s.shape[0])
+        d = n.driving(params, x_t, s.shape[0], inbox)
         pos = state["a"] if n.echo.integrator == "leapfrog" else phi
+        if n.g_slots and C > 1:  # the layer above's input gradient for the last step's half-step position
+            phi, pi = self._inner_kick(state, inbox, phi, pi)
+            pos = n.sent(phi, pi) if n.echo.integrator == "leapfrog" else phi
+        start = phi + (0.5 * n.h) * pi
         phi, pi = n.leap(phi, pi, pos, inbox, params, d)
         if n.echo.collect == "full":
-            g = n.dH(phi, inbox, params, d, x_t, C)
+            g, dd = n.dH(phi, inbox, params, d, x_t, C)
         else:
-            half = pos if n.echo.integrator == "leapfrog" else s[:, 0] + (0.5 * n.h) * s[:, 1]
-            g = n.dH(half, inbox, params, d, x_t, C)
+            g, dd = n.dH(pos if n.echo.integrator == "leapfrog" else start, inbox, params, d, x_t, C)
         acc = state["mem"]["acc"]
         if C > 1:  # each copy's share less the copies' mean: the estimate (a contrast) is unchanged, and the sums
             g = {k: v - v.mean(0) for k, v in g.items()}  # stay O(eps) instead of cancelling O(1) sums at the end
@@ -266,8 +303,25 @@ class EchoPhase(PhaseRule):
         if n.is_output and at >= 1 and not n.terminal:
             pi = pi + self._kick(state, params, phi, boundary, at)
         sent = n.sent(phi, pi)
-        return {**state, "s": torch.stack((phi, pi), 1), "a": sent, "mem": {**state["mem"], "acc": acc}}, \
-            {SIGNAL: sent}, None
+        out = n.outbox(sent, state["copies"], boundary["batch"])
+        if n.back:
+            out.update(n.backward(dd, params, C))
+        return {**state, "s": torch.stack((phi, pi), 1), "a": sent, "mem": {**state["mem"], "acc": acc}}, out, None
+
+    def _inner_kick(self, state, inbox, phi, pi):
+        """The layer above's input gradient for this node's last half-step position, g = -(slope of its copies'
+        shares q_c against their nudges), as the kick inside that step, applied now: pi += c eps g, and
+        phi += (h/2) c eps g for the half drift that followed it."""
+        n, copies = self.node, state["copies"]
+        q = None
+        for slot in n.g_slots:
+            q = inbox[slot].clone() if q is None else q + inbox[slot]
+        C = len(copies)
+        m = torch.tensor(copies, dtype=q.dtype, device=q.device)
+        c = m - m.mean()
+        g = -torch.tensordot(c, q.reshape(C, -1, q.shape[1]), dims=1) / (float((c * c).sum()) * float(self.ph.beta))
+        delta = state["mult"] * g.repeat(C, 1)
+        return phi + (0.5 * n.h) * delta, pi + delta
 
     def exit(self, state, inbox, params, boundary, t):
         return {**state, "saved": {**state["saved"], self.ph.name: state["s"]}}, None

@@ -22,7 +22,8 @@ from nodes.hamiltonian import HAMILTONIAN_MODELS
 from protocols.base import Phase, Protocol
 
 SIDED = {"two": (1.0, -1.0), "one": (0.0, 1.0)}
-NUDGES = ("reference", "own")  # the kick's cotangent: at the copies' reference state, or at each copy's own
+NUDGES = ("reference", "own")
+STACK = ("g",)  # the echo's message kind besides the half-step positions: input gradients down a stack  # the kick's cotangent: at the copies' reference state, or at each copy's own
 
 
 class RHEL(Protocol):
@@ -31,6 +32,7 @@ class RHEL(Protocol):
     keys = ("sided", "nudge")
     checks = ("eps", "integrator", "damping", "noise", "residual_tol")
     models = HAMILTONIAN_MODELS
+    ports = STACK     # a stacked layer's input gradient to the layer below (none in a model without a stack)
     terminal = False  # the loss is summed over the whole forward trajectory
 
     def validate(self, beta, **settings):
@@ -58,7 +60,7 @@ class RHEL(Protocol):
     def program(self, eps, T1, T2=None):
         """(forward, echo): T1 = T steps each; the echo's copies from `sided`."""
         copies = SIDED[self.settings.get("sided", "two")]
-        return Phase("forward", T1), Phase("echo", T1, eps, "forward", flip=True, copies=copies)
+        return Phase("forward", T1), Phase("echo", T1, eps, "forward", flip=True, copies=copies, kinds=STACK)
 
     def gdu_phase(self, program):
         return program[-1]

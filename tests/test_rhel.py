@@ -66,6 +66,12 @@ def test_t3_config_audit_cli():
     assert abs(float(bundle["estimate/k12"][0, 0]) - T3_DLDK12) <= 1e-6 * abs(T3_DLDK12)
     assert bundle["x"].shape == (1, 3000, 1) and bundle["y"].shape == (1, 3000, 1)
     assert rep["echo_error"] <= 1e-12 and rep["per_tensor"]["k12"]["rel_l2"] <= 1e-9
+    r = run_cli("audit", "--set", "replay=/tmp/rhel-t3-cli/audit.npz", "--set", "eps=1", "--set", "engine=reference",
+                "--out", "/tmp/rhel-t3-replay", timeout=240)  # the bundle's batch and parameters, another eps
+    assert r.returncode == 0, r.stderr
+    again = np.load("/tmp/rhel-t3-replay/audit.npz")
+    assert json.loads(str(again["meta"]))["eps"] == 1 and again["x"].shape == (1, 3000, 1)
+    assert abs(float(again["estimate/k12"][0, 0]) - T3_DLDK12) <= 1e-6 * abs(T3_DLDK12)
 
 
 @pytest.mark.parametrize("proto", ["rhel", "heb"])
@@ -287,5 +293,39 @@ def test_t3_on_the_fabric(ray_session, fabric, eps_list):
         assert total_rel(fab.estimate(), truth) <= 1e-9
         for eps in eps_list[1:]:
             assert total_rel(estimate(model, params, x, y, cfg.T, eps, engine=fab), truth) <= 1e-9, eps
+    finally:
+        fab.close()
+
+
+def test_stacked_layers_pipelined_equal_bptt():
+    """Two HRU layers, the upper driven by the lower's half-step positions: in the one echo, the upper layer sends
+    the lower the shares of its input gradient (kind g) and the lower kicks its copies with their contrast inside
+    the step it belongs to. Linear layers: exact (eps = 1: rounding only); log-cosh layers: O(eps^2)."""
+    cfg, model, x, y, params = setup("rhel-two-mass", "model=hru-stack-linear", "sizes=[3,6,5,4]",
+                                     "dataset=synthetic-motion", "T=60", "dt=0.5", "batch=5", "granularity=layer")
+    truth = bptt_grad(model, params, x, y, cfg.T)
+    assert float(truth["B1"].norm()) > 1e-3  # the lower layer's gradient is no rounding residue
+    assert total_rel(estimate(model, params, x, y, cfg.T, 1.0), truth) <= 1e-9
+    cfg, model, x, y, params = setup("rhel-two-mass", "model=hru-stack-logcosh", "sizes=[3,6,5,4]",
+                                     "dataset=synthetic-motion", "T=60", "dt=0.5", "batch=5", "granularity=layer")
+    truth = bptt_grad(model, params, x, y, cfg.T)
+    errs = [total_rel(estimate(model, params, x, y, cfg.T, eps), truth) for eps in (1e-2, 1e-3)]
+    assert 70 <= errs[0] / errs[1] <= 130, errs  # slope 2: a decade in eps, two in the error
+
+
+@pytest.mark.timeout(300)
+def test_stack_on_a_layer_fabric(ray_session):
+    from cluster.coordinator import FabricEngine
+    from cluster.locality import locality_report
+    cfg, model, x, y, params = setup("rhel-two-mass", "model=hru-stack-linear", "sizes=[3,6,5,4]",
+                                     "dataset=synthetic-motion", "T=40", "dt=0.5", "batch=4", "granularity=layer")
+    ref = estimate(model, params, x, y, cfg.T, 0.5)
+    fab = FabricEngine(model, get_protocol("rhel"), dict(granularity="layer", lr=[0.1], dtype="float64", timeout_s=30))
+    try:
+        got = estimate(model, params, x, y, cfg.T, 0.5, engine=fab)
+        assert all(float((got[k] - ref[k]).abs().max()) <= 1e-12 for k in ref)
+        rep = locality_report(fab.specs, fab.message_logs(), fab.protocol)
+        assert rep["violations"] == [] and rep["per_edge"] == {"h1->h2": {"a": 82}, "h2->h1": {"g": 41}}
+        assert rep["controls"]["forward"] == rep["controls"]["echo"] == 2
     finally:
         fab.close()
