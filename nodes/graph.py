@@ -212,6 +212,17 @@ def _replica_name(it: Dense, group: str) -> str:
     return it.W if it.dst != group else f"{it.W}.replica"
 
 
+def _per_sender(spec: "NodeSpec", kind: str, senders, **fields) -> "NodeSpec":
+    """The spec with a slot `<kind>.<sender>` (the node's own width) and an in-port of `kind` per sender, and the
+    given fields (what it sends itself)."""
+    w, slots = spec.width, dict(spec.slots)
+    for c in sorted(senders):
+        slots[f"{kind}.{c}"] = Slot(f"{kind}.{c}", spec.block.group, kind, w, ((c, 0, w),))
+    ports = spec.in_ports + tuple(Port(c, spec.id, kind, w) for c in senders)
+    return dataclasses.replace(spec, slots=slots, in_ports=tuple(sorted(ports, key=lambda p: (p.src, p.kind))),
+                               **fields)
+
+
 def _connected(mask, rows, cols) -> bool:
     return mask is None or any(any(row[cols[0]:cols[1]]) for row in mask[rows[0]:rows[1]])
 
@@ -415,16 +426,7 @@ class Model:
                     if b.node_id != c.node_id and _connected(it.mask, (c.lo, c.hi), (b.lo, b.hi)):
                         sends[c.node_id].append((b.node_id, it.W, b.lo, b.hi))
                         into[b.node_id].add(c.node_id)
-        out = {}
-        for i, spec in specs.items():
-            w = spec.width
-            slots = dict(spec.slots)
-            for c in sorted(into[i]):
-                slots[f"g.{c}"] = Slot(f"g.{c}", spec.block.group, "g", w, ((c, 0, w),))
-            ports = spec.in_ports + tuple(Port(c, i, "g", w) for c in into[i])
-            out[i] = dataclasses.replace(spec, slots=slots, in_ports=tuple(sorted(ports, key=lambda p: (p.src, p.kind))),
-                                         backward=tuple(sends[i]))
-        return out
+        return {i: _per_sender(spec, "g", into[i], backward=tuple(sends[i])) for i, spec in specs.items()}
 
     def _transposed(self, specs: dict, by_group: dict) -> dict:
         """Kind "t" on every Dense term between dynamic groups: each destination block c sends every source block b
@@ -449,16 +451,7 @@ class Model:
             for dst, *_ in entries:
                 if dst != "self":
                     into[dst].add(c)
-        out = {}
-        for i, spec in specs.items():
-            w = spec.width
-            slots = dict(spec.slots)
-            for c in sorted(into[i]):
-                slots[f"t.{c}"] = Slot(f"t.{c}", spec.block.group, "t", w, ((c, 0, w),))
-            ports = spec.in_ports + tuple(Port(c, i, "t", w) for c in into[i])
-            out[i] = dataclasses.replace(spec, slots=slots, in_ports=tuple(sorted(ports, key=lambda p: (p.src, p.kind))),
-                                         transposed=tuple(sends[i]))
-        return out
+        return {i: _per_sender(spec, "t", into[i], transposed=tuple(sends[i])) for i, spec in specs.items()}
 
     def _need(self, needed: dict, group: str, by_group: dict, b: Block, mask, rows=None, cols=None):
         """Record that block b reads the signal of `group` from the blocks the mask connects it to; the slot's

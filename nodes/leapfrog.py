@@ -140,13 +140,9 @@ class LeapfrogRule(NodeRule):
             diff = pos[:, :, None] - nb[:, None, :] if fwd else nb[:, :, None] - pos[:, None, :]
             G = per_copy_mean(0.5 * diff * diff, copies)
             out[w] = G if mask is None else G * mask.to(G.dtype)
-        for w in self.clamped:
-            out[w] = torch.einsum("cbi,cbj->cij", dd.reshape(copies, -1, dd.shape[1]),
-                                  x_t.reshape(copies, -1, x_t.shape[1])) / (dd.shape[0] // copies)
-            if w in self.masks:
-                out[w] = out[w] * self.masks[w].to(out[w].dtype)
-        for w, slot, mask in self.stacked:
-            u = inbox[slot]
+        drives = [(w, x_t, self.masks.get(w)) for w in self.clamped]
+        drives += [(w, inbox[slot], mask) for w, slot, mask in self.stacked]
+        for w, u, mask in drives:  # d = W u: dV/dW = dV/dd u^T, batch mean per copy
             out[w] = torch.einsum("cbi,cbj->cij", dd.reshape(copies, -1, dd.shape[1]),
                                   u.reshape(copies, -1, u.shape[1])) / (dd.shape[0] // copies)
             if mask is not None:
