@@ -34,7 +34,9 @@ def _config(base: Config | None, model, protocol, overrides: dict) -> Config:
         _set_dotted(data, f"fabric.{k}" if k in FABRIC_SHORT else k, v)
     if protocol is not None:
         data["protocol"] = get_protocol(protocol).name
-    if model is not None:
+    if model is not None and model.echo is not None:  # a Hamiltonian model: its config sizes say how it was built
+        data["model"], data["dt"] = model.name, model.dt
+    elif model is not None:
         data["sizes"] = [g.size for g in model.groups]
         data["model"], data["activation"], data["dt"] = model.name, model.activation, model.dt
     return validate(_build(Config, data), model=model, protocol=protocol)

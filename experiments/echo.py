@@ -104,7 +104,7 @@ def run_echo_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=None, 
     report["wall_s"] = wall
     report["engine"] = cfg.engine
     report["locality"] = locality_report(engine.specs, logs, proto)
-    report["phase_calls"] = phase_calls(report["locality"], program)
+    report["phase_calls"] = phase_calls(report["locality"], program) if cfg.engine != "reference" else None
     if cfg.engine == "reference":
         report["locality"]["note"] = "in-process engine: messages are passed by reference and not logged"
     meta = {k: getattr(cfg, k) for k in META_KEYS}

@@ -329,3 +329,12 @@ def test_stack_on_a_layer_fabric(ray_session):
         assert rep["controls"]["forward"] == rep["controls"]["echo"] == 2
     finally:
         fab.close()
+
+
+def test_python_api_takes_a_hamiltonian_model(tmp_path):
+    from experiments.api import Simulator
+    from nodes.hamiltonian import chain
+    sim = Simulator(chain(16, dt=0.1), protocol="rhel", config="chain", engine="reference", T=250, batch=2, eps=1e-2)
+    rep = sim.audit(out=str(tmp_path / "a"))
+    assert rep["total"]["rel_l2"] <= 1e-9 and rep["echo_error"] <= 1e-12
+    assert rep["phase_calls"] is None  # in-process: no coordinator log to count them from
