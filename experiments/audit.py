@@ -32,6 +32,7 @@ from experiments.results import prepare, write_json
 from experiments.train import check_data
 
 META_KEYS = ("model", "sizes", "activation", "protocol", "beta", "T1", "T2", "dt", "N", "seed", "periods", "noise")
+BUNDLE_FIXED = ("dtype", "batch", "dataset", "data_dir", "data_path", "init_scale", "test_fraction")  # a replay's own
 REPLAY_KEYS = ("granularity", "transport", "engine", "fabric.log", "fabric.split", "fabric.hosts", "fabric.wire",
                "steps", "protocol", "beta", "T1", "T2", "N")  # what --set may change on a replayed bundle
 
@@ -55,8 +56,12 @@ def replay_config(cfg, sets=(), meta_keys=META_KEYS, replay_keys=REPLAY_KEYS):
     data.update({k: meta[k] for k in meta_keys if k in meta})
     data["dtype"] = "float64"
     from experiments.config import Config, _build, _set_dotted, parse_value, validate
+    fixed = (set(meta_keys) | set(BUNDLE_FIXED)) - set(replay_keys)
     for item in sets:
         k, v = item.split("=", 1)
+        if k.strip() in fixed:
+            raise ConfigError("--set", f"{k.strip()}: a replayed bundle fixes it (its meta, batch and parameters); "
+                                       f"--set may change only {', '.join(replay_keys)} and where it runs")
         if k.strip() in replay_keys:
             _set_dotted(data, k.strip(), parse_value(v))
     return validate(_build(Config, data)), bundle

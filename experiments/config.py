@@ -274,7 +274,65 @@ def validate(cfg: Config, model=None, protocol=None) -> Config:
                                          f"a cluster (use tcp or auto)")
     if not cfg.fabric.timeout_s > 0:
         raise ConfigError("fabric.timeout_s", f"must be > 0, got {cfg.fabric.timeout_s}")
+    _check_runtime(cfg)
+    _check_bench(cfg.bench)
     return cfg
+
+
+def _check_runtime(cfg) -> None:
+    """Where the run goes: seed, device, Ray address, the data plane's bind address, actor resources."""
+    import ipaddress
+    if cfg.seed < 0:
+        raise ConfigError("seed", f"must be >= 0 (a generator seed), got {cfg.seed}")
+    dev = cfg.device
+    if dev != "cpu" and not re.fullmatch(r"cuda(:\d+)?", dev):
+        raise ConfigError("device", f"expected 'cpu', 'cuda' or 'cuda:N', got {dev!r}")
+    if dev.startswith("cuda"):
+        import torch
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        k = int(dev.split(":")[1]) if ":" in dev else 0
+        if k >= n:
+            raise ConfigError("device", f"{dev!r}: this machine has {n} CUDA device(s)"
+                                        + ("" if n else " (torch sees no GPU); use device=cpu"))
+    if cfg.fabric.actor_cpus < 0:
+        raise ConfigError("fabric.actor_cpus", f"must be >= 0 (CPUs Ray reserves per actor), got {cfg.fabric.actor_cpus}")
+    host = cfg.fabric.host
+    if host not in ("localhost", "*"):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError("fabric.host", f"{host!r} is not an IP address to bind the data plane to (e.g. "
+                                             f"127.0.0.1, 0.0.0.0, a node's address)") from None
+    addr = cfg.address
+    if addr is not None and not (addr in ("auto", "local") or re.fullmatch(r"(ray://)?[\w.\-]+:\d{1,5}", addr)):
+        raise ConfigError("address", f"expected null (a local Ray), 'auto', 'local', 'HOST:PORT' or 'ray://HOST:PORT', "
+                                     f"got {addr!r}")
+    if addr not in (None, "local") and cfg.engine == "fabric" and host in LOOPBACK:
+        raise ConfigError("fabric.host", f"address {addr!r} joins a Ray cluster, but the data plane binds to {host!r} "
+                                         f"(loopback, and wire {cfg.fabric.wire!r} resolves to ipc there), which other "
+                                         f"machines cannot reach: set fabric.host=0.0.0.0 (and fabric.wire=tcp)")
+
+
+def _check_bench(b) -> None:
+    def ints(name, vals, lo):
+        if not isinstance(vals, list) or not vals or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= lo for v in vals):
+            raise ConfigError(f"bench.{name}", f"expected a non-empty list of integers >= {lo}, got {vals!r}")
+    if not isinstance(b.sizes, list) or not b.sizes:
+        raise ConfigError("bench.sizes", f"expected a non-empty list of layer-size lists, got {b.sizes!r}")
+    for sz in b.sizes:
+        if not isinstance(sz, list) or len(sz) < 2:
+            raise ConfigError("bench.sizes", f"each entry is a list of at least two layer sizes, got {sz!r}")
+        ints("sizes", sz, 1)
+    ints("batches", b.batches, 1)
+    ints("neurons", b.neurons, 1)
+    if not isinstance(b.dtypes, list) or not b.dtypes or any(d not in ("float32", "float64") for d in b.dtypes):
+        raise ConfigError("bench.dtypes", f"expected a non-empty list of float32 / float64, got {b.dtypes!r}")
+    if isinstance(b.neuron_hosts, bool) or not isinstance(b.neuron_hosts, int) or b.neuron_hosts < -1:
+        raise ConfigError("bench.neuron_hosts", f"expected -1 (auto), 0 or a number of hosts, got {b.neuron_hosts!r}")
+    for k in ("steps", "repeats"):
+        if getattr(b, k) < 1:
+            raise ConfigError(f"bench.{k}", f"must be >= 1, got {getattr(b, k)}")
 
 
 def _set_dotted(data: dict, key: str, value) -> None:

@@ -97,7 +97,7 @@ def load_dataset(name: str, data_dir: str | None = None, seed: int = 0,
         ds = _load_random(seed, sizes)
     else:
         if path is None:
-            raise DatasetError(f"{name}: field 'path' is required (the {name} file to load)")
+            raise DatasetError(f"{name}: field 'data_path' is required (the {name} file to load)")
         ds = _load_user(name, path, seed, test_fraction)
     _validate(ds)
     return ds
@@ -284,7 +284,7 @@ def _load_user(name: str, path: str, seed: int, test_fraction: float) -> Dataset
     """Load a user csv/npz; features are divided by max|x_train| when that exceeds 1."""
     fname = os.path.basename(path)
     if not os.path.isfile(path):
-        raise DatasetError(f"{name}: file {path!r} (field 'path') not found")
+        raise DatasetError(f"{name}: file {path!r} (field 'data_path') not found")
     if name == "csv":
         x, y = _read_csv(name, path)
         tr, te = stratified_split(y, test_fraction, seed)

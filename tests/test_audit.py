@@ -154,10 +154,26 @@ def test_sweep_runs_on_the_fabric_when_asked(tmp_path, ray_session):
     ("sizes=[64,0,10]", "sizes"), ("batch=2.5", "batch"), ("granularity=column", "granularity"),
     ("fabric.timeout_s=0", "fabric.timeout_s"), ("lr=[0.1]", "lr"), ("replay=/nonexistent.npz", "replay"),
     ("fabric.wire=carrier-pigeon", "fabric.wire"), ("fabric.hosts=-1", "fabric.hosts"), ("init_scale=0", "init_scale"),
-    ("protocol=no-such-rule", "protocol")])
+    ("protocol=no-such-rule", "protocol"), ("seed=-1", "seed"), ("device=cuda:7", "device"),
+    ("device=tpu", "device"), ("fabric.actor_cpus=-1", "fabric.actor_cpus"), ("fabric.host=999.1.1.1", "fabric.host"),
+    ("address=auto", "fabric.host"), ("address=no-port", "address"), ("bench.batches=[0]", "bench.batches"),
+    ("bench.dtypes=[float16]", "bench.dtypes"), ("bench.sizes=[[5]]", "bench.sizes"),
+    ("bench.neuron_hosts=-2", "bench.neuron_hosts"), ("bench.steps=0", "bench.steps")])
 def test_invalid_config_exits_2_naming_the_field_and_writes_nothing(tmp_path, setting, field):
     out = tmp_path / "never"
     r = run_cli("audit", "--set", setting, "--out", str(out), timeout=60)
     assert r.returncode == 2, r.stderr
     assert field in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
+
+
+def test_a_replay_refuses_the_settings_its_bundle_fixes(tmp_path):
+    """--set of a key the bundle fixes (its meta, batch, data) is an error naming it, not silently overridden."""
+    src = tmp_path / "src"
+    assert run_cli("audit", "--set", "sizes=[64,4,10]", "--set", "engine=reference", "--set", "T1=20", "--set",
+                   "T2=8", "--out", str(src)).returncode == 0
+    for setting in ("seed=3", "sizes=[64,5,10]", "batch=4", "dtype=float32"):
+        out = tmp_path / setting.split("=")[0]
+        r = run_cli("audit", "--set", f"replay={src / 'audit.npz'}", "--set", setting, "--out", str(out))
+        assert r.returncode == 2 and f"--set: {setting.split('=')[0]}: a replayed bundle fixes it" in r.stderr
+        assert not out.exists()
