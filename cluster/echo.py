@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from nodes.hamiltonian import ce_mean, logcosh
+from nodes.hamiltonian import ce_mean
 
 
 class System:
@@ -29,28 +29,6 @@ class System:
         self.n = at
         self.inputs = {g.name for g in model.groups if g.role == "input"}
         self.out = self.slices[model.output_group.name]
-
-    def potential(self, phi, params, x_t):
-        """V(phi) of the whole system per sample (B,) (a stack's layers each given the positions below: tests)."""
-        V = phi.new_zeros(phi.shape[0])
-        drives = self._drives(params, x_t, phi)
-        for name, sl in self.slices.items():
-            p = {role: params[k] for role, k in self.echo.roles.get(name, {}).items()}
-            f = phi[:, sl]
-            d = drives.get(name)
-            if "a" in p:
-                V = V + 0.5 * (p["a"] * f * f).sum(1)
-            if self.echo.potential[name] == "quadratic":
-                V = V - ((f * d).sum(1) if d is not None else 0.0)
-            else:
-                z = p["w"] * f + (d if d is not None else 0.0)
-                V = V + (p["c"] * logcosh(z) / p["w"]).sum(1)
-        for it in self.model.interactions:
-            if it.src in self.inputs or not it.symmetric:
-                continue
-            diff = phi[:, self.slices[it.dst], None] - phi[:, None, self.slices[it.src]]
-            V = V + 0.5 * (params[it.W] * diff * diff).sum((1, 2))
-        return V
 
     def _drives(self, params, x_t, phi) -> dict:
         """d per group: W u_t from the input, W phi_src from a layer below (a directed term: a stack), plus biases."""
@@ -69,7 +47,6 @@ class System:
 
     def force(self, phi, params, x_t):
         """-dV/dphi, (B, n): springs W (phi_src - phi_dst) both ways, onsite -a phi + d or -a phi - c tanh(w phi + d)."""
-        F = torch.zeros_like(phi)
         parts = [None] * len(self.slices)
         drives = self._drives(params, x_t, phi)
         for k, (name, sl) in enumerate(self.slices.items()):
@@ -148,19 +125,14 @@ def simulate(model, params, x, y, T: int, terminal: bool = False, record: bool =
 
 
 def predict(model, params, x, y, T: int) -> tuple:
-    """(loss per sample, logits or None): the forward pass of the centralised system (the BPTT baseline's eval)."""
-    sys_ = System(model)
-    phi, pi = sys_.start(x.shape[0], x.dtype)
-    mean = torch.zeros_like(phi[:, sys_.out])
+    """(loss per sample, logits) of a ce-mean model's forward pass in the centralised system (the BPTT baseline's
+    evaluation)."""
+    if model.echo.loss != "ce-mean":
+        raise ValueError(f"loss: predict is for ce-mean models, not {model.echo.loss}")
     with torch.no_grad():
-        for t in range(T):
-            phi, pi = sys_.step(phi, pi, params, x[:, t] if x.shape[2] else None)
-            mean = mean + phi[:, sys_.out]
-        if model.echo.loss == "ce-mean":
-            loss, logits, _, _ = ce_mean(mean / T, y, _readout(model, params))
-            return loss, logits
-    raise ValueError(f"loss: predict is for ce-mean models, not {model.echo.loss}")
-
+        _, states = simulate(model, params, x, None, T, record=True, loss=False)
+        loss, logits, _, _ = ce_mean(states[1:, :, 0, System(model).out].mean(0), y, _readout(model, params))
+    return loss, logits
 
 def bptt_grad(model, params, x, y, T: int, terminal: bool = False) -> dict:
     """dL/dtheta for every parameter by autograd through the T leapfrog steps (float64)."""

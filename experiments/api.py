@@ -18,7 +18,6 @@ its results folder (`out`, default results/<command>-<timestamp>/) exactly as th
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 
 from experiments.config import Config, _build, _set_dotted, load_config, validate

@@ -12,6 +12,7 @@ bundle's parameters, batch and settings. The same code runs on either engine (cl
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 
@@ -136,8 +137,9 @@ def _hamiltonian(cfg, model) -> bool:
     if model is not None:
         return model.echo is not None
     if cfg.replay and os.path.isfile(cfg.replay):
-        try:
-            return read_bundle(cfg.replay)["meta"].get("model") in HAMILTONIAN_MODELS
+        try:  # the meta alone (an npz reads its members lazily)
+            with np.load(cfg.replay, allow_pickle=False) as z:
+                return json.loads(str(z["meta"])).get("model") in HAMILTONIAN_MODELS
         except Exception:
             return False
     return cfg.model in HAMILTONIAN_MODELS

@@ -13,8 +13,6 @@ signal is x itself (not passed through rho). Complex states (holomorphic phases)
 """
 from __future__ import annotations
 
-import torch
-
 from nodes.activations import ACTIVATIONS, PREACTIVATION, RHO_PRIME_OF_OUTPUT
 
 

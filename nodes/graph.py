@@ -16,7 +16,8 @@ A Dense interaction contributes a(dst) . (W a(src) + b) to the energy (or primit
 the destination's signal, W a_src + b, drives the destination; if it is symmetric, its partial with respect to the
 source's signal, W^T a_dst, drives the source too (the source's node then holds a replica of W's columns). A
 directed interaction drives its destination only: feedback weights `B{n}` are directed Dense terms from layer n+1
-to layer n, owned by layer n. Nothing here knows the runtime: no sockets, no Ray.
+to layer n, owned by layer n. The vocabulary (Group, Dense, Local) and the NodeSpec's parts live in
+nodes/interface.py (re-exported here). Nothing here knows the runtime: no sockets, no Ray.
 """
 from __future__ import annotations
 
@@ -26,177 +27,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-ROLES = ("input", "hidden", "output")
-SIGNAL = "a"  # the message kind of the layered physics: a node's signal a(s)
-# Message kinds a protocol may add (Protocol.ports), each with ports derived from the interactions:
-#   "r": the twin of every signal port (same neighbours, same direction), e.g. AEP's rho'(x0_j) (x_j - x0_j);
-#   "t": the transposed product along every Dense term between dynamic groups: the owner of W's rows (the
-#        destination) sends each source block (its own quantity) @ W[rows, source block's columns], e.g. Dyadic
-#        EP's W_ji d_j; on a symmetric term the replica holder (the source) also sends each destination block
-#        (its own quantity) @ W[destination rows, its columns]^T, each end with its own copy of W.
-#   "g": back along every directed Dense term between dynamic groups only: the owner of W's rows sends each source
-#        block (its own quantity) @ W[rows, source block's columns], e.g. a Hamiltonian layer's input gradient to
-#        the layer that drives it (nodes/leapfrog.py, stacked layers).
-EXTRA_KINDS = ("r", "t", "g")
+from nodes.interface import (EXTRA_KINDS, ROLES, SIGNAL, Block, Dense, Grad, Group, Held, Local, NodeSpec, Port,
+                             Slot, Term, assemble, carried, slice_params, target_of)
 
-
-def carried(kinds) -> frozenset:
-    """The message kinds a phase carries: the signal and its extra `kinds` (protocols/base.Phase.kinds)."""
-    return frozenset((SIGNAL, *kinds))
-
-
-@dataclass(frozen=True)
-class Group:
-    """A unit group: `size` units with state fields `layout` (e.g. ("s",), ("m", "d"), ("phi", "pi"))."""
-
-    name: str
-    size: int
-    role: str = "hidden"
-    layout: tuple = ("s",)
-
-
-@dataclass(frozen=True)
-class Dense:
-    """E (or Phi) contains a(dst) . (W a(src) + b); W has shape (dst size, src size).
-
-    symmetric: the source is driven by W^T a(dst) as well (both ends hold W: the destination its rows, the source
-    a replica of its columns). mask: structural zeros, a tuple of dst-size tuples of 0/1 (None: dense); blocks
-    with no non-zero entry between them are not neighbours through this interaction.
-    """
-
-    src: str
-    dst: str
-    W: str
-    b: str | None = None
-    symmetric: bool = True
-    mask: tuple | None = None
-
-
-@dataclass(frozen=True)
-class Local:
-    """A parameter of one group's units alone, in no interaction (e.g. an oscillator's own stiffness): shape (size,),
-    each block holding its units' entries; or `whole` a shape held whole by the group's blocks (a readout, whose
-    loss needs the whole group and so runs where the group is one block)."""
-
-    group: str
-    name: str
-    whole: tuple = ()
-
-    def shape(self, size: int) -> tuple:
-        return tuple(self.whole) if self.whole else (size,)
-
-
-@dataclass(frozen=True)
-class Block:
-    """A logical node's share of the units: group `group`, units [lo, hi)."""
-
-    node_id: str
-    group: str
-    lo: int
-    hi: int
-
-    @property
-    def width(self) -> int:
-        return self.hi - self.lo
-
-
-@dataclass(frozen=True)
-class Port:
-    """A directed data-plane connection: `src` sends messages of `kind` ((B, width) arrays) to `dst`."""
-
-    src: str
-    dst: str
-    kind: str
-    width: int
-
-
-@dataclass(frozen=True)
-class Held:
-    """A tensor a node holds: W[rows, cols] of parameter `param` (None = all), as owner or replica."""
-
-    param: str
-    rows: tuple | None
-    cols: tuple | None
-    role: str  # "primary" (the owner's copy, gathered for audits) or "replica"
-
-    def take(self, full):
-        t = full if self.rows is None else full[self.rows[0]:self.rows[1]]
-        return t if self.cols is None else t[:, self.cols[0]:self.cols[1]]
-
-
-@dataclass(frozen=True)
-class Term:
-    """One contribution to a node's drive u.
-
-    fwd:     u += a_slot W^T   (W the node's rows of a Dense, (width, d_slot))
-    bwd:     u += a_slot W     (W the node's replica columns of a symmetric Dense, (d_slot, width))
-    clamped: u += x W^T        (x the boundary signal of an input group; constant within a batch)
-    bias:    u += b
-    """
-
-    kind: str
-    weight: str
-    slot: str | None = None
-
-
-@dataclass(frozen=True)
-class Slot:
-    """An inbox entry: the signal of `group`, (B, width), assembled from `parts` = ((source, lo, hi), ...), where a
-    source is a neighbour's node id (a port of kind `kind`) or "self"."""
-
-    name: str
-    group: str
-    kind: str
-    width: int
-    parts: tuple
-
-    @property
-    def tiled(self) -> bool:
-        """Whether the parts, in order, cover [0, width) without gaps (a mask may leave gaps: zeros there)."""
-        at = 0
-        for _, lo, hi in self.parts:
-            if lo != at:
-                return False
-            at = hi
-        return at == self.width
-
-
-@dataclass(frozen=True)
-class Grad:
-    """G of a held tensor at a state (ALGORITHMS.md §1): rows: -a_own^T a_slot / B; cols: -a_slot^T a_own / B;
-    bias: -mean a_own; clamped: -a_own^T x / B; none: a block the mask leaves without a source (its G is zero,
-    left out). `mask` (rows, cols) keeps structural zeros at zero."""
-
-    kind: str
-    slot: str | None = None
-    mask: torch.Tensor | None = None
-
-
-@dataclass(frozen=True)
-class NodeSpec:
-    """A logical node's interface: plain data, derived from the model and the partition."""
-
-    id: str
-    model: "Model"
-    block: Block
-    held: dict            # local tensor name -> Held
-    terms: tuple          # Term, in a fixed order
-    grads: dict           # local tensor name -> Grad
-    slots: dict           # slot name -> Slot
-    in_ports: tuple       # Port, sorted
-    out_ports: tuple      # Port, sorted
-    boundary: tuple       # boundary keys routed to this node ("x", "y")
-    transposed: tuple = ()  # kind "t": (dst node id or "self", held W, lo, hi, rows): it sends q @ W[:, lo:hi]
-                            # (rows False: it owns W's rows) or q @ W[lo:hi, :]^T (rows True: a replica's columns)
-    backward: tuple = ()    # kind "g": (dst node id, held W, lo, hi): it sends q @ W[:, lo:hi] (a directed term's source)
-
-    @property
-    def width(self) -> int:
-        return self.block.width
-
-    @property
-    def is_output(self) -> bool:
-        return self.model.group(self.block.group).role == "output"
+__all__ = ["Model", "EXTRA_KINDS", "ROLES", "SIGNAL", "Block", "Dense", "Grad", "Group", "Held", "Local", "NodeSpec",
+           "Port", "Slot", "Term", "assemble", "carried", "slice_params", "target_of"]  # the vocabulary, re-exported
 
 
 def _block_mask(mask, rows, cols):
@@ -476,29 +311,3 @@ class Model:
         """node id -> the boundary keys the model routes to it (x to the blocks driven by an input group, y to the
         output group's blocks)."""
         return {i: s.boundary for i, s in self.node_specs(blocks).items()}
-
-
-def target_of(spec: NodeSpec, y):
-    """The output node's share of a target y (B, d_out) or a target sequence (B, T, d_out): its units' columns; a
-    target whose last axis is not the output group's (a readout's classes) goes whole to the output group's one
-    block."""
-    if y.shape[-1] != spec.model.group(spec.block.group).size:
-        return y
-    return y[..., spec.block.lo:spec.block.hi]
-
-
-def slice_params(spec: NodeSpec, params: dict, copy: bool = True) -> dict:
-    """The tensors a node holds, cut from full parameters (contiguous copies, or views when copy=False)."""
-    return {k: (h.take(params[h.param]).clone().contiguous() if copy else h.take(params[h.param]))
-            for k, h in spec.held.items()}
-
-
-def assemble(model: Model, specs: dict, held: dict, role: str = "primary") -> dict:
-    """Full parameters from the nodes' held tensors of `role` (held: {node id: {local: tensor}})."""
-    some = next(t for h in held.values() for t in h.values())
-    full = {k: torch.zeros(v, dtype=some.dtype) for k, v in model.param_shapes().items()}
-    for i, spec in specs.items():
-        for local, h in spec.held.items():
-            if h.role == role:
-                h.take(full[h.param]).copy_(held[i][local])
-    return full

@@ -90,19 +90,19 @@ def onsite_grads(kind: str, phi, d, p: dict) -> tuple:
     return g, p["c"] * th / p["w"]
 
 
-def loss_and_cotangent(loss: str, phi, y, weight: float, readout: dict) -> tuple:
-    """(l per sample, dl/dphi) of one step's loss at positions phi (B, w) against y (B, w) (None for sin-sum);
-    weight multiplies both (h for sq on a trajectory, 1 for a terminal cost)."""
+def loss_and_cotangent(loss: str, phi, y, weight: float, readout: dict, cotangent: bool = True) -> tuple:
+    """(l per sample, dl/dphi or None without `cotangent`) of one step's loss at positions phi (B, w) against y (B, w)
+    (None for sin-sum); weight multiplies both (h for sq on a trajectory, 1 for a terminal cost)."""
     if loss == "sq":
         r = phi - y
-        return weight * (r * r).sum(1), (2 * weight) * r
+        return weight * (r * r).sum(1), (2 * weight) * r if cotangent else None
     if loss == "sin-sum":
         s = torch.sin(phi).sum(1, keepdim=True)
-        return weight * (s * s)[:, 0], (2 * weight) * s * torch.cos(phi)
+        return weight * (s * s)[:, 0], (2 * weight) * s * torch.cos(phi) if cotangent else None
     if loss == "sin-readout":
         c = readout["c"][0]
         z = phi @ c
-        return weight * torch.sin(z) ** 2, weight * torch.sin(2 * z)[:, None] * c
+        return weight * torch.sin(z) ** 2, weight * torch.sin(2 * z)[:, None] * c if cotangent else None
     raise ValueError(f"loss: {loss!r} has no per-step cotangent")
 
 

@@ -46,6 +46,14 @@ def reference(x, copies: tuple, batch: int):
     return parts[copies.index(0)] if 0 in copies else parts.mean(0)
 
 
+def contrast(values, copies: tuple, eps):
+    """-(the least-squares slope of values[c] against the copies' nudges copies[c] * eps), (C, ...) -> (...): the
+    gradient from the copies' shares, -(G_+ - G_-)/(2 eps) for copies (1, -1), -(G_+ - G_0)/eps for (0, 1)."""
+    m = values.new_tensor(copies)
+    c = m - m.mean()
+    return -torch.tensordot(c, values, dims=1) / (float((c * c).sum()) * float(eps))
+
+
 def per_copy_mean(t, copies: int):
     """(C*B, ...) per sample -> (C, ...): the batch mean within each copy."""
     return t.reshape(copies, -1, *t.shape[1:]).mean(1)
@@ -70,10 +78,7 @@ class LeapfrogRule(NodeRule):
         self.stacked = tuple((w, slot, spec.grads[w].mask) for fwd, w, slot in self.step_terms if w in directed)
         self.back = spec.backward  # kind g: (source node, W, lo, hi): the input gradient to the layer below
         self.g_slots = tuple(sl.name for sl in spec.slots.values() if sl.kind == "g")
-        readers = {it.dst for it in model.interactions if it.src == group and not it.symmetric}
-        self.readers = tuple(sorted({p.dst for p in spec.out_ports if p.kind == SIGNAL and any(
-            p.dst == g or p.dst.startswith(g + ".") for g in readers)}))
-        if (self.g_slots or self.readers) and self.springs:
+        if self.g_slots and self.springs:  # its kicks land after its per-copy positions went to its spring neighbours
             raise ValueError(f"model: {model.name}: a stacked layer's units are uncoupled (springs and a layer above "
                              f"at node {self.id} are not built)")
         self.clamped = tuple(t.weight for t in spec.terms if t.kind == "clamped")
@@ -98,15 +103,22 @@ class LeapfrogRule(NodeRule):
         return EchoPhase(self, ph) if ph.flip else ForwardPhase(self, ph)
 
     # ---- the physics -----------------------------------------------------------------------------------------
-    def driving(self, params, x_t, rows: int, inbox):
-        """d_t = sum of W u_t over the clamped terms and of W phi_half over the layers below (their reference
-        half-step positions, in the inbox), plus the biases (rows, width); None when there is none."""
+    def below(self, inbox, copies: tuple, batch: int) -> dict:
+        """The half-step positions of the layers below, as this step's input: their copies' reference (the
+        unnudged echo, the forward's input reversed) for every copy; {slot: (C*B, width)}."""
+        C = len(copies)
+        return {slot: inbox[slot] if C <= 1 else reference(inbox[slot], copies, batch).repeat(C, 1)
+                for _, slot, _ in self.stacked}
+
+    def driving(self, params, x_t, rows: int, below: dict):
+        """d_t = sum of W u_t over the clamped terms and of W phi_half over the layers below (`below`), plus the
+        biases (rows, width); None when there is none."""
         d = None
         for w in self.clamped:
             v = x_t @ params[w].T
             d = v if d is None else d + v
         for w, slot, _ in self.stacked:
-            v = inbox[slot] @ params[w].T
+            v = below[slot] @ params[w].T
             d = v if d is None else d + v
         for b in self.biases:
             d = params[b].expand(rows, -1).clone() if d is None else d + params[b]
@@ -128,7 +140,7 @@ class LeapfrogRule(NodeRule):
                 f = f + nb @ W - pos * W.sum(0)
         return f
 
-    def dH(self, pos, inbox, params, d, x_t, copies: int) -> dict:
+    def dH(self, pos, inbox, params, d, x_t, copies: int, below: dict) -> dict:
         """dH/dtheta at positions `pos` for every held parameter, batch mean per copy: {name: (C, *shape)}."""
         out = {}
         g, dd = onsite_grads(self.kind, pos, d, self.local_params(params))
@@ -141,7 +153,7 @@ class LeapfrogRule(NodeRule):
             G = per_copy_mean(0.5 * diff * diff, copies)
             out[w] = G if mask is None else G * mask.to(G.dtype)
         drives = [(w, x_t, self.masks.get(w)) for w in self.clamped]
-        drives += [(w, inbox[slot], mask) for w, slot, mask in self.stacked]
+        drives += [(w, below[slot], mask) for w, slot, mask in self.stacked]
         for w, u, mask in drives:  # d = W u: dV/dW = dV/dd u^T, batch mean per copy
             out[w] = torch.einsum("cbi,cbj->cij", dd.reshape(copies, -1, dd.shape[1]),
                                   u.reshape(copies, -1, u.shape[1])) / (dd.shape[0] // copies)
@@ -150,15 +162,6 @@ class LeapfrogRule(NodeRule):
         for b in self.biases:
             out[b] = per_copy_mean(dd, copies)
         return out, dd
-
-    def outbox(self, sent, copies: tuple, batch: int) -> dict:
-        """The half-step positions to the spring neighbours (per copy) and, to the layers above, the copies'
-        reference (repeated per copy, so every message has the phase's rows)."""
-        out = {SIGNAL: sent}
-        if self.readers:
-            ref = reference(sent, copies, batch).repeat(max(1, len(copies)), 1) if len(copies) > 1 else sent
-            out.update({(dst, SIGNAL): ref for dst in self.readers})
-        return out
 
     def backward(self, dd, params, copies: int) -> dict:
         """Kind g to each layer below: h dV/dd @ W[:, its columns] per copy (the input gradient's share of every
@@ -182,9 +185,6 @@ class LeapfrogRule(NodeRule):
         """What crosses the springs for the next step: phi_half (leapfrog), else phi (the ablations' force)."""
         return phi + (0.5 * self.h) * pi if self.echo.integrator == "leapfrog" else phi
 
-    def checked(self, state):
-        return state["s"]
-
 
 class ForwardPhase(PhaseRule):
     """T steps from the declared initial state; the output node's loss (and readout gradients) along the way."""
@@ -203,7 +203,7 @@ class ForwardPhase(PhaseRule):
         sent = n.sent(phi, pi)
         state = {**state, "s": torch.stack((phi, pi), 1), "a": sent, "dtype": dtype, "mem": mem}
         state.setdefault("saved", {})
-        return state, n.outbox(sent, (), B)
+        return state, {SIGNAL: sent}
 
     def step(self, state, inbox, params, boundary, t):
         n = self.node
@@ -211,14 +211,14 @@ class ForwardPhase(PhaseRule):
         phi, pi = s[:, 0], s[:, 1]
         x = boundary.get("x")
         x_t = x[:, t] if x is not None else None
-        d = n.driving(params, x_t, s.shape[0], inbox)
+        d = n.driving(params, x_t, s.shape[0], n.below(inbox, (), s.shape[0]))
         pos = state["a"] if n.echo.integrator == "leapfrog" else phi
         phi, pi = n.leap(phi, pi, pos, inbox, params, d)
         mem = state["mem"]
         if n.is_output:
             mem = _forward_loss(n, mem, phi, boundary, params, t + 1, self.ph.steps)
         sent = n.sent(phi, pi)
-        return {**state, "s": torch.stack((phi, pi), 1), "a": sent, "mem": mem}, n.outbox(sent, (), s.shape[0]), None
+        return {**state, "s": torch.stack((phi, pi), 1), "a": sent, "mem": mem}, {SIGNAL: sent}, None
 
     def exit(self, state, inbox, params, boundary, t):
         n, mem = self.node, state["mem"]
@@ -252,7 +252,7 @@ class EchoPhase(PhaseRule):
         if n.is_output:
             pi = pi + self._kick(state, params, phi, boundary, ph.steps)
         sent = n.sent(phi, pi)
-        out = n.outbox(sent, copies, B)
+        out = {SIGNAL: sent}
         out.update({(dst, "g"): phi.new_zeros(phi.shape[0], hi - lo) for dst, _, lo, hi in n.back})  # no step yet
         return {**state, "s": torch.stack((phi, pi), 1), "a": sent}, out
 
@@ -280,7 +280,8 @@ class EchoPhase(PhaseRule):
         C = len(state["copies"])
         x = boundary.get("x")
         x_t = x[:, T - 1 - t].repeat(C, 1) if x is not None else None
-        d = n.driving(params, x_t, s.shape[0], inbox)
+        below = n.below(inbox, state["copies"], boundary["batch"])
+        d = n.driving(params, x_t, s.shape[0], below)
         pos = state["a"] if n.echo.integrator == "leapfrog" else phi
         if n.g_slots and C > 1:  # the layer above's input gradient for the last step's half-step position
             phi, pi = self._inner_kick(state, inbox, phi, pi)
@@ -288,9 +289,9 @@ class EchoPhase(PhaseRule):
         start = phi + (0.5 * n.h) * pi
         phi, pi = n.leap(phi, pi, pos, inbox, params, d)
         if n.echo.collect == "full":
-            g, dd = n.dH(phi, inbox, params, d, x_t, C)
+            g, dd = n.dH(phi, inbox, params, d, x_t, C, below)
         else:
-            g, dd = n.dH(pos if n.echo.integrator == "leapfrog" else start, inbox, params, d, x_t, C)
+            g, dd = n.dH(pos if n.echo.integrator == "leapfrog" else start, inbox, params, d, x_t, C, below)
         acc = state["mem"]["acc"]
         if C > 1:  # each copy's share less the copies' mean: the estimate (a contrast) is unchanged, and the sums
             g = {k: v - v.mean(0) for k, v in g.items()}  # stay O(eps) instead of cancelling O(1) sums at the end
@@ -299,7 +300,7 @@ class EchoPhase(PhaseRule):
         if n.is_output and at >= 1 and not n.terminal:
             pi = pi + self._kick(state, params, phi, boundary, at)
         sent = n.sent(phi, pi)
-        out = n.outbox(sent, state["copies"], boundary["batch"])
+        out = {SIGNAL: sent}
         if n.back:
             out.update(n.backward(dd, params, C))
         return {**state, "s": torch.stack((phi, pi), 1), "a": sent, "mem": {**state["mem"], "acc": acc}}, out, None
@@ -313,9 +314,7 @@ class EchoPhase(PhaseRule):
         for slot in n.g_slots:
             q = inbox[slot].clone() if q is None else q + inbox[slot]
         C = len(copies)
-        m = torch.tensor(copies, dtype=q.dtype, device=q.device)
-        c = m - m.mean()
-        g = -torch.tensordot(c, q.reshape(C, -1, q.shape[1]), dims=1) / (float((c * c).sum()) * float(self.ph.beta))
+        g = contrast(q.reshape(C, -1, q.shape[1]), copies, self.ph.beta)
         delta = state["mult"] * g.repeat(C, 1)
         return phi + (0.5 * n.h) * delta, pi + delta
 
@@ -338,7 +337,7 @@ def _forward_loss(n, mem, phi, boundary, params, at: int, T: int) -> dict:
     y = boundary.get("y")
     weight = 1.0 if n.terminal else n.h
     readout = _readout(n, params)
-    val, _ = loss_and_cotangent(loss, phi, None if y is None else y[:, at - 1], weight, readout)
+    val, _ = loss_and_cotangent(loss, phi, None if y is None else y[:, at - 1], weight, readout, cotangent=False)
     direct = dict(mem["direct"])
     for k, v in readout_step_grads(loss, phi, weight, readout).items():
         name = n.readout[k]

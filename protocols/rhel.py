@@ -16,9 +16,8 @@ which the output node accumulated directly in the forward pass (a readout is no 
 the phase, eps and `sided` to every node and the input and target sequences at the batch's start; positions cross
 the springs (kind a), nothing else.
 """
-import torch
-
 from nodes.hamiltonian import HAMILTONIAN_MODELS
+from nodes.leapfrog import contrast
 from protocols.base import Phase, Protocol
 
 SIDED = {"two": (1.0, -1.0), "one": (0.0, 1.0)}
@@ -77,9 +76,7 @@ class RHEL(Protocol):
             if k in direct:
                 out[k] = direct[k].clone()
             elif k in acc:
-                m = acc[k].new_tensor(mem["copies"]) * float(mem["eps"])
-                c = m - m.mean()
-                out[k] = -torch.tensordot(c, acc[k], dims=1) / float((c * c).sum())
+                out[k] = contrast(acc[k], mem["copies"], mem["eps"])
             else:
                 out[k] = v.new_zeros(v.shape)
         return out
