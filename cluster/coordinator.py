@@ -123,6 +123,9 @@ class FabricEngine(Engine):
     def kept_bytes(self) -> dict:
         return self._merged("kept")
 
+    def lineage(self) -> dict:
+        return self._merged("lineage")
+
     def message_logs(self, clear: bool = False) -> dict:
         res = self.fabric.call("message_log", clear)
         return {"nodes": {i: log for r in res.values() for i, log in r["nodes"].items()},

@@ -13,6 +13,7 @@
     update(); train_batch(x, y, beta, T1, T2, draw=None) -> prediction; infer(x, steps) -> output; output(name)
     gated_batch(x, y, beta, T1, T2, draw, residual_tol) -> (prediction, dropped samples, fell back to N = 2)
     get_state() -> {node: bytes} / set_state(...); message_logs() -> {"nodes": {...}, "refused", "unknown"}; close()
+    lineage() -> {node: [(batch serial, update hash)]}: every update a node applied in a batch given a draw
 
 Both raise the same errors: a PhaseError-derived FabricError from the fabric and a PhaseError from the in-process
 engine name node, phase and step (cluster/nodeset.PhaseError is the common base).

@@ -15,6 +15,8 @@ however long the work itself takes.
 """
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -32,6 +34,15 @@ GRACE_S = 30.0
 class FabricError(PhaseError):
     """A fabric call failed; the message names the node (and phase and step when known). A PhaseError, as the
     in-process engine's errors are, so callers catch one type on either engine."""
+
+
+class HostLost(FabricError):
+    """A host actor died (its process exited or was killed): the fault a run recovers from by rollback and
+    replay (experiments/recovery.py). `host` names it."""
+
+    def __init__(self, msg: str, host: str):
+        super().__init__(msg)
+        self.host = host
 
 
 def _cause(err) -> str:
@@ -63,7 +74,8 @@ class Fabric:
         self.transport = settings.get("transport", "zmq")
         self.beats = ZmqTransport(COORDINATOR, settings.get("host", "127.0.0.1"), settings.get("wire", "auto"),
                                   send_timeout_s=5.0)  # an abort to a host that is gone must not hold the caller
-        self.hosts, self.abort_tokens = {}, {}
+        self.hosts, self.abort_tokens, self.addresses, self.lost = {}, {}, {}, set()
+        self.closed = False
         try:
             self._start(protocol)
         except BaseException:
@@ -121,7 +133,12 @@ class Fabric:
                 except Exception as err:  # map the failure to its host's nodes, stop the rest
                     self.abort()
                     ray.wait(pending, num_returns=len(pending), timeout=10.0)
-                    raise FabricError(f"{self._who(refs[r])}: {method} failed: {_cause(err)}") from None
+                    who = refs[r]
+                    if isinstance(err, ray.exceptions.RayActorError):
+                        self.lost.add(who)
+                        raise HostLost(f"{self._who(who)}: {method} failed: the actor died (its process exited or "
+                                       f"was killed)", who) from None
+                    raise FabricError(f"{self._who(who)}: {method} failed: {_cause(err)}") from None
             now = time.monotonic()
             for user in self._drain_beats():
                 seen[user] = now
@@ -177,6 +194,9 @@ class Fabric:
                 actor.deliver.remote(self.abort_tokens[h], header, b"")
 
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         try:
             if self.local:
                 for host in self.hosts.values():
@@ -188,6 +208,18 @@ class Fabric:
                     refs[r].__ray_terminate__.remote()
                 for r in stuck:
                     ray.kill(refs[r])
+                for h in self.lost:
+                    _remove_ipc_dir(self.addresses.get(h))
         finally:
             self.hosts = {}
             self.beats.close()
+
+
+def _remove_ipc_dir(address) -> None:
+    """A dead host's private ipc directory (fabric-XXXX/in under the temp dir), which it could not remove itself;
+    nothing for tcp or another machine's path."""
+    if not isinstance(address, str) or not address.startswith("ipc://"):
+        return
+    folder = os.path.dirname(address[len("ipc://"):])
+    if os.path.basename(folder).startswith("fabric-") and os.path.isdir(folder):
+        shutil.rmtree(folder, ignore_errors=True)

@@ -191,10 +191,18 @@ class Host(NodeSet):
         return {i: self.pack_state(i) for i in self.ids}
 
     def set_state(self, per_node: dict) -> None:
+        """Each node its own checkpoint (logged as control `checkpoint`); a state for a node not here is refused."""
         with self.busy:
+            stray = sorted(set(per_node) - set(self.ids))
+            if stray:
+                raise ValueError(f"host {self.host_id}: checkpoints for {stray}, which are not on this host")
             for i, packed in per_node.items():
-                self._from_coordinator(i, "control", "set_state", len(packed))
+                self._from_coordinator(i, "control", "checkpoint", len(packed))
                 self.load_state(i, packed)
+
+    def lineage(self) -> dict:
+        """{node: [(batch serial, update hash)]}: the updates each node applied (audits of a recovered run)."""
+        return {i: list(self.lineages[i]) for i in self.ids}
 
     def close(self) -> None:
         if self.beat is not None:

@@ -82,6 +82,8 @@ def decode_header(frame) -> list:
 def array_bytes(t):
     """The raw buffer of a tensor (contiguous, CPU), zero-copy where possible."""
     t = t.detach()
+    if t.numel() == 0:
+        return memoryview(b"")
     if t.device.type != "cpu":
         t = t.cpu()
     return memoryview(t.contiguous().numpy()).cast("B")

@@ -8,6 +8,7 @@ columns), updates them with its own optimiser from its own estimate, and keeps i
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 
 import torch
@@ -18,10 +19,12 @@ from nodes.optim import Optimizer
 from nodes.rules import Guarded, rule_of
 
 
-def pack_held(params: dict, opt) -> bytes:
-    """A checkpoint of tensors and their optimiser state: `param/<name>` and `opt/<key>` arrays."""
+def pack_held(params: dict, opt, lineage=None) -> bytes:
+    """A checkpoint of tensors and their optimiser state: `param/<name>` and `opt/<key>` arrays, and a node's
+    lineage (an (n, 2) int64 array of [batch, update hash]) when given."""
+    extra = {} if lineage is None else {"lineage": torch.tensor(lineage, dtype=torch.int64).reshape(-1, 2)}
     return pack_arrays({**{f"param/{k}": v for k, v in params.items()},
-                        **{f"opt/{k}": v for k, v in opt.get_state().items()}})
+                        **{f"opt/{k}": v for k, v in opt.get_state().items()}, **extra})
 
 
 def unpack_held(packed: bytes) -> tuple:
@@ -29,6 +32,16 @@ def unpack_held(packed: bytes) -> tuple:
     flat = unpack_arrays(packed)
     return ({k[6:]: v for k, v in flat.items() if k.startswith("param/")},
             {k[4:]: v for k, v in flat.items() if k.startswith("opt/")})
+
+
+def update_hash(params: dict) -> int:
+    """A 64-bit hash (blake2b, as a signed int64) of a node's held tensors after an update: equal lineages mean
+    bit-identical updates."""
+    h = hashlib.blake2b(digest_size=8)
+    for k in sorted(params):
+        h.update(k.encode())
+        h.update(memoryview(params[k].detach().cpu().contiguous().numpy()).cast("B"))
+    return int.from_bytes(h.digest(), "little", signed=True)
 
 
 def _nan(v):
@@ -74,6 +87,7 @@ class NodeSet:
                            for k, h in s.held.items()}
                        for i, s in self.specs.items()}
         self.opts = {i: Optimizer(optimizer, momentum) for i in self.ids}
+        self.lineages = {i: [] for i in self.ids}  # node -> [(batch serial, update hash)], the updates it applied
         self.state = {i: {} for i in self.ids}
         self.routed = {i: {} for i in self.ids}   # node -> {boundary key: tensor}
         self.batch = 0
@@ -124,12 +138,15 @@ class NodeSet:
                 self.params[i][k].add_(d)
 
     def pack_state(self, i: str) -> bytes:
-        return pack_held(self.params[i], self.opts[i])
+        """Node i's checkpoint: held tensors, optimiser state, lineage."""
+        return pack_held(self.params[i], self.opts[i], self.lineages[i])
 
     def load_state(self, i: str, packed: bytes) -> None:
         params, opt = unpack_held(packed)
         self.set_held({i: params})
         self.opts[i].set_state(opt)
+        lineage = unpack_arrays(packed).get("lineage")
+        self.lineages[i] = [] if lineage is None else [tuple(r) for r in lineage.tolist()]
 
     def kept_bytes(self, i: str) -> int:
         """Bytes of the tensors node i keeps: its parameters, its optimiser's state and its phase state (states,
@@ -191,6 +208,8 @@ class NodeSet:
         parameters inside its phases)."""
         if not self.protocol.updates_in_phases:
             self.opts[i].step(self.params[i], self.estimate_of(i), self.lrs[i])
+        if self.draw is not None:  # a training batch: its serial and the update's hash join the node's lineage
+            self.lineages[i].append((self.draw, update_hash(self.params[i])))
 
     def prediction(self, i: str, program):
         """Node i's prediction after a training batch (the protocol's, from the node's own phase state)."""

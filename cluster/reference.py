@@ -169,6 +169,9 @@ class ReferenceEngine(Engine):
     def prediction(self, program):
         return self._output_of({i: self.nodes.prediction(i, program) for i in self.nodes.ids if self.specs[i].is_output})
 
+    def lineage(self) -> dict:
+        return {i: list(v) for i, v in self.nodes.lineages.items()}
+
     def message_logs(self, clear: bool = False) -> dict:
         return {"nodes": {}, "refused": [], "unknown": [], "placement": {}}
 

@@ -47,8 +47,8 @@ def init_ray(address=None, num_cpus=None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
-                 _node_ip_address="127.0.0.1")
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
+                 _node_ip_address="127.0.0.1")  # "local": a new instance, never one another run left running
 
 
 def ship_by_value(*objects) -> None:

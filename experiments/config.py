@@ -124,6 +124,8 @@ class Config:
     replay: typing.Optional[str] = None
     address: typing.Optional[str] = None
     bptt_baseline: bool = False
+    checkpoint_every: int = 20     # train: a consistent checkpoint every this many batches (0: at epoch ends only)
+    max_faults: int = 10           # train: host-actor deaths recovered from by rollback and replay before giving up
     eval_batch: int = 1000
     quick: bool = False
     device: str = "cpu"
@@ -222,8 +224,9 @@ def validate(cfg: Config, model=None, protocol=None) -> Config:
     for k in ("T1", "T2", "batch", "eval_batch"):
         if getattr(cfg, k) < 1:
             raise ConfigError(k, f"must be >= 1, got {getattr(cfg, k)}")
-    if cfg.epochs < 0:
-        raise ConfigError("epochs", f"must be >= 0, got {cfg.epochs}")
+    for k in ("epochs", "checkpoint_every", "max_faults"):
+        if getattr(cfg, k) < 0:
+            raise ConfigError(k, f"must be >= 0, got {getattr(cfg, k)}")
     from protocols import get_protocol
     proto = get_protocol(protocol if protocol is not None else cfg.protocol)
     try:

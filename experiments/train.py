@@ -2,9 +2,12 @@
 
 Each batch is one control call per node (engine.train_batch): the coordinator feeds x, y and beta, the nodes
 walk the protocol's phases and apply their local update; accuracy comes from the free phase's output.
-Every epoch: test accuracy and loss, wall time, checkpoint. With `residual_tol` each batch runs behind the
-convergence gate (Engine.gated_batch): per epoch and in total, `dropped_samples` and `hep_fallbacks`.
-Writes config.yaml, metrics.json, metrics.csv, curves.png, confusion.png and checkpoint.npz.
+Every epoch: test accuracy and loss, wall time, checkpoint; every `checkpoint_every` batches a checkpoint too, from
+which a run recovers when a host actor dies (experiments/recovery.py: rollback and replay, at most `max_faults`
+times). With `residual_tol` each batch runs behind the convergence gate (Engine.gated_batch): per epoch and in
+total, `dropped_samples` and `hep_fallbacks`. Writes config.yaml, metrics.json (with `faults` and
+`replayed_batches`), metrics.csv, curves.png, confusion.png, checkpoint.npz and lineage.json (each node's
+(batch serial, update hash) list).
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import torch
 
 from cluster.bptt import bptt_grad
 from cluster.coordinator import lrs_by_param
+from cluster.fabric import HostLost
 from cluster.nodeset import pack_held, unpack_held
 from cluster.reference import relax
 from cluster.runtime import DTYPES, make_engine, model_from, protocol_from
@@ -24,6 +28,8 @@ from experiments import checkpoint
 from experiments.config import ConfigError, load_config
 from experiments.datasets import load_dataset, one_hot
 from experiments.plots import plot_confusion, plot_curves
+from experiments.checkpoint import Snapshot
+from experiments.recovery import Rollback
 from experiments.results import prepare, write_csv, write_json
 from nodes.dynamics import cost
 from nodes.hamiltonian import HAMILTONIAN_MODELS
@@ -89,9 +95,24 @@ def resume_config(out_dir: str, sets=()):
     return load_config(path, sets), out_dir
 
 
-def run_train(cfg, out_dir: str, progress: bool = True, resume: bool = False, model=None, protocol=None) -> dict:
+def epoch_plan(cfg, protocol, n: int, epoch: int) -> tuple:
+    """(order, betas): epoch e's sample order and each batch's beta, both drawn from default_rng([seed, e]), so a
+    position (epoch, batch) is all a resumed or replayed run needs."""
+    rng = np.random.default_rng([cfg.seed, epoch])
+    order = rng.permutation(n)
+    return order, [protocol.batch_beta(cfg.beta, rng) for _ in range(0, n, cfg.batch)]
+
+
+def _tally() -> dict:
+    return {"correct": 0, "correct_b": 0, "seen": 0, "loss": 0.0, "dropped": 0, "fallbacks": 0, "seconds": 0.0}
+
+
+def run_train(cfg, out_dir: str, progress: bool = True, resume: bool = False, model=None, protocol=None,
+              on_batch=None) -> dict:
     """Train cfg's net (or `model`) with cfg's protocol (or `protocol`, an object) on cfg's engine; writes out_dir.
-    A Hamiltonian model trains through experiments/echo.py."""
+    A dead host actor is recovered from by rollback and replay (experiments/recovery.py). `on_batch(engine,
+    epoch, batch)` is called before each training batch (fault injection in tests). A Hamiltonian model trains
+    through experiments/echo.py."""
     if (model.echo is not None) if model is not None else cfg.model in HAMILTONIAN_MODELS:
         if resume:
             raise ConfigError("--resume", "resuming is not built for Hamiltonian models")
@@ -107,85 +128,61 @@ def run_train(cfg, out_dir: str, progress: bool = True, resume: bool = False, mo
     if not resume and os.path.isfile(os.path.join(out_dir, checkpoint.FILE)):
         raise ConfigError("--out", f"{out_dir} already holds a run (checkpoint.npz); continue it with "
                                    f"--resume {out_dir} or choose another folder")
-    if resume:
-        start_epoch, metrics, state, base_state = checkpoint.load(out_dir)
-    else:
-        start_epoch, metrics, state, base_state = 0, {"epochs": [], "baseline": []}, None, None
+    last, record = checkpoint.load(out_dir) if resume else (Snapshot(tally=_tally()), None)
+    if not resume:
         prepare(out_dir, cfg)
     model = model or model_from(cfg)
     protocol = protocol_from(cfg, protocol)
     params = model.init_params(cfg.seed, DTYPES[cfg.dtype], cfg.init_scale)
-    engine = make_engine(cfg, model, protocol)
     baseline = BPTTTrainer(cfg, model, params) if cfg.bptt_baseline else None
+    rb = Rollback(lambda: make_engine(cfg, model, protocol), params, out_dir, cfg.checkpoint_every, cfg.max_faults,
+                  baseline, last, record)
     Y = one_hot(ds.y_train, ds.n_classes)
+    n_batches = len(range(0, len(ds.x_train), cfg.batch))
+    epoch, b, tally, metrics = rb.last.epoch, rb.last.batch, dict(rb.last.tally), rb.last.metrics
+    engine, final, summary = None, None, {}
     try:
-        engine.set_params(params)
-        if state:
-            checkpoint.set_engine_state(engine, state)
-            if baseline is not None:
-                baseline.set_state(base_state)
-        for epoch in range(start_epoch, cfg.epochs):
-            rng = np.random.default_rng([cfg.seed, epoch])
-            order = rng.permutation(len(ds.x_train))
-            t0 = time.perf_counter()
-            correct = correct_b = seen = dropped = fallbacks = 0
-            loss_sum = 0.0
-            batches = range(0, len(order), cfg.batch)
-            bar = _bar(batches, epoch, cfg, progress)
-            for b, i in enumerate(bar):
-                draw = epoch * len(batches) + b  # the batch's serial in the run: keys the noise, resume-safe
-                idx = order[i:i + cfg.batch]
-                x, y = torch.from_numpy(ds.x_train[idx]), torch.from_numpy(Y[idx])
-                beta = protocol.batch_beta(cfg.beta, rng)
-                if cfg.residual_tol is None:
-                    out = engine.train_batch(x, y, beta, cfg.T1, cfg.T2, draw)
+        engine = rb.engine()
+        while final is None:
+            try:
+                if epoch < cfg.epochs:
+                    order, betas = epoch_plan(cfg, protocol, len(ds.x_train), epoch)
+                    bar = _bar(n_batches, b, epoch, cfg, progress)
+                    for b in range(b, n_batches):
+                        if on_batch is not None:
+                            on_batch(engine, epoch, b)
+                        _train_batch(engine, baseline, cfg, ds, Y, order[b * cfg.batch:(b + 1) * cfg.batch],
+                                     betas[b], epoch * n_batches + b, tally)
+                        if bar is not None:
+                            bar.update(1)
+                            bar.set_postfix(acc=f"{tally['correct'] / tally['seen']:.3f}")
+                        if rb.due(b + 1, n_batches):
+                            rb.checkpoint(engine, epoch, b + 1, tally, metrics)
+                    b = n_batches
+                    if bar is not None:
+                        bar.close()
+                    _end_epoch(engine, baseline, cfg, ds, epoch, tally, metrics)
+                    epoch, b, tally = epoch + 1, 0, _tally()
+                    rb.checkpoint(engine, epoch, 0, tally, metrics)
                 else:
-                    out, n, fell = engine.gated_batch(x, y, beta, cfg.T1, cfg.T2, draw, cfg.residual_tol)
-                    dropped, fallbacks = dropped + n, fallbacks + int(fell)
-                out = out.to(torch.float64)
-                correct += int((out.argmax(1).numpy() == ds.y_train[idx]).sum())
-                loss_sum += float(cost(out, y)) * len(idx)
-                seen += len(idx)
-                if baseline is not None:
-                    out_b = baseline.train_batch(x, y, draw)
-                    correct_b += int((out_b.argmax(1).numpy() == ds.y_train[idx]).sum())
-                if progress and hasattr(bar, "set_postfix"):
-                    bar.set_postfix(acc=f"{correct / seen:.3f}")
-            train_s = time.perf_counter() - t0
-            acc, loss, pred = evaluate(engine, cfg, ds.x_test, ds.y_test, ds.n_classes)
-            row = {"epoch": epoch + 1, "train_accuracy": correct / seen, "train_loss": loss_sum / seen,
-                   "test_accuracy": acc, "test_loss": loss, "train_seconds": train_s,
-                   "seconds": time.perf_counter() - t0,
-                   "replica_drift": max(engine.replica_drift().values(), default=0.0)}
-            if cfg.residual_tol is not None:
-                row.update(dropped_samples=dropped, hep_fallbacks=fallbacks)
-            metrics["epochs"].append(row)
-            if baseline is not None:
-                bacc, bloss, _ = evaluate(baseline, cfg, ds.x_test, ds.y_test, ds.n_classes)
-                metrics["baseline"].append({"epoch": epoch + 1, "train_accuracy": correct_b / seen,
-                                            "test_accuracy": bacc, "test_loss": bloss})
-            _log(row, metrics["baseline"][-1] if baseline is not None else None)
-            checkpoint.save(out_dir, epoch + 1, engine, metrics, baseline)
-        final = checkpoint.params_of(engine)
-        if cfg.epochs and metrics["epochs"]:
-            _, _, pred = evaluate(engine, cfg, ds.x_test, ds.y_test, ds.n_classes)
-            plot_confusion(os.path.join(out_dir, "confusion.png"), ds.y_test, pred, ds.n_classes)
+                    final = checkpoint.params_of(engine)
+                    if cfg.epochs and metrics["epochs"]:
+                        _, _, pred = evaluate(engine, cfg, ds.x_test, ds.y_test, ds.n_classes)
+                        plot_confusion(os.path.join(out_dir, "confusion.png"), ds.y_test, pred, ds.n_classes)
+                    summary["lineage"] = {i: [list(r) for r in v] for i, v in sorted(engine.lineage().items())}
+            except HostLost as err:
+                engine = rb.recover(engine, err, epoch, b, n_batches)
+                final = None
+                epoch, b, tally, metrics = rb.last.epoch, rb.last.batch, dict(rb.last.tally), rb.last.metrics
+    except BaseException as err:
+        _write_metrics(out_dir, cfg, metrics, rb.summary(), error=f"{type(err).__name__}: {err}")
+        raise
     finally:
-        engine.close()
-    last = metrics["epochs"][-1] if metrics["epochs"] else {}
-    summary = {"test_accuracy": last.get("test_accuracy"), "train_accuracy": last.get("train_accuracy"),
-               "engine": cfg.engine, "protocol": cfg.protocol, "dataset": cfg.dataset, **metrics}
-    if cfg.residual_tol is not None:  # the convergence gate's totals over the run
-        summary.update({k: sum(r.get(k, 0) for r in metrics["epochs"]) for k in ("dropped_samples", "hep_fallbacks")})
-    if metrics.get("baseline"):
-        summary["bptt_test_accuracy"] = metrics["baseline"][-1]["test_accuracy"]
-    write_json(os.path.join(out_dir, "metrics.json"), {k: v for k, v in summary.items() if k != "final_params"})
-    write_csv(os.path.join(out_dir, "metrics.csv"), [
-        {**r, **({f"bptt_{k}": v for k, v in b.items() if k != "epoch"} if b else {})}
-        for r, b in zip(metrics["epochs"], metrics.get("baseline") or [None] * len(metrics["epochs"]))])
-    if metrics["epochs"]:
-        plot_curves(os.path.join(out_dir, "curves.png"), metrics)
-    summary["final_params"] = final
+        if engine is not None:
+            engine.close()
+    lineage = summary.get("lineage")
+    summary = _write_metrics(out_dir, cfg, metrics, rb.summary(), lineage=lineage)
+    summary.update(final_params=final, lineage=lineage)
     if progress:
         print(f"test accuracy {summary['test_accuracy']:.4f}" + (
             f" (BPTT baseline {summary['bptt_test_accuracy']:.4f})" if "bptt_test_accuracy" in summary else "")
@@ -193,11 +190,74 @@ def run_train(cfg, out_dir: str, progress: bool = True, resume: bool = False, mo
     return summary
 
 
-def _bar(batches, epoch, cfg, progress):
+def _train_batch(engine, baseline, cfg, ds, Y, idx, beta, draw: int, tally: dict) -> None:
+    """One training batch (draw: its serial in the run, which keys the noise and names it in the lineage)."""
+    t0 = time.perf_counter()
+    x, y = torch.from_numpy(ds.x_train[idx]), torch.from_numpy(Y[idx])
+    if cfg.residual_tol is None:
+        out = engine.train_batch(x, y, beta, cfg.T1, cfg.T2, draw)
+    else:
+        out, n, fell = engine.gated_batch(x, y, beta, cfg.T1, cfg.T2, draw, cfg.residual_tol)
+        tally["dropped"] += n
+        tally["fallbacks"] += int(fell)
+    out = out.to(torch.float64)
+    tally["correct"] += int((out.argmax(1).numpy() == ds.y_train[idx]).sum())
+    tally["loss"] += float(cost(out, y)) * len(idx)
+    tally["seen"] += len(idx)
+    if baseline is not None:
+        out_b = baseline.train_batch(x, y, draw)
+        tally["correct_b"] += int((out_b.argmax(1).numpy() == ds.y_train[idx]).sum())
+    tally["seconds"] += time.perf_counter() - t0
+
+
+def _end_epoch(engine, baseline, cfg, ds, epoch: int, tally: dict, metrics: dict) -> None:
+    """Test accuracy and loss; the epoch's row (and the baseline's) appended to metrics."""
+    t0 = time.perf_counter()
+    acc, loss, _ = evaluate(engine, cfg, ds.x_test, ds.y_test, ds.n_classes)
+    seen = tally["seen"]
+    row = {"epoch": epoch + 1, "train_accuracy": tally["correct"] / seen, "train_loss": tally["loss"] / seen,
+           "test_accuracy": acc, "test_loss": loss, "train_seconds": tally["seconds"],
+           "seconds": tally["seconds"] + time.perf_counter() - t0,
+           "replica_drift": max(engine.replica_drift().values(), default=0.0)}
+    if cfg.residual_tol is not None:
+        row.update(dropped_samples=tally["dropped"], hep_fallbacks=tally["fallbacks"])
+    metrics["epochs"].append(row)
+    if baseline is not None:
+        bacc, bloss, _ = evaluate(baseline, cfg, ds.x_test, ds.y_test, ds.n_classes)
+        metrics["baseline"].append({"epoch": epoch + 1, "train_accuracy": tally["correct_b"] / seen,
+                                    "test_accuracy": bacc, "test_loss": bloss})
+    _log(row, metrics["baseline"][-1] if baseline is not None else None)
+
+
+def _write_metrics(out_dir: str, cfg, metrics: dict, recovery: dict, lineage=None, error=None) -> dict:
+    """metrics.json (also when the run failed: what was done, the faults, the error), metrics.csv, curves.png;
+    lineage.json: each node's (batch serial, update hash) list."""
+    last = metrics["epochs"][-1] if metrics["epochs"] else {}
+    summary = {"test_accuracy": last.get("test_accuracy"), "train_accuracy": last.get("train_accuracy"),
+               "engine": cfg.engine, "protocol": cfg.protocol, "dataset": cfg.dataset, **metrics, **recovery}
+    if error is not None:
+        summary["error"] = error
+    if cfg.residual_tol is not None:  # the convergence gate's totals over the run
+        summary.update({k: sum(r.get(k, 0) for r in metrics["epochs"]) for k in ("dropped_samples", "hep_fallbacks")})
+    if metrics.get("baseline"):
+        summary["bptt_test_accuracy"] = metrics["baseline"][-1]["test_accuracy"]
+    write_json(os.path.join(out_dir, "metrics.json"), summary)
+    if lineage is not None:
+        write_json(os.path.join(out_dir, "lineage.json"), lineage)
+    write_csv(os.path.join(out_dir, "metrics.csv"), [
+        {**r, **({f"bptt_{k}": v for k, v in b.items() if k != "epoch"} if b else {})}
+        for r, b in zip(metrics["epochs"], metrics.get("baseline") or [None] * len(metrics["epochs"]))])
+    if metrics["epochs"]:
+        plot_curves(os.path.join(out_dir, "curves.png"), metrics)
+    return summary
+
+
+def _bar(n_batches: int, done: int, epoch: int, cfg, progress: bool):
     if not progress:
-        return batches
+        return None
     from tqdm import tqdm
-    return tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr, leave=False, mininterval=0.5)
+    return tqdm(total=n_batches, initial=done, desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr, leave=False,
+                mininterval=0.5)
 
 
 def _log(row, base) -> None:

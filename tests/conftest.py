@@ -13,7 +13,8 @@ sys.path.insert(0, ROOT)
 def ray_session():
     import ray
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             _node_ip_address="127.0.0.1")  # a new instance, whatever else runs Ray on this machine
     try:
         yield ray
     finally:

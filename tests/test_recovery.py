@@ -1,0 +1,137 @@
+"""Rollback and replay: host actors killed at random batches (by Ray, or their process killed mid-batch), and a
+killed driver resumed, end with the float64 weights and lineages of an uninterrupted run, bit for bit."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from experiments.config import load_config
+from experiments.train import run_train
+from tests.conftest import ROOT, run_cli
+
+SMALL = ["sizes=[64,16,10]", "epochs=1", "T1=10", "T2=4", "batch=64", "dtype=float64", "checkpoint_every=4",
+         "fabric.hosts=2"]
+
+
+class Killer:
+    """Kills `n` host actors at distinct random batches: half by ray.kill before the batch, half by SIGKILL of the
+    actor's process a few milliseconds into the batch (each batch at most once, so replays run clean)."""
+
+    def __init__(self, n: int, n_batches: int, seed: int):
+        self.rng = random.Random(seed)
+        self.at = dict.fromkeys(sorted(self.rng.sample(range(1, n_batches), n)))
+        self.threads, self.dirs = [], []  # the killed hosts' private ipc directories
+
+    def __call__(self, engine, epoch, b):
+        import ray
+        if b not in self.at or self.at[b] is not None:
+            return
+        host = self.rng.choice(sorted(engine.fabric.hosts))
+        actor = engine.fabric.hosts[host]
+        self.at[b] = host
+        self.dirs.append(os.path.dirname(engine.fabric.addresses[host][len("ipc://"):]))
+        if len(self.threads) % 2 == 0:
+            ray.kill(actor)
+            self.threads.append(None)
+            return
+        pid = ray.get(actor.__ray_call__.remote(lambda self: os.getpid()), timeout=30)
+        t = threading.Timer(self.rng.uniform(0.0, 0.02), os.kill, (pid, signal.SIGKILL))
+        t.start()
+        self.threads.append(t)
+
+
+def batch_serials(lineage: dict) -> dict:
+    return {node: [r[0] for r in rows] for node, rows in lineage.items()}
+
+
+@pytest.mark.parametrize("granularity", ["layer", "neuron"])
+def test_ten_killed_actors_leave_the_weights_bit_identical(granularity, tmp_path, ray_session):
+    cfg = load_config("train", SMALL + [f"granularity={granularity}"])
+    full = run_train(cfg, str(tmp_path / "full"), progress=False)
+    n_batches = len(next(iter(full["lineage"].values())))
+    killer = Killer(10, n_batches, seed=7)
+    faulty = run_train(cfg, str(tmp_path / "faulty"), progress=False, on_batch=killer)
+    assert all(h is not None for h in killer.at.values())
+    for k, v in full["final_params"].items():
+        assert torch.equal(faulty["final_params"][k], v), k
+    # every batch exactly once in every node's lineage, with the uninterrupted run's update hashes
+    assert all(s == list(range(n_batches)) for s in batch_serials(faulty["lineage"]).values())
+    assert faulty["lineage"] == full["lineage"]
+    m = json.loads((tmp_path / "faulty" / "metrics.json").read_text())
+    assert m["faults"] == 10 and m["replayed_batches"] == sum(f["replayed"] for f in m["fault_log"]) > 0
+    assert {f["host"] for f in m["fault_log"]} <= set(full["lineage"]) | {"H0", "H1"}
+    assert json.loads((tmp_path / "faulty" / "lineage.json").read_text()) == faulty["lineage"]
+    assert m["test_accuracy"] == json.loads((tmp_path / "full" / "metrics.json").read_text())["test_accuracy"]
+    assert len(killer.dirs) == 10 and not any(os.path.exists(d) for d in killer.dirs)  # removed with the fabric
+
+
+def test_more_faults_than_max_faults_stop_the_run_and_write_metrics(tmp_path, ray_session):
+    cfg = load_config("train", SMALL + ["max_faults=1"])
+    killer = Killer(2, 10, seed=1)
+    from cluster.fabric import HostLost
+    with pytest.raises(HostLost, match="more than max_faults = 1"):
+        run_train(cfg, str(tmp_path / "r"), progress=False, on_batch=killer)
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert m["faults"] == 2 and "the actor died" in m["error"]
+
+
+def _position(out) -> tuple:
+    try:
+        with np.load(os.path.join(out, "checkpoint.npz")) as z:
+            info = json.loads(str(z["info"]))
+        return info["epoch"], info["batch"]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def test_a_killed_driver_resumes_to_the_uninterrupted_weights(tmp_path, ray_session):
+    sets = ["sizes=[64,16,10]", "epochs=2", "T1=10", "T2=4", "batch=64", "dtype=float64", "checkpoint_every=3"]
+    full = run_train(load_config("train", sets), str(tmp_path / "full"), progress=False)
+    out = str(tmp_path / "run")
+    cmd = [sys.executable, "-m", "experiments", "train", *sum((["--set", s] for s in sets), []), "--out", out]
+    driver = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while (_position(out) or (0, 0)) < (0, 6) and time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(0.05)
+        at = _position(out)
+        assert at is not None and at < (2, 0), at  # killed mid-run, after a mid-epoch checkpoint
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started
+        driver.wait(timeout=30)
+    r = run_cli("train", "--resume", out, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(open(os.path.join(out, "lineage.json")).read()) == full["lineage"]
+    with np.load(os.path.join(out, "checkpoint.npz")) as z, np.load(str(tmp_path / "full" / "checkpoint.npz")) as f:
+        nodes = [k for k in f.files if k.startswith("node/")]
+        assert nodes and all(np.array_equal(z[k], f[k]) for k in nodes)  # every node's packed state, byte for byte
+
+
+def test_each_node_is_sent_its_own_checkpoint_logged_as_control_checkpoint(ray_session):
+    from cluster.fabric import FabricError
+    from cluster.locality import locality_report
+    from cluster.runtime import make_engine
+    cfg = load_config("train", ["sizes=[64,16,10]", "dtype=float64", "granularity=neuron", "fabric.hosts=2"])
+    engine = make_engine(cfg)
+    try:
+        engine.set_params(engine.model.init_params(0, torch.float64))
+        state = engine.get_state()
+        engine.message_logs(clear=True)
+        engine.set_state(state)
+        rep = locality_report(engine.specs, engine.message_logs(), engine.protocol)
+        assert rep["controls"] == {"checkpoint": len(engine.specs)} and not rep["violations"]
+        assert rep["coordinator"]["control"] == len(engine.specs)
+        h0 = sorted(engine.fabric.by_host["H0"])[0]
+        with pytest.raises(FabricError, match=f"checkpoints for \\['{h0}'\\], which are not on this host"):
+            engine.fabric.call("set_state", per_host={"H1": ({h0: state[h0]},), "H0": ({},)})
+    finally:
+        engine.close()
