@@ -6,10 +6,12 @@ node's in-ports, checks and log, exactly as if it had crossed the wire; to anoth
 each node waits for its own in-ports' messages tagged t and its rule computes step t+1 (nodes/rules.py). A node's
 rule is called with its own inbox only.
 
-What arrives on the wire is checked before it touches a node: the connection's authenticated user (a host, or the
-coordinator) must be the host that runs the node the header claims as sender, the destination must be on this
-host, the port (src, kind) must be one of the destination's in-ports (else the message is logged, dropped and the
-locality report flags it), and only the coordinator may abort. Everything the coordinator sends is logged at every
+What arrives on the wire is checked before it touches a node, and whatever fails a check is dropped and counted
+against the connection it came on (cluster/admission.py), never raised: one bad packet does not end a run, and the
+step goes on when the legitimate message arrives. The connection's authenticated user (a host, or the coordinator)
+must be the host that runs the node the header claims as sender, the destination must be on this host, only the
+coordinator may abort, and the destination's in-ports check the rest (cluster/ports.py). A delivery between nodes
+of this host is our own code: a failed check there is raised. Everything the coordinator sends is logged at every
 node that receives it, by kind (control, boundary, global), from the call's own structure.
 """
 from __future__ import annotations
@@ -20,11 +22,12 @@ import time
 import torch
 import zmq
 
+from cluster.admission import Drops
 from cluster.message_log import COORDINATOR, MessageLog
-from cluster.messages import (MessageError, array_bytes, decode_header, dtype_name, encode_control, header_prefix,
+from cluster.messages import (Dropped, array_bytes, decode_header, dtype_name, encode_control, header_prefix,
                               header_suffix, pack_arrays, unpack_arrays)
 from cluster.nodeset import Aborted, NodeSet, PhaseError, per_sample_max
-from cluster.ports import NodeInbox, as_payload
+from cluster.ports import _NAMES, MAX_AHEAD, MAX_BYTES, NodeInbox, as_payload
 from cluster.transport import TransportError, make_transport
 from nodes.graph import carried
 from nodes.rules import LocalityError, step_series
@@ -78,15 +81,18 @@ class Host(NodeSet):
         self.host_id = host_id
         self.timeout_s = float(settings.get("timeout_s", 60.0))
         self.logs = {i: MessageLog(settings.get("log", "counters")) for i in self.ids}
-        self.inboxes = {i: NodeInbox(s) for i, s in self.specs.items()}
+        max_bytes = int(settings.get("max_message_bytes", MAX_BYTES))
+        self.inboxes = {i: NodeInbox(s, self.logs[i], settings["dtype"], max_bytes) for i, s in self.specs.items()}
         self.prefixes = {(p.src, p.dst, p.kind): header_prefix(p.src, p.dst, p.kind)
                          for s in self.specs.values() for p in s.out_ports}
+        ports = sum(len(s.in_ports) + len(s.out_ports) for s in self.specs.values())
         self.transport = make_transport(settings.get("transport", "zmq"), host_id, settings.get("host", "127.0.0.1"),
-                                        settings.get("wire", "auto"), float(settings.get("timeout_s", 60.0)))
+                                        settings.get("wire", "auto"), float(settings.get("timeout_s", 60.0)),
+                                        hwm=(MAX_AHEAD + 2) * ports + 64, max_bytes=max_bytes)
         self.placement = {i: host_id for i in self.ids}
         self.aborted_upto = -1
         self.beat = None
-        self.unknown = []  # messages whose header could not be attributed to a local node
+        self.unknown = Drops()  # messages that could not be attributed to a local node
         self.busy = threading.RLock()  # one phase at a time: a new call waits until an aborted one has stopped
         for i in self.ids:  # the protocol and its settings reach every node when the host is built
             self._from_coordinator(i, "global", "protocol", 0)
@@ -179,11 +185,12 @@ class Host(NodeSet):
 
     def message_log(self, clear: bool = False) -> dict:
         out = {"nodes": {i: log.export() for i, log in self.logs.items()}, "refused": self.transport.refused(),
-               "unknown": list(self.unknown)}
+               "unknown": self.unknown.export() + self.transport.overflow()}
         if clear:
             for log in self.logs.values():
                 log.clear()
             self.unknown.clear()
+            self.transport.clear()
         return out
 
     def get_state(self) -> dict:
@@ -239,10 +246,12 @@ class Host(NodeSet):
         if serial <= self.aborted_upto:
             raise Aborted(f"host {self.host_id}, phase {phase.name}: aborted by the coordinator before it began")
         for i in ids:
-            self.inboxes[i].start(serial, phase.kinds)
             self._from_coordinator(i, "control", phase.name, 0)
             self._from_coordinator(i, "global", "beta", 16 if isinstance(phase.beta, complex) else 8)
         rules, bnd, out, rec_s, rec_g = self.enter_all(phase, record_states, record_grads)
+        for i in ids:
+            self.inboxes[i].start(serial, phase.name, phase.steps, phase.kinds, _NAMES[self.state[i]["dtype"]],
+                                  rows(phase, self.batch))
         residual = {i: [0.0] * self.batch for i in ids}  # per sample, at the last step
         steps = phase.steps
         for t in range(steps):
@@ -287,8 +296,7 @@ class Host(NodeSet):
                 raise PhaseError(f"node {i}, phase {phase.name}, step {t}: nothing to send on its port to {p.dst} "
                                  f"(kind {p.kind})")
             host = self.placement[p.dst]
-            if host == self.host_id:
-                self.logs[p.dst].record(i, p.dst, p.kind, phase.name, t, payload.numel() * payload.element_size())
+            if host == self.host_id:  # our own code: a failed check is raised (Dropped)
                 self.inboxes[p.dst].accept(i, p.kind, phase.name, serial, t, dtype_name(payload), payload.shape,
                                            as_payload(payload))
                 continue
@@ -315,8 +323,10 @@ class Host(NodeSet):
                     raise Aborted(f"node {i}, phase {phase.name}, step {t}: aborted by the coordinator")
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    last = self.logs[i].drops.last
                     raise PhaseError(f"node {i}, phase {phase.name}, step {t}: no message from "
-                                     f"{inbox.missing(serial, t)} within {self.timeout_s:g} s")
+                                     f"{inbox.missing(serial, t)} within {self.timeout_s:g} s"
+                                     + (f" (last dropped: {last})" if last else ""))
                 msg = self.transport.recv(min(self.POLL_S, left))
                 if msg is not None:
                     self._dispatch(*msg)
@@ -325,33 +335,27 @@ class Host(NodeSet):
         return inbox.take(serial, t, phase.name, rows(phase, self.batch), self.state[i]["dtype"], self.state[i])
 
     def _dispatch(self, user: str, header: bytes, payload) -> None:
-        """Check one message from the wire against its connection and its destination's ports, then buffer it."""
+        """Check one message from the wire against its connection and its destination's ports, then buffer it;
+        one that fails a check is dropped and counted against `user`, the connection (payload None: not two
+        frames)."""
         try:
             src, dst, kind, phase, serial, step, dtype, shape = decode_header(header)
-        except MessageError as err:
-            self.unknown.append({"user": user, "why": str(err)})
-            raise MessageError(f"host {self.host_id}: message on {user}'s connection: {err}") from None
+        except Dropped as err:
+            return self.unknown.add(user, err.reason, f"host {self.host_id}: a message on {user}'s connection: {err}")
         if kind in ("abort", "progress"):
             if user != COORDINATOR or kind != "abort":
-                self.unknown.append({"user": user, "why": f"{kind} from {user}"})
-                raise MessageError(f"host {self.host_id}: an {kind} message on {user}'s connection (claiming "
-                                   f"{src}); only the coordinator may abort")
+                return self.unknown.add(user, "control", f"host {self.host_id}: an {kind} message on {user}'s "
+                                                         f"connection (claiming {src}); only the coordinator may abort")
             for i in self.ids:
                 self._from_coordinator(i, "control", "abort", len(header))
             self.aborted_upto = max(self.aborted_upto, serial)
             return
-        where = f"node {dst}, phase {phase}, step {step}"
         if dst not in self.inboxes:
-            self.unknown.append({"user": user, "why": f"for {dst}, which is not on host {self.host_id}"})
-            raise MessageError(f"host {self.host_id}: a message on {user}'s connection for {dst}, which is not here")
+            return self.unknown.add(user, "not_here", f"host {self.host_id}: a message on {user}'s connection "
+                                                      f"(claiming {src}) for {dst!r}, which is not here")
+        drops, where = self.logs[dst].drops, f"node {dst}, phase {phase}, step {step}, message on {user}'s connection"
         if self.placement.get(src) != user:
-            self.logs[dst].reject(src, dst, f"claimed by {user}'s connection")
-            raise MessageError(f"{where}: a message on {user}'s connection claims to come from {src} (forged sender)")
+            return drops.add(user, "forged", f"{where} claims to come from {src} (forged sender)")
         if payload is None:
-            self.logs[dst].reject(src, dst, "more than two frames")
-            raise MessageError(f"{where}, message from {src}: more than two frames")
-        self.logs[dst].record(src, dst, kind, phase, step, len(payload))
-        inbox = self.inboxes[dst]
-        if not inbox.has_port(src, kind):  # delivered, so it is in the log (the report flags it); never used
-            return
-        inbox.accept(src, kind, phase, serial, step, dtype, shape, payload)
+            return drops.add(user, "frames", f"{where} (from {src}): not two frames")
+        self.inboxes[dst].accept(src, kind, phase, serial, step, dtype, shape, payload, user)

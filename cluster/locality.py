@@ -5,13 +5,16 @@ the coordinator delivers is legal as `control` (calls: phase triggers, parameter
 `boundary` only where the model routes it (x to the nodes driven by the input, y to the output nodes), and as
 `global` only for the signals every node may read: beta, the batch size, the batch's serial (`draw`, the clock that
 keys the pre-activation noise), the protocol and its settings. Messages a
-receiver rejected (a forged sender, a duplicate, a malformed header), connections it refused (no valid credential)
-and messages for a node that is not on the host are violations too.
+receiver dropped (cluster/admission.py: a forged sender, a duplicate, a malformed header, ...; kind `rejected`, or
+`unknown` when no local node could be named), connections it refused (no valid credential) are violations too,
+blamed on the connection's authenticated user, with a count each; `rejected_by_reason` sums them by reason. Stale
+drops (an aborted phase's late messages) are normal traffic: counted under `stale`, not violations.
 """
 from __future__ import annotations
 
 from collections import defaultdict
 
+from cluster.admission import NOT_VIOLATIONS
 from cluster.message_log import COORDINATOR
 
 GLOBALS = ("beta", "batch", "protocol", "draw")
@@ -30,7 +33,8 @@ def locality_report(specs: dict, logs: dict, protocol=None) -> dict:
     globals_seen = defaultdict(set)
     boundary_seen = defaultdict(set)
     violations = []
-    total = nbytes = 0
+    by_reason = defaultdict(int)
+    stale = total = nbytes = 0
     for node, log in logs.get("nodes", {}).items():
         for src, dst, kind, name, count, size in log["counters"]:
             total += count
@@ -54,18 +58,27 @@ def locality_report(specs: dict, logs: dict, protocol=None) -> dict:
             if not ok:
                 violations.append({"src": src, "dst": dst, "kind": kind, "phase": name, "count": count, "why": why})
         for r in log.get("rejected", ()):
-            violations.append({"src": r["src"], "dst": r["dst"], "kind": "rejected", "phase": "", "count": 1,
-                               "why": r["why"]})
+            reason, count = r.get("reason", "rejected"), r.get("count", 1)
+            if reason in NOT_VIOLATIONS:
+                stale += count
+                continue
+            by_reason[reason] += count
+            violations.append({"src": r.get("user", r.get("src", "")), "dst": r.get("dst", node), "kind": "rejected",
+                               "phase": "", "count": count, "reason": reason, "why": r["why"]})
     for r in logs.get("refused", ()):
         violations.append({"src": r.get("user", ""), "dst": r.get("host", ""), "kind": "refused", "phase": "",
-                           "count": 1, "why": f"connection refused: no valid credential ({r.get('mechanism')})"})
+                           "count": r.get("count", 1),
+                           "why": f"connection refused: no valid credential ({r.get('mechanism')})"})
     for r in logs.get("unknown", ()):
+        reason, count = r.get("reason", "unknown"), r.get("count", 1)
+        by_reason[reason] += count
         violations.append({"src": r.get("user", ""), "dst": r.get("host", ""), "kind": "unknown", "phase": "",
-                           "count": 1, "why": r.get("why", "")})
+                           "count": count, "reason": reason, "why": r.get("why", "")})
     return {"messages": total, "bytes": nbytes, "edges": len(per_edge),
             "legal_edges": len({d[:2] for d in declared}),
             "per_edge": {k: dict(v) for k, v in sorted(per_edge.items())},
             "coordinator": dict(coordinator), "controls": dict(sorted(controls.items())),
             "globals": {k: len(v) for k, v in sorted(globals_seen.items())},
             "boundary": {k: sorted(v) for k, v in sorted(boundary_seen.items())},
-            "nodes": len(specs), "placement": logs.get("placement", {}), "violations": violations}
+            "nodes": len(specs), "placement": logs.get("placement", {}), "violations": violations,
+            "rejected_by_reason": dict(sorted(by_reason.items())), "stale": stale}

@@ -1,5 +1,5 @@
 """What a receiver saw: every delivered message (src, dst, kind, phase, step, bytes), or counters per
-(src, dst, kind, phase); every message it rejected (forged, duplicate, misrouted) and why.
+(src, dst, kind, phase); the messages it dropped, counted per (connection, reason) (cluster/admission.py).
 
 Data-plane kinds are the port kinds (`a`, ...); what the coordinator delivers is logged with src "coordinator"
 and kind `control` (a call: phase trigger, set_params, update, ...), `boundary` (x, y) or `global` (beta, the
@@ -8,6 +8,8 @@ batch size, the protocol and its settings), named by the call's own structure, n
 from __future__ import annotations
 
 from collections import defaultdict
+
+from cluster.admission import Drops
 
 COORDINATOR = "coordinator"
 COORDINATOR_KINDS = ("control", "boundary", "global")
@@ -23,7 +25,7 @@ class MessageLog:
         self.mode = mode
         self.records = []
         self.counters = defaultdict(lambda: [0, 0])
-        self.rejected = []
+        self.drops = Drops()
 
     def record(self, src: str, dst: str, kind: str, phase: str, step: int, nbytes: int) -> None:
         c = self.counters[(src, dst, kind, phase)]
@@ -32,15 +34,15 @@ class MessageLog:
         if self.mode == "full":
             self.records.append((src, dst, kind, phase, step, nbytes))
 
-    def reject(self, src: str, dst: str, why: str) -> None:
-        self.rejected.append({"src": src, "dst": dst, "why": why})
-
     def export(self) -> dict:
+        """"rejected": [{user, reason, count, why}] per (connection, reason), stale drops included (the report
+        counts those apart); "samples": the first drops whole."""
         return {"mode": self.mode,
                 "counters": [[*k, v[0], v[1]] for k, v in self.counters.items()],
-                "records": [list(r) for r in self.records], "rejected": list(self.rejected)}
+                "records": [list(r) for r in self.records], "rejected": self.drops.export(),
+                "samples": list(self.drops.samples)}
 
     def clear(self) -> None:
         self.records.clear()
         self.counters.clear()
-        self.rejected.clear()
+        self.drops.clear()

@@ -23,8 +23,24 @@ NUMPY_DTYPE = {k: np.dtype(k) for k in _TORCH}
 HEADER_FIELDS = 8
 
 
+MAX_HEADER_BYTES = 1024  # a header's msgpack: eight short fields
+MAX_NAME = 200           # the longest node, kind, phase or dtype name a header may carry
+MAX_SERIAL = 1 << 62     # serials and steps are 0 <= n < MAX_SERIAL
+_LIMITS = dict(raw=False, strict_map_key=True, max_str_len=MAX_NAME, max_bin_len=0, max_array_len=HEADER_FIELDS,
+               max_map_len=0, max_ext_len=0)
+
+
 class MessageError(RuntimeError):
-    """A malformed, forged, duplicate or misrouted message. The text names node, phase, step and sender."""
+    """A malformed, forged, duplicate or misrouted message. The text names node, phase, step and connection."""
+
+
+class Dropped(MessageError):
+    """A message that fails a check; `reason` is one of cluster/admission.REASONS. On the wire it is dropped and
+    counted; from a node on the same host (our own code) it is raised."""
+
+    def __init__(self, reason: str, text: str):
+        super().__init__(text)
+        self.reason = reason
 
 
 def dtype_name(t) -> str:
@@ -62,21 +78,25 @@ def encode_control(src: str, kind: str, serial: int, step: int = -1, phase: str 
 
 
 def decode_header(frame) -> list:
-    """The header's fields, or a MessageError for anything that is not a well-formed header."""
+    """The header's fields, or Dropped ("undecodable": not msgpack within strict limits, no maps, bins or
+    extensions; "malformed": not 8 fields of the schema's types, serial and step in [0, 2^62), at most 4 dims)."""
+    if len(frame) > MAX_HEADER_BYTES:
+        raise Dropped("undecodable", f"header of {len(frame)} bytes (at most {MAX_HEADER_BYTES})")
     try:
-        h = msgpack.unpackb(frame)
+        h = msgpack.unpackb(frame, **_LIMITS)
     except Exception as err:  # msgpack raises several types for random bytes
-        raise MessageError(f"undecodable header ({type(err).__name__})") from None
+        raise Dropped("undecodable", f"undecodable header ({type(err).__name__})") from None
     if type(h) is list and len(h) == HEADER_FIELDS:
         src, dst, kind, phase, serial, step, dtype, shape = h
         if (type(src) is str and type(dst) is str and type(kind) is str and type(phase) is str
-                and type(serial) is int and type(step) is int and type(dtype) is str and type(shape) is list):
+                and type(serial) is int and type(step) is int and type(dtype) is str and type(shape) is list
+                and 0 <= serial < MAX_SERIAL and -1 <= step < MAX_SERIAL and len(shape) <= 4):
             for d in shape:
-                if type(d) is not int or d < 0:
+                if type(d) is not int or not 0 <= d < MAX_SERIAL:
                     break
             else:
                 return h
-    raise MessageError(f"malformed header {str(h)[:200]}")
+    raise Dropped("malformed", f"malformed header {str(h)[:200]}")
 
 
 def array_bytes(t):

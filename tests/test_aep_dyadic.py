@@ -158,22 +158,27 @@ def test_a_tied_vector_field_is_one_symmetric_parameter_with_the_untied_nets_dra
 
 
 def test_a_message_of_a_kind_the_phase_does_not_carry_is_refused():
-    from cluster.messages import MessageError
+    from cluster.message_log import MessageLog
+    from cluster.messages import Dropped
     from cluster.ports import NodeInbox
     import numpy as np
     model = TOY[0]
     spec = model.node_specs(model.partition("layer"), ("r", "t"))["S"]
-    box = NodeInbox(spec)
-    box.start(1)  # a free phase: the signal only
+    box = NodeInbox(spec, MessageLog())
+    box.start(1, "free", 10, (), "float64", 1)  # a free phase: the signal only
     box.accept("Y", "a", "free", 1, 0, "float64", [1, 3], np.zeros((1, 3)))
     assert box.complete(1, 0)
-    with pytest.raises(MessageError, match="kind r, which this phase does not carry"):
+    with pytest.raises(Dropped, match="kind r, which this phase does not carry"):  # within the host: raised
         box.accept("Y", "r", "free", 1, 0, "float64", [1, 3], np.zeros((1, 3)))
-    box.accept("Y", "t", "plus", 2, 0, "float64", [1, 9], np.zeros((1, 9)))  # a phase ahead: kept until it starts
-    with pytest.raises(MessageError, match="kind t, which this phase does not carry"):
-        box.start(2, ())
-    box = NodeInbox(spec)
-    box.start(2, ("r", "t"))
+    assert not box.accept("Y", "r", "free", 1, 1, "float64", [1, 3], bytes(24), user="HY")  # from the wire: dropped
+    assert box.accept("Y", "t", "plus", 2, 0, "float64", [1, 9], bytes(72), user="HY")  # a phase ahead: kept
+    box.start(2, "plus", 10, (), "float64", 1)  # ... until it starts, and it does not carry t
+    assert not box.buffer and not box.complete(2, 0)
+    assert [(e["user"], e["reason"], e["count"]) for e in box.log.drops.export()] == [("HY", "kind", 2),
+                                                                                      ("Y", "stale", 1)]
+    assert "kind t, which this phase does not carry" in box.log.drops.samples[-1]["why"]
+    box = NodeInbox(spec, MessageLog())
+    box.start(2, "plus", 10, ("r", "t"), "float64", 1)
     for kind, w in (("a", 3), ("r", 3), ("t", 9)):
         assert not box.complete(2, 0)
         box.accept("Y", kind, "plus", 2, 0, "float64", [1, w], np.ones((1, w)))

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.messages import (MessageError, array_bytes, array_from, decode_header, encode_header, pack_arrays,
-                              unpack_arrays)
+from cluster.message_log import MessageLog
+from cluster.messages import (Dropped, MessageError, array_bytes, array_from, decode_header, encode_header,
+                              pack_arrays, unpack_arrays)
 from cluster.ports import MAX_AHEAD, NodeInbox
 from cluster.transport import LocalTransport, TransportError, ZmqTransport, new_token
 from nodes.layered import layered
@@ -33,12 +34,20 @@ def test_payload_length_mismatch_is_an_error():
         array_from(buf, "float64", [4])
 
 
-@pytest.mark.parametrize("frame", [b"\x93\x01", b"random bytes \xff\xfe", msgpack.packb(["L1", "L2"]),
-                                   msgpack.packb(["L1", "L2", "a", "free", "1", 0, "float64", [2, 3]]),
-                                   msgpack.packb(["L1", "L2", "a", "free", 1, 0, "float64", [-2, 3]])])
-def test_malformed_headers_are_message_errors(frame):
-    with pytest.raises(MessageError, match="header"):
+@pytest.mark.parametrize("frame,reason", [
+    (b"\x93\x01", "undecodable"), (b"random bytes \xff\xfe", "undecodable"),
+    (msgpack.packb(["L" * 300, "L2", "a", "free", 1, 0, "float64", [2, 3]]), "undecodable"),  # a string too long
+    (msgpack.packb({"src": "L1"}), "undecodable"), (msgpack.packb([b"L1"] * 8), "undecodable"),  # a map, bins
+    (b"\x98" + b"\xa1a" * 2000, "undecodable"),  # over MAX_HEADER_BYTES
+    (msgpack.packb(["L1", "L2"]), "malformed"),
+    (msgpack.packb(["L1", "L2", "a", "free", "1", 0, "float64", [2, 3]]), "malformed"),
+    (msgpack.packb(["L1", "L2", "a", "free", 1, 0, "float64", [-2, 3]]), "malformed"),
+    (msgpack.packb(["L1", "L2", "a", "free", 2 ** 63, 0, "float64", [2, 3]]), "malformed"),
+    (msgpack.packb(["L1", "L2", "a", "free", True, 0, "float64", [2, 3]]), "malformed")])
+def test_malformed_headers_are_dropped_by_name(frame, reason):
+    with pytest.raises(Dropped, match="header") as err:
         decode_header(frame)
+    assert err.value.reason == reason
 
 
 def test_zmq_identity_comes_from_the_connection_and_bad_credentials_are_refused():
@@ -89,54 +98,78 @@ def test_token_transports_map_tokens_to_users_and_refuse_unknown_ones():
     tx.send("H2", b"h", b"p")
     rx.deliver("forged", b"h", b"p")
     assert rx.recv(1.0) == ("H1", b"h", b"p") and rx.recv(0.01) is None
-    assert rx.refused() == [{"user": "", "mechanism": "token", "address": ""}]
+    assert rx.refused() == [{"user": "", "mechanism": "token", "address": "", "count": 1}]
     rx.close(), tx.close()
 
 
 def inbox():
     m = layered("energy", (4, 5, 3, 2), "sigmoid", 0.5)
-    return NodeInbox(m.node_specs(m.partition("layer"))["L2"])  # ports L1 -> L2 (5 wide), L3 -> L2 (2 wide)
+    return NodeInbox(m.node_specs(m.partition("layer"))["L2"], MessageLog())  # ports L1 -> L2 (5 wide), L3 -> L2 (2)
 
 
 def msg(width, B=4, dtype=np.float64, value=0.0):
     return np.full((B, width), value, dtype=dtype)
 
 
+def drops(box) -> dict:
+    return {(e["user"], e["reason"]): e["count"] for e in box.log.drops.export()}
+
+
 def test_inbox_assembles_a_complete_step_and_checks_batch_dtype_and_width():
     box = inbox()
-    box.start(1)
+    box.start(1, "free", 5, (), "float64", 4)
     box.accept("L1", "a", "free", 1, 0, "float64", [4, 5], msg(5, value=1.0))
     assert not box.complete(1, 0) and box.missing(1, 0) == ["L3"]
     box.accept("L3", "a", "free", 1, 0, "float64", [4, 2], msg(2, value=3.0))
     assert box.complete(1, 0)
     got = box.take(1, 0, "free", 4, torch.float64, own={"a": torch.zeros(4, 3, dtype=torch.float64)})
     assert torch.equal(got["L1.a"], torch.ones(4, 5, dtype=torch.float64)) and got["L3.a"].eq(3).all()
-    for shape, dtype, what in (([1, 5], "float64", r"float64\[1, 5\], expected float64\[4, 5\]"),
-                               ([4, 5], "float32", r"float32\[4, 5\], expected float64\[4, 5\]")):
-        box.accept("L1", "a", "free", 1, 1, dtype, shape, msg(shape[1], B=shape[0], dtype=np.dtype(dtype)))
-        box.accept("L3", "a", "free", 1, 1, "float64", [4, 2], msg(2))
-        with pytest.raises(MessageError, match=r"node L2, phase free, step 1, message from L1: " + what):
-            box.take(1, 1, "free", 4, torch.float64, own={"a": torch.zeros(4, 3, dtype=torch.float64)})
-        box.start(2)  # the failed phase's leftovers are stale at the next one
-        box.start(1)
+    for shape, dtype, reason, what in (
+            ([1, 5], "float64", "shape", r"float64\[1, 5\], expected float64\[4, 5\]"),
+            ([4, 5], "float32", "dtype", r"dtype 'float32', expected one of \['float64'\]"),
+            ([4, 4], "float64", "shape", r"float64\[4, 4\], expected \[rows, 5\]")):
+        payload = bytes(msg(shape[1], B=shape[0], dtype=np.dtype(dtype)))
+        with pytest.raises(Dropped, match=r"node L2, phase free, step 1, message from L1: " + what) as err:
+            box.accept("L1", "a", "free", 1, 1, dtype, shape, payload)  # within the host: raised
+        assert err.value.reason == reason
+        assert not box.accept("L1", "a", "free", 1, 1, dtype, shape, payload, user="H1")  # from the wire: dropped
+        assert drops(box)[("H1", reason)] >= 1 and not box.buffer
+    # the next phase's messages are checked for what is known (width, the run's dtypes) at once, the rest at start
+    assert box.accept("L1", "a", "plus", 2, 0, "float64", [1, 5], bytes(msg(5, B=1)), user="H1")
+    assert box.accept("L3", "a", "plus", 2, 0, "complex128", [4, 2], bytes(msg(2, dtype=np.complex128)), user="H3")
+    assert not box.accept("L3", "a", "plus", 2, 1, "int64", [4, 2], bytes(msg(2, dtype=np.int64)), user="H3")
+    box.start(2, "plus", 5, (), "float64", 4)
+    assert not box.buffer and drops(box)[("H1", "shape")] == 3 and drops(box)[("H3", "dtype")] == 2
 
 
-def test_inbox_rejects_duplicates_and_floods_and_drops_stale_phases():
+def test_inbox_drops_duplicates_replays_floods_and_future_and_counts_stale_phases():
     box = inbox()
-    box.start(5)
-    box.accept("L1", "a", "free", 5, 0, "float64", [4, 5], msg(5))
-    with pytest.raises(MessageError, match="node L2, phase free, step 0: duplicate message from L1"):
+    box.start(5, "free", 20, (), "float64", 4)
+    wire = dict(user="H1")
+    assert box.accept("L1", "a", "free", 5, 0, "float64", [4, 5], bytes(msg(5)), **wire)
+    assert not box.accept("L1", "a", "free", 5, 0, "float64", [4, 5], bytes(msg(5)), **wire)
+    with pytest.raises(Dropped, match="node L2, phase free, step 0, message from L1: serial 5, step 0 is already"):
         box.accept("L1", "a", "free", 5, 0, "float64", [4, 5], msg(5))
-    box.accept("L1", "a", "free", 4, 0, "float64", [4, 5], msg(5))  # an older (aborted) phase's: dropped
-    assert box.stale == 1 and len(box.buffer) == 1
+    assert not box.accept("L1", "a", "free", 4, 0, "float64", [4, 5], bytes(msg(5)), **wire)  # an aborted phase's
+    assert not box.accept("L1", "a", "free", 7, 0, "float64", [4, 5], bytes(msg(5)), **wire)  # two phases ahead
+    assert not box.accept("L1", "a", "free", 5, MAX_AHEAD, "float64", [4, 5], bytes(msg(5)), **wire)  # too far
+    assert not box.accept("L1", "a", "free", 5, 21, "float64", [4, 5], bytes(msg(5)), **wire)  # past the phase
     for t in range(1, MAX_AHEAD):
-        box.accept("L1", "a", "free", 5, t, "float64", [4, 5], msg(5))
-    with pytest.raises(MessageError, match=f"more than {MAX_AHEAD} messages held from L1"):
-        box.accept("L1", "a", "free", 5, MAX_AHEAD, "float64", [4, 5], msg(5))
-    box.start(6)
-    assert not box.buffer and box.stale == 1 + MAX_AHEAD
-    with pytest.raises(MessageError, match="payload has 8 bytes"):
-        box.accept("L1", "a", "free", 6, 0, "float64", [4, 5], bytes(8))
+        assert box.accept("L1", "a", "free", 5, t, "float64", [4, 5], bytes(msg(5)), **wire)
+    assert not box.accept("L1", "a", "plus", 6, 0, "float64", [4, 5], bytes(msg(5)), **wire)  # MAX_AHEAD held
+    assert not box.accept("L1", "a", "free", 5, 1, "float64", [4, 5], bytes(8), **wire)  # bytes: duplicate first
+    assert not box.accept("L3", "a", "free", 5, 0, "float64", [4, 2], bytes(8), user="H3")
+    assert not box.accept("L3", "a", "plus", 5, 0, "float64", [4, 2], bytes(msg(2)), user="H3")  # not serial 5's
+    assert not box.accept("L9", "a", "free", 5, 0, "float64", [4, 2], bytes(msg(2)), user="H3")
+    assert box.accept("L3", "a", "free", 5, 0, "float64", [4, 2], bytes(msg(2)), user="H3")
+    box.take(5, 0, "free", 4, torch.float64, own={"a": torch.zeros(4, 3, dtype=torch.float64)})
+    assert not box.accept("L3", "a", "free", 5, 0, "float64", [4, 2], bytes(msg(2)), user="H3")  # delivered
+    assert drops(box) == {("H1", "duplicate"): 2, ("H1", "stale"): 1, ("H1", "future"): 3, ("H1", "full"): 1,
+                          ("H3", "size"): 1, ("H3", "phase"): 1, ("H3", "not_a_port"): 1, ("H3", "replayed"): 1}
+    box.start(6, "free", 20, (), "float64", 4)  # what step 0 left of serial 5 is an aborted phase's now: stale
+    assert not box.buffer and drops(box)[("H1", "stale")] == 1 + MAX_AHEAD - 1
+    counted = {(src, kind, phase): n for src, _, kind, phase, n, _ in box.log.export()["counters"]}
+    assert counted == {("L1", "a", "free"): MAX_AHEAD, ("L3", "a", "free"): 1}  # only what was accepted
 
 
 def test_ipc_wire_with_a_cluster_host_is_a_config_error():
