@@ -24,6 +24,7 @@ from cluster.host import Host
 from cluster.message_log import COORDINATOR
 from cluster.messages import MessageError, decode_header, encode_control
 from cluster.nodeset import PhaseError
+from cluster.placement import host_order, place_hosts
 from cluster.transport import TransportError, ZmqTransport, new_token
 
 GRACE_S = 30.0
@@ -62,8 +63,9 @@ class Fabric:
         self.serial = 0  # the highest phase serial issued: an abort stops every phase up to it
         self.transport = settings.get("transport", "zmq")
         self.beats = ZmqTransport(COORDINATOR, settings.get("host", "127.0.0.1"), settings.get("wire", "auto"),
-                                  send_timeout_s=5.0)  # an abort to a host that is gone must not hold the caller
-        self.hosts, self.abort_tokens = {}, {}
+                                  send_timeout_s=5.0,  # an abort to a host that is gone must not hold the caller
+                                  ports=settings.get("ports"))
+        self.hosts, self.abort_tokens, self.pg = {}, {}, None
         try:
             self._start(protocol)
         except BaseException:
@@ -76,14 +78,16 @@ class Fabric:
         if self.local:
             self.hosts = {h: Host(h, s, protocol, hs, threads=None) for h, s in self.by_host.items()}
         else:
+            self.bundle_order = host_order(list(self.by_host), self._links())  # host k holds bundle k
+            self.pg, options = place_hosts(self.bundle_order, self.settings, wait_s=max(120.0, self.timeout_s))
             threaded = self.transport != "zmq"
-            Actor = ray.remote(Host).options(num_cpus=self.settings.get("actor_cpus", 0.0),
-                                             max_concurrency=4 if threaded else 1, max_restarts=0)
-            self.hosts = {h: Actor.remote(h, s, protocol, hs) for h, s in self.by_host.items()}
+            Actor = ray.remote(Host)
+            self.hosts = {h: Actor.options(max_concurrency=4 if threaded else 1, max_restarts=0, **options[h]).remote(
+                h, s, protocol, hs) for h, s in self.by_host.items()}
         addresses = self.call("endpoint", stall_s=max(120.0, 10.0 * len(self.hosts)))
         self.start_s = time.perf_counter() - t0
         self.addresses = {h: (self.hosts[h] if a is None else a) for h, a in addresses.items()}
-        links = {(self.placement[p.src], self.placement[p.dst]) for s in self.specs.values() for p in s.out_ports}
+        links = self._links()
         tokens = {(a, b): new_token() for a, b in links if a != b}
         coord = {h: new_token() for h in self.hosts}   # the coordinator's credential at each host
         beat = {h: new_token() for h in self.hosts}    # each host's credential at the coordinator
@@ -97,6 +101,10 @@ class Fabric:
         if self.transport == "zmq" and not self.local:
             for h in self.hosts:
                 self.beats.connect(h, self.addresses[h], coord[h])
+
+    def _links(self) -> set:
+        """(host, host) for every port between nodes: the connections the data plane needs."""
+        return {(self.placement[p.src], self.placement[p.dst]) for s in self.specs.values() for p in s.out_ports}
 
     def new_serials(self, n: int = 1) -> int:
         """The first of n fresh phase serials (above every serial issued, aborted ones included)."""
@@ -191,3 +199,6 @@ class Fabric:
         finally:
             self.hosts = {}
             self.beats.close()
+            if self.pg is not None:
+                ray.util.remove_placement_group(self.pg)
+                self.pg = None

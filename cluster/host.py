@@ -82,7 +82,8 @@ class Host(NodeSet):
         self.prefixes = {(p.src, p.dst, p.kind): header_prefix(p.src, p.dst, p.kind)
                          for s in self.specs.values() for p in s.out_ports}
         self.transport = make_transport(settings.get("transport", "zmq"), host_id, settings.get("host", "127.0.0.1"),
-                                        settings.get("wire", "auto"), float(settings.get("timeout_s", 60.0)))
+                                        settings.get("wire", "auto"), float(settings.get("timeout_s", 60.0)),
+                                        settings.get("ports"))
         self.placement = {i: host_id for i in self.ids}
         self.aborted_upto = -1
         self.beat = None
