@@ -192,10 +192,11 @@ class Fabric:
             elif self.hosts:
                 refs = {a.close.remote(): a for a in self.hosts.values()}
                 closed, stuck = ray.wait(list(refs), num_returns=len(refs), timeout=10)
-                for r in closed:  # sockets closed: the actor exits on its own, after its queued calls
-                    refs[r].__ray_terminate__.remote()
-                for r in stuck:
+                exits = [refs[r].__ray_terminate__.remote() for r in closed]  # sockets closed: the actor exits on
+                for r in stuck:                                                # its own, after its queued calls
                     ray.kill(refs[r])
+                if self.pg is not None:  # removing the group kills what is in it: let the actors exit first
+                    ray.wait(exits, num_returns=len(exits), timeout=5)
         finally:
             self.hosts = {}
             self.beats.close()
