@@ -26,6 +26,7 @@ from cluster.host import Host
 from cluster.message_log import COORDINATOR
 from cluster.messages import MessageError, decode_header, encode_control
 from cluster.nodeset import PhaseError
+from cluster.placement import host_order, place_hosts
 from cluster.transport import TransportError, ZmqTransport, new_token
 
 GRACE_S = 30.0
@@ -73,8 +74,9 @@ class Fabric:
         self.serial = 0  # the highest phase serial issued: an abort stops every phase up to it
         self.transport = settings.get("transport", "zmq")
         self.beats = ZmqTransport(COORDINATOR, settings.get("host", "127.0.0.1"), settings.get("wire", "auto"),
-                                  send_timeout_s=5.0)  # an abort to a host that is gone must not hold the caller
-        self.hosts, self.abort_tokens, self.addresses, self.lost = {}, {}, {}, set()
+                                  send_timeout_s=5.0,  # an abort to a host that is gone must not hold the caller
+                                  ports=settings.get("ports"))
+        self.hosts, self.abort_tokens, self.addresses, self.lost, self.pg = {}, {}, {}, set(), None
         self.closed = False
         try:
             self._start(protocol)
@@ -88,14 +90,16 @@ class Fabric:
         if self.local:
             self.hosts = {h: Host(h, s, protocol, hs, threads=None) for h, s in self.by_host.items()}
         else:
+            self.bundle_order = host_order(list(self.by_host), self._links())  # host k holds bundle k
+            self.pg, options = place_hosts(self.bundle_order, self.settings, wait_s=max(120.0, self.timeout_s))
             threaded = self.transport != "zmq"
-            Actor = ray.remote(Host).options(num_cpus=self.settings.get("actor_cpus", 0.0),
-                                             max_concurrency=4 if threaded else 1, max_restarts=0)
-            self.hosts = {h: Actor.remote(h, s, protocol, hs) for h, s in self.by_host.items()}
+            Actor = ray.remote(Host)
+            self.hosts = {h: Actor.options(max_concurrency=4 if threaded else 1, max_restarts=0, **options[h]).remote(
+                h, s, protocol, hs) for h, s in self.by_host.items()}
         addresses = self.call("endpoint", stall_s=max(120.0, 10.0 * len(self.hosts)))
         self.start_s = time.perf_counter() - t0
         self.addresses = {h: (self.hosts[h] if a is None else a) for h, a in addresses.items()}
-        links = {(self.placement[p.src], self.placement[p.dst]) for s in self.specs.values() for p in s.out_ports}
+        links = self._links()
         tokens = {(a, b): new_token() for a, b in links if a != b}
         coord = {h: new_token() for h in self.hosts}   # the coordinator's credential at each host
         beat = {h: new_token() for h in self.hosts}    # each host's credential at the coordinator
@@ -109,6 +113,10 @@ class Fabric:
         if self.transport == "zmq" and not self.local:
             for h in self.hosts:
                 self.beats.connect(h, self.addresses[h], coord[h])
+
+    def _links(self) -> set:
+        """(host, host) for every port between nodes: the connections the data plane needs."""
+        return {(self.placement[p.src], self.placement[p.dst]) for s in self.specs.values() for p in s.out_ports}
 
     def new_serials(self, n: int = 1) -> int:
         """The first of n fresh phase serials (above every serial issued, aborted ones included)."""
@@ -204,15 +212,19 @@ class Fabric:
             elif self.hosts:
                 refs = {a.close.remote(): a for a in self.hosts.values()}
                 closed, stuck = ray.wait(list(refs), num_returns=len(refs), timeout=10)
-                for r in closed:  # sockets closed: the actor exits on its own, after its queued calls
-                    refs[r].__ray_terminate__.remote()
-                for r in stuck:
+                exits = [refs[r].__ray_terminate__.remote() for r in closed]  # sockets closed: the actor exits on
+                for r in stuck:                                                # its own, after its queued calls
                     ray.kill(refs[r])
+                if self.pg is not None:  # removing the group kills what is in it: let the actors exit first
+                    ray.wait(exits, num_returns=len(exits), timeout=5)
                 for h in self.lost:
                     _remove_ipc_dir(self.addresses.get(h))
         finally:
             self.hosts = {}
             self.beats.close()
+            if self.pg is not None:
+                ray.util.remove_placement_group(self.pg)
+                self.pg = None
 
 
 def _remove_ipc_dir(address) -> None:

@@ -88,7 +88,8 @@ class Host(NodeSet):
         ports = sum(len(s.in_ports) + len(s.out_ports) for s in self.specs.values())
         self.transport = make_transport(settings.get("transport", "zmq"), host_id, settings.get("host", "127.0.0.1"),
                                         settings.get("wire", "auto"), float(settings.get("timeout_s", 60.0)),
-                                        hwm=(MAX_AHEAD + 2) * ports + 64, max_bytes=max_bytes)
+                                        hwm=(MAX_AHEAD + 2) * ports + 64, max_bytes=max_bytes,
+                                        ports=settings.get("ports"))
         self.placement = {i: host_id for i in self.ids}
         self.aborted_upto = -1
         self.beat = None

@@ -39,16 +39,29 @@ def protocol_from(cfg, protocol=None):
 
 
 def init_ray(address=None, num_cpus=None) -> None:
-    """Local Ray by default (loopback, no dashboard); `address` joins a cluster started from ray_config.yaml."""
+    """A local Ray by default, loopback only (see `_loopback_only`), no dashboard. `address` (auto, HOST:PORT,
+    ray://HOST:PORT) joins a cluster started from ray_config.yaml; no runtime_env is sent: the launcher's
+    setup_commands install this project on every node, so the workers import the same code as the driver."""
     import ray
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    if address:
+    if address and address != "local":
         ray.init(address=address, log_to_driver=True)
     else:
+        _loopback_only()
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
                  _node_ip_address="127.0.0.1")  # "local": a new instance, never one another run left running
+
+
+def _loopback_only() -> None:
+    """Keep a local Ray's control plane on 127.0.0.1. Ray 2.60 turns a loopback node address into the machine's own
+    address, and its GCS, raylet and workers then listen on every interface; with clusters switched off (the flag
+    Ray itself uses on macOS and Windows) the node address stays 127.0.0.1 and every server binds loopback. The flag
+    is read when ray is imported, so the module constant is set too; the child processes read the variable."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def ship_by_value(*objects) -> None:
@@ -84,6 +97,7 @@ def make_engine(cfg, model=None, protocol=None, local: bool = False):
     settings = dict(granularity=cfg.granularity, split=cfg.fabric.split, hosts=cfg.fabric.hosts, lr=cfg.lrs,
                     dtype=cfg.dtype, optimizer=cfg.optimizer, momentum=cfg.momentum, transport=cfg.transport,
                     host=cfg.fabric.host, wire=cfg.fabric.wire, log=cfg.fabric.log, timeout_s=cfg.fabric.timeout_s,
-                    actor_cpus=cfg.fabric.actor_cpus, forget_free=cfg.forget_free, noise=cfg.noise, seed=cfg.seed,
+                    actor_cpus=cfg.fabric.actor_cpus, placement=cfg.fabric.placement, resources=cfg.fabric.resources,
+                    ports=cfg.fabric.ports, forget_free=cfg.forget_free, noise=cfg.noise, seed=cfg.seed,
                     residual_tol=cfg.residual_tol)
     return FabricEngine(model, protocol, settings, local=local)

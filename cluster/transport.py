@@ -116,7 +116,7 @@ class ZmqTransport:
     kind = "zmq"
 
     def __init__(self, me: str, host: str = "127.0.0.1", wire: str = "auto", send_timeout_s: float = 30.0,
-                 hwm: int = HWM, max_bytes: int | None = None):
+                 hwm: int = HWM, max_bytes: int | None = None, ports=None):
         """Bind the PULL socket: `ipc` (a Unix socket in a private temp dir) or `tcp` on `host`; `auto` takes ipc
         when `host` is loopback (one machine) and tcp otherwise. Only admitted users can connect to it. Queues
         hold `hwm` messages per connection each way; a send waits at most `send_timeout_s` for room on a
@@ -146,7 +146,11 @@ class ZmqTransport:
             self.address = f"ipc://{self.ipc_dir}/in"
             self.pull.bind(self.address)
         else:
-            port = self.pull.bind_to_random_port(f"tcp://{host}")
+            if ports:  # fabric.ports [lo, hi]: a range a firewall lets through
+                port = self.pull.bind_to_random_port(f"tcp://{host}", ports[0], ports[1] + 1,
+                                                     max(100, min(ports[1] + 1 - ports[0], 1000)))
+            else:
+                port = self.pull.bind_to_random_port(f"tcp://{host}")
             if host in ("0.0.0.0", "*"):  # bound on every interface (a cluster): advertise this node's address
                 import ray
                 host = ray.util.get_node_ip_address()
@@ -336,9 +340,9 @@ TRANSPORTS = {"zmq": ZmqTransport, "ray": RayTransport, "local": LocalTransport}
 
 
 def make_transport(kind: str, me: str, host: str = "127.0.0.1", wire: str = "auto", send_timeout_s: float = 30.0,
-                   hwm: int = HWM, max_bytes: int | None = None):
+                   hwm: int = HWM, max_bytes: int | None = None, ports=None):
     if kind not in TRANSPORTS:
         raise ValueError(f"transport: expected one of {tuple(TRANSPORTS)}, got {kind!r}")
     if kind == "zmq":
-        return ZmqTransport(me, host, wire, send_timeout_s, hwm, max_bytes)
+        return ZmqTransport(me, host, wire, send_timeout_s, hwm, max_bytes, ports)
     return TRANSPORTS[kind](me, host, wire, hwm)

@@ -22,6 +22,7 @@ from nodes.optim import OPTIMIZERS
 from protocols import PROTOCOLS
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
+RAY_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ray_config.yaml")
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)$")
 
 
@@ -38,8 +39,11 @@ class FabricSection:
     log: str = "counters"          # message log: "full" records or "counters"
     timeout_s: float = 60.0        # every wait for a neighbour's message
     actor_cpus: float = 0.0        # Ray CPUs reserved per node actor
-    host: str = "127.0.0.1"        # data-plane bind address (loopback by default)
+    host: str = "127.0.0.1"        # data-plane bind address (loopback by default; 0.0.0.0 on a cluster, see below)
     wire: str = "auto"             # zmq socket kind: ipc (Unix socket), tcp, or auto (ipc when host is loopback)
+    placement: str = "pack"        # Ray placement group strategy for the host actors: pack or spread
+    resources: dict = field(default_factory=dict)  # custom Ray resources per host actor (e.g. {fabric_slot: 1})
+    ports: typing.Optional[list] = None  # [lo, hi]: the tcp data plane binds a port in this range (null: any)
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,7 @@ CHOICES = {
     "model": MODELS + HAMILTONIAN_MODELS, "integrator": INTEGRATORS, "activation": tuple(ACTIVATIONS), "protocol": tuple(PROTOCOLS),
     "granularity": ("layer", "neuron"), "transport": ("zmq", "ray"), "engine": ("fabric", "reference"),
     "dtype": ("float32", "float64"), "optimizer": OPTIMIZERS, "fabric.log": ("full", "counters"),
+    "fabric.placement": ("pack", "spread"),
     "feedback_init": FEEDBACK_INITS,
 }
 
@@ -178,6 +183,8 @@ def _check_type(name: str, value, typ):
         ok = isinstance(value, dict)
     elif typ == typing.Optional[str]:
         ok = value is None or isinstance(value, str)
+    elif typ == typing.Optional[list]:
+        ok = value is None or isinstance(value, list)
     else:
         ok = True
     if not ok:
@@ -279,7 +286,7 @@ def validate(cfg: Config, model=None, protocol=None) -> Config:
         raise ConfigError("fabric.timeout_s", f"must be > 0, got {cfg.fabric.timeout_s}")
     _check_runtime(cfg)
     _check_bench(cfg.bench)
-    return cfg
+    return resolve_data_plane(cfg)
 
 
 def _check_runtime(cfg) -> None:
@@ -310,10 +317,37 @@ def _check_runtime(cfg) -> None:
     if addr is not None and not (addr in ("auto", "local") or re.fullmatch(r"(ray://)?[\w.\-]+:\d{1,5}", addr)):
         raise ConfigError("address", f"expected null (a local Ray), 'auto', 'local', 'HOST:PORT' or 'ray://HOST:PORT', "
                                      f"got {addr!r}")
-    if addr not in (None, "local") and cfg.engine == "fabric" and host in LOOPBACK:
-        raise ConfigError("fabric.host", f"address {addr!r} joins a Ray cluster, but the data plane binds to {host!r} "
-                                         f"(loopback, and wire {cfg.fabric.wire!r} resolves to ipc there), which other "
-                                         f"machines cannot reach: set fabric.host=0.0.0.0 (and fabric.wire=tcp)")
+    _check_placement(cfg.fabric)
+
+
+def _check_placement(f) -> None:
+    """fabric.resources (custom Ray resources per host actor) and fabric.ports (the tcp data plane's port range)."""
+    if not all(isinstance(k, str) and k and k not in ("CPU", "GPU", "memory") and isinstance(v, (int, float))
+               and not isinstance(v, bool) and v > 0 for k, v in f.resources.items()):
+        raise ConfigError("fabric.resources", f"expected {{name: amount > 0}} of custom Ray resources (CPUs go in "
+                                              f"fabric.actor_cpus), got {f.resources!r}")
+    p = f.ports
+    if p is not None and not (len(p) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in p)
+                              and 1024 <= p[0] <= p[1] <= 65535):
+        raise ConfigError("fabric.ports", f"expected null or [lo, hi] with 1024 <= lo <= hi <= 65535, got {p!r}")
+
+
+def on_cluster(cfg) -> bool:
+    """The run joins a Ray cluster (an address other than a local Ray)."""
+    return cfg.address not in (None, "local")
+
+
+def resolve_data_plane(cfg):
+    """On a cluster a loopback fabric.host cannot be reached from other machines: with fabric.wire=auto it becomes
+    0.0.0.0 (every host binds all interfaces and advertises its node's address from Ray, over tcp); an explicit
+    wire=ipc is refused; an explicit wire=tcp keeps loopback (a cluster of Ray nodes on one machine)."""
+    f = cfg.fabric
+    if not (on_cluster(cfg) and cfg.engine == "fabric" and f.host in LOOPBACK) or f.wire == "tcp":
+        return cfg
+    if f.wire == "ipc":
+        raise ConfigError("fabric.wire", f"address {cfg.address!r} joins a Ray cluster, but ipc reaches one machine "
+                                         f"only: use fabric.wire=auto or tcp")
+    return dataclasses.replace(cfg, fabric=dataclasses.replace(f, host="0.0.0.0"))
 
 
 def _check_bench(b) -> None:
@@ -371,4 +405,25 @@ def load_config(name: str, sets=(), overrides: dict | None = None) -> Config:
             raise ConfigError("--set", f"expected key=value, got {item!r}")
         k, v = item.split("=", 1)
         _set_dotted(data, k.strip(), parse_value(v))
+    if data.get("address") not in (None, "local"):  # a cluster run: the launcher file's fabric keys fill the gaps
+        fabric = data.setdefault("fabric", {})
+        if isinstance(fabric, dict):
+            for k, v in cluster_fabric().items():
+                fabric.setdefault(k, v)
     return validate(_build(Config, data))
+
+
+def cluster_fabric(path: str | None = None) -> dict:
+    """The fabric section (`metadata.fabric`) of the cluster-launcher file: `path`, else $EP_RAY_CONFIG, else the
+    project's ray_config.yaml; {} when the file or the section is absent. Its keys are fabric.* keys."""
+    path = path or os.environ.get("EP_RAY_CONFIG") or RAY_CONFIG
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        try:
+            launcher = yaml.safe_load(f) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(path, f"invalid YAML: {err}") from None
+    section = (launcher.get("metadata") or {}).get("fabric") or {}
+    _build(FabricSection, section, f"{os.path.basename(path)}: metadata.fabric.")  # unknown keys and types
+    return dict(section)

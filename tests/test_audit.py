@@ -156,7 +156,7 @@ def test_sweep_runs_on_the_fabric_when_asked(tmp_path, ray_session):
     ("fabric.wire=carrier-pigeon", "fabric.wire"), ("fabric.hosts=-1", "fabric.hosts"), ("init_scale=0", "init_scale"),
     ("protocol=no-such-rule", "protocol"), ("seed=-1", "seed"), ("device=cuda:7", "device"),
     ("device=tpu", "device"), ("fabric.actor_cpus=-1", "fabric.actor_cpus"), ("fabric.host=999.1.1.1", "fabric.host"),
-    ("address=auto", "fabric.host"), ("address=no-port", "address"), ("bench.batches=[0]", "bench.batches"),
+    ("fabric.ports=[1,2]", "fabric.ports"), ("address=no-port", "address"), ("bench.batches=[0]", "bench.batches"),
     ("bench.dtypes=[float16]", "bench.dtypes"), ("bench.sizes=[[5]]", "bench.sizes"),
     ("bench.neuron_hosts=-2", "bench.neuron_hosts"), ("bench.steps=0", "bench.steps")])
 def test_invalid_config_exits_2_naming_the_field_and_writes_nothing(tmp_path, setting, field):
