@@ -1,6 +1,7 @@
 """`audit`, `sweep` and replay through the CLI; the bundle re-verifies from the pinned conventions alone."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -149,21 +150,47 @@ def test_sweep_runs_on_the_fabric_when_asked(tmp_path, ray_session):
         ("fabric", "layer", 0)] * 2
 
 
-@pytest.mark.parametrize("setting,field", [
-    ("colour=red", "colour"), ("T1=-3", "T1"), ("beta=0", "beta"), ("activation=relu", "activation"),
-    ("sizes=[64,0,10]", "sizes"), ("batch=2.5", "batch"), ("granularity=column", "granularity"),
-    ("fabric.timeout_s=0", "fabric.timeout_s"), ("lr=[0.1]", "lr"), ("replay=/nonexistent.npz", "replay"),
-    ("fabric.wire=carrier-pigeon", "fabric.wire"), ("fabric.hosts=-1", "fabric.hosts"), ("init_scale=0", "init_scale"),
-    ("protocol=no-such-rule", "protocol"), ("seed=-1", "seed"), ("device=cuda:7", "device"),
-    ("device=tpu", "device"), ("fabric.actor_cpus=-1", "fabric.actor_cpus"), ("fabric.host=999.1.1.1", "fabric.host"),
-    ("fabric.ports=[1,2]", "fabric.ports"), ("address=no-port", "address"), ("bench.batches=[0]", "bench.batches"),
-    ("bench.dtypes=[float16]", "bench.dtypes"), ("bench.sizes=[[5]]", "bench.sizes"),
-    ("bench.neuron_hosts=-2", "bench.neuron_hosts"), ("bench.steps=0", "bench.steps")])
-def test_invalid_config_exits_2_naming_the_field_and_writes_nothing(tmp_path, setting, field):
+INVALID = [  # (command, --set, the field the error must name): each exits 2 before any actor starts, writing nothing
+    ("audit", "colour=red", "colour"), ("audit", "T1=-3", "T1"), ("audit", "T2=0", "T2"), ("audit", "beta=0", "beta"),
+    ("audit", "activation=relu", "activation"), ("audit", "sizes=[64,0,10]", "sizes"), ("audit", "sizes=[64]", "sizes"),
+    ("audit", "batch=2.5", "batch"), ("audit", "batch=0", "batch"), ("audit", "granularity=column", "granularity"),
+    ("audit", "fabric.timeout_s=0", "fabric.timeout_s"), ("audit", "lr=[0.1]", "lr"), ("audit", "lr=-0.1", "lr"),
+    ("audit", "replay=/nonexistent.npz", "replay"), ("audit", "fabric.wire=carrier-pigeon", "fabric.wire"),
+    ("audit", "fabric.hosts=-1", "fabric.hosts"), ("audit", "init_scale=0", "init_scale"),
+    ("audit", "protocol=no-such-rule", "protocol"), ("audit", "seed=-1", "seed"), ("audit", "device=cuda:7", "device"),
+    ("audit", "device=tpu", "device"), ("audit", "fabric.actor_cpus=-1", "fabric.actor_cpus"),
+    ("audit", "fabric.host=999.1.1.1", "fabric.host"), ("audit", "fabric.ports=[1,2]", "fabric.ports"),
+    ("audit", "address=no-port", "address"), ("audit", "bench.batches=[0]", "bench.batches"),
+    ("audit", "bench.dtypes=[float16]", "bench.dtypes"), ("audit", "bench.sizes=[[5]]", "bench.sizes"),
+    ("audit", "bench.neuron_hosts=-2", "bench.neuron_hosts"), ("audit", "bench.steps=0", "bench.steps"),
+    ("audit", "bench.repeats=0", "bench.repeats"), ("audit", "bench.neurons=[]", "bench.neurons"),
+    ("audit", "N=1", "N"), ("audit", "dt=0", "dt"), ("audit", "momentum=1", "momentum"),
+    ("audit", "test_fraction=1", "test_fraction"), ("audit", "dtype=float16", "dtype"),
+    ("audit", "optimizer=lbfgs", "optimizer"), ("audit", "transport=carrier", "transport"),
+    ("audit", "engine=gpu", "engine"), ("audit", "model=resnet", "model"), ("audit", "fabric.log=verbose", "fabric.log"),
+    ("audit", "fabric.split=0", "fabric.split"), ("audit", "noise=-1", "noise"), ("audit", "residual_tol=0", "residual_tol"),
+    ("audit", "angle=270", "angle"), ("audit", "feedback_init=random", "feedback_init"),
+    ("audit", "eval_batch=0", "eval_batch"), ("audit", "fabric=3", "fabric"), ("audit", "fabric.colour=1", "fabric.colour"),
+    ("audit", "fabric.placement=nearby", "fabric.placement"), ("audit", "fabric.ports=[60000,50000]", "fabric.ports"),
+    ("audit", "fabric.resources={CPU: 1}", "fabric.resources"), ("train", "epochs=-1", "epochs"),
+    ("train", "checkpoint_every=-1", "checkpoint_every"), ("train", "max_faults=-2", "max_faults"),
+    ("train", "dataset=csv", "data_path"), ("train", "sizes=[64,16,9]", "sizes"),
+]
+
+
+def test_the_invalid_config_table_has_fifty_rows():
+    assert len(INVALID) >= 50 and len({s for _, s, _ in INVALID}) == len(INVALID)
+
+
+@pytest.mark.parametrize("command,setting,field", INVALID)
+def test_invalid_config_exits_2_naming_the_field_and_writes_nothing(tmp_path, capsys, command, setting, field):
+    """The CLI's main() in this process (the subprocess path is the same function; tests/test_cluster.py and
+    tests/test_train.py run it as a subprocess)."""
+    from experiments.__main__ import main
     out = tmp_path / "never"
-    r = run_cli("audit", "--set", setting, "--out", str(out), timeout=60)
-    assert r.returncode == 2, r.stderr
-    assert field in r.stderr and "Traceback" not in r.stderr
+    assert main([command, "--set", setting, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(rf"(^|[\s'\"]){re.escape(field)}[:'\"]", err) and "Traceback" not in err, err
     assert not out.exists()
 
 
