@@ -101,6 +101,8 @@ def rss_table(out: dict, at: tuple) -> list:
 
 def table(out: dict) -> str:
     first, last = out["chunk"], out["steps"]
+    t = [s["seconds"] for s in out["samples"]]
+    rates = [out["chunk"] / (b - a) for a, b in zip(t, t[1:])]
     ok = "yes" if out["delivered_messages"] == out["expected_messages"] else "NO"
     lines = [f"nodes {out['nodes']} (sizes {out['sizes']}, batch {out['batch']}, {out['dtype']}) on {out['hosts']} "
              f"host actors, {out['edges']} directed edges, {out['steps']} steps "
@@ -108,7 +110,7 @@ def table(out: dict) -> str:
              f"delivered {out['delivered_messages']:,} vs expected {out['expected_messages']:,}: {ok} "
              f"({out['wire_messages']:,} crossed hosts; {out['violations']} locality violations)",
              f"wall {out['wall_s']:.1f} s (start {out['fabric_start_s']:.1f} s), {out['steps_per_s']:.1f} steps/s, "
-             f"{out['msgs_per_s']:,.0f} msgs/s", "",
+             f"{out['msgs_per_s']:,.0f} msgs/s; per phase {min(rates):.1f}-{max(rates):.1f} steps/s", "",
              f"{'process':10s} {'RSS MB @' + str(first):>14s} {'RSS MB @' + str(last):>14s} {'growth MB':>10s}"]
     for who, a, b, d in rss_table(out, (first, last)):
         lines.append(f"{who:10s} {a:14.1f} {b:14.1f} {d:+10.1f}")
