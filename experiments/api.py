@@ -24,7 +24,7 @@ from experiments.config import Config, _build, _set_dotted, load_config, validat
 from protocols import get_protocol
 from protocols.base import Protocol
 
-FABRIC_SHORT = ("hosts", "split", "log", "timeout_s", "host", "wire", "actor_cpus")
+FABRIC_SHORT = ("hosts", "split", "log", "timeout_s", "host", "wire", "actor_cpus", "placement", "resources", "ports")
 
 
 def _config(base: Config | None, model, protocol, overrides: dict) -> Config:

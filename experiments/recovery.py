@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 import time
 
+from cluster.fabric import HostLost
 from experiments import checkpoint
 from experiments.checkpoint import Snapshot
 
@@ -48,17 +49,22 @@ class Rollback:
 
     def recover(self, engine, err, epoch: int, batch: int, n_batches: int):
         """After `err` (a HostLost at batch `batch` of epoch `epoch`): a new engine at the last checkpoint, or the
-        error again once more than max_faults faults have happened."""
+        error again once more than max_faults faults have happened (a host lost while rebuilding counts too)."""
         t0 = time.perf_counter()
         replayed = (epoch - self.last.epoch) * n_batches + batch - self.last.batch
-        self.record["faults"].append({"epoch": epoch, "batch": batch, "host": err.host, "error": str(err),
-                                      "rolled_back_to": [self.last.epoch, self.last.batch], "replayed": replayed})
         engine.close()
-        if len(self.record["faults"]) > self.max_faults:
-            raise type(err)(f"{err} (fault {len(self.record['faults'])}, more than max_faults = {self.max_faults})",
-                            err.host) from None
-        self.record["replayed_batches"] += replayed
-        new = self.engine()
+        while True:
+            self.record["faults"].append({"epoch": epoch, "batch": batch, "host": err.host, "error": str(err),
+                                          "rolled_back_to": [self.last.epoch, self.last.batch], "replayed": replayed})
+            if len(self.record["faults"]) > self.max_faults:
+                raise type(err)(f"{err} (fault {len(self.record['faults'])}, more than max_faults = "
+                                f"{self.max_faults})", err.host) from None
+            self.record["replayed_batches"] += replayed
+            try:
+                new = self.engine()
+                break
+            except HostLost as again:  # lost while rebuilding: nothing ran since the checkpoint
+                err, replayed = again, 0
         self.record["faults"][-1]["recovery_seconds"] = time.perf_counter() - t0
         print(f"fault: {err}; fabric rebuilt at epoch {self.last.epoch + 1}, batch {self.last.batch} "
               f"({replayed} batches to replay, {time.perf_counter() - t0:.1f} s)", file=sys.stderr)

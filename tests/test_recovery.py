@@ -22,18 +22,21 @@ SMALL = ["sizes=[64,16,10]", "epochs=1", "T1=10", "T2=4", "batch=64", "dtype=flo
 
 
 class Killer:
-    """Kills `n` host actors at distinct random batches: half by ray.kill before the batch, half by SIGKILL of the
-    actor's process a few milliseconds into the batch (each batch at most once, so replays run clean)."""
+    """Kills `n` host actors at random batches at least two apart: half by ray.kill before the batch, half by
+    SIGKILL of the actor's process a few milliseconds into the batch (each batch at most once, so replays run clean;
+    a SIGKILL that lands after its batch finished is found at the next batch, before the next kill)."""
 
     def __init__(self, n: int, n_batches: int, seed: int):
         self.rng = random.Random(seed)
-        self.at = dict.fromkeys(sorted(self.rng.sample(range(1, n_batches), n)))
+        self.at = dict.fromkeys(v + k for k, v in enumerate(sorted(self.rng.sample(range(1, n_batches - n + 1), n))))
         self.threads, self.dirs = [], []  # the killed hosts' private ipc directories
 
     def __call__(self, engine, epoch, b):
         import ray
         if b not in self.at or self.at[b] is not None:
             return
+        if self.threads and self.threads[-1] is not None:
+            self.threads[-1].join()
         host = self.rng.choice(sorted(engine.fabric.hosts))
         actor = engine.fabric.hosts[host]
         self.at[b] = host
