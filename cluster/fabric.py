@@ -75,7 +75,7 @@ class Fabric:
         self.transport = settings.get("transport", "zmq")
         self.beats = ZmqTransport(COORDINATOR, settings.get("host", "127.0.0.1"), settings.get("wire", "auto"),
                                   send_timeout_s=5.0,  # an abort to a host that is gone must not hold the caller
-                                  ports=settings.get("ports"))
+                                  ports=settings.get("ports"), curve=bool(settings.get("curve")))
         self.hosts, self.abort_tokens, self.addresses, self.lost, self.pg = {}, {}, {}, set(), None
         self.closed = False
         try:
@@ -100,15 +100,16 @@ class Fabric:
         self.start_s = time.perf_counter() - t0
         self.addresses = {h: (self.hosts[h] if a is None else a) for h, a in addresses.items()}
         links = self._links()
-        tokens = {(a, b): new_token() for a, b in links if a != b}
-        coord = {h: new_token() for h in self.hosts}   # the coordinator's credential at each host
-        beat = {h: new_token() for h in self.hosts}    # each host's credential at the coordinator
+        curve = bool(self.settings.get("curve"))
+        tokens = {(a, b): new_token(curve) for a, b in links if a != b}
+        coord = {h: new_token(curve) for h in self.hosts}   # the coordinator's credential at each host
+        beat = {h: new_token(curve) for h in self.hosts}    # each host's credential at the coordinator
         self.beats.admit(beat)
         self.abort_tokens = coord
         self.call("admit", per_host={h: ({a: tok for (a, b), tok in tokens.items() if b == h}
                                          | {COORDINATOR: coord[h]},) for h in self.hosts})
         args = {h: ({b: (self.addresses[b], tok) for (a, b), tok in tokens.items() if a == h}, self.placement,
-                    (self.beats.address, beat[h])) for h in self.hosts}
+                    (self.beats.endpoint, beat[h])) for h in self.hosts}
         self.call("connect", per_host=args)
         if self.transport == "zmq" and not self.local:
             for h in self.hosts:

@@ -28,7 +28,7 @@ from cluster.messages import (Dropped, array_bytes, decode_header, dtype_name, e
                               header_suffix, pack_arrays, unpack_arrays)
 from cluster.nodeset import Aborted, NodeSet, PhaseError, per_sample_max
 from cluster.ports import _NAMES, MAX_AHEAD, MAX_BYTES, NodeInbox, as_payload
-from cluster.transport import TransportError, make_transport
+from cluster.transport import TransportError, make_transport, present, split_endpoint
 from nodes.graph import carried
 from nodes.rules import LocalityError, step_series
 from protocols.base import rows
@@ -39,13 +39,14 @@ HEARTBEAT_S = 1.0  # a host in a phase tells the coordinator it is alive at most
 class Heartbeat:
     """A PUSH socket to the coordinator's progress endpoint, authenticated like any data-plane connection."""
 
-    def __init__(self, me: str, address: str, token: str, ctx=None):
+    def __init__(self, me: str, endpoint, token: str, ctx=None):
         self.own = ctx is None
         self.ctx = ctx or zmq.Context()
         self.sock = self.ctx.socket(zmq.PUSH)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 4)
-        self.sock.plain_username, self.sock.plain_password = me.encode(), token.encode()
+        address, server_key = split_endpoint(endpoint)
+        present(self.sock, me, token, server_key)
         self.sock.connect(address)
         self.me, self.last = me, 0.0
 
@@ -89,7 +90,7 @@ class Host(NodeSet):
         self.transport = make_transport(settings.get("transport", "zmq"), host_id, settings.get("host", "127.0.0.1"),
                                         settings.get("wire", "auto"), float(settings.get("timeout_s", 60.0)),
                                         hwm=(MAX_AHEAD + 2) * ports + 64, max_bytes=max_bytes,
-                                        ports=settings.get("ports"))
+                                        ports=settings.get("ports"), curve=bool(settings.get("curve")))
         self.placement = {i: host_id for i in self.ids}
         self.aborted_upto = -1
         self.beat = None
@@ -109,7 +110,7 @@ class Host(NodeSet):
 
     # ---- control plane -------------------------------------------------------------------------------------
     def endpoint(self):
-        return self.transport.address
+        return self.transport.endpoint
 
     def admit(self, admitted: dict) -> None:
         """admitted {user: token}: who may send here (before anyone connects, so no handshake finds it missing)."""

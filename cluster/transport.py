@@ -34,6 +34,8 @@ import threading
 from collections import deque
 
 import zmq
+from zmq.utils import z85
+from zmq.utils.monitor import recv_monitor_message
 
 ZERO_COPY_BYTES = 4 << 20  # measured: below this, a copy beats zero-copy's clean-up thread on a busy machine
 WIRES = ("auto", "ipc", "tcp")
@@ -41,6 +43,8 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 IPC_PATH_MAX = 100  # sun_path holds 104 to 108 bytes, by platform
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ZAP_DOMAIN = b"ep-fabric"
+MONITOR_ENDPOINT = "inproc://ep-fabric.monitor"
+HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 HWM = 10_000           # messages per connection, when the host does not size it
 REFUSED_SAMPLES = 20   # refused handshakes kept whole; the rest only counted
 
@@ -55,8 +59,26 @@ def resolve_wire(wire: str, host: str) -> str:
     return wire if wire != "auto" else ("ipc" if host in LOOPBACK else "tcp")
 
 
-def new_token() -> str:
-    return secrets.token_hex(16)
+def new_token(curve: bool = False) -> str:
+    """The credential of one directed connection: a random PLAIN password, or (CURVE) a client secret key in Z85,
+    whose public half the receiver admits."""
+    return zmq.curve_keypair()[1].decode() if curve else secrets.token_hex(16)
+
+
+def split_endpoint(endpoint) -> tuple:
+    """(address, the server's CURVE public key or None) of what a ZmqTransport's `endpoint` advertises."""
+    return (endpoint[0], endpoint[1]) if isinstance(endpoint, (tuple, list)) else (endpoint, None)
+
+
+def present(sock, me: str, token: str, server_key=None) -> None:
+    """Credentials on a connecting socket: PLAIN (its name, the token), or CURVE (the token as its secret key,
+    against the server's public key: the traffic is encrypted, and the receiver knows the user by the public key)."""
+    if server_key is None:
+        sock.plain_username, sock.plain_password = me.encode(), token.encode()
+    else:
+        secret = token.encode()
+        sock.curve_secretkey, sock.curve_publickey = secret, zmq.curve_public(secret)
+        sock.curve_serverkey = server_key.encode()
 
 
 class Refusals:
@@ -84,58 +106,92 @@ class Refusals:
 
 
 class ZapHandler(threading.Thread):
-    """Answers ZeroMQ's PLAIN handshakes for one context from `table` {user: token} (RFC 27, ZAP 1.0)."""
+    """Answers ZeroMQ's handshakes for one context (RFC 27, ZAP 1.0) from `table`: {user: token} under PLAIN,
+    {user: client public key (Z85)} under CURVE. Handshakes that fail before ZAP (a peer speaking the other
+    mechanism, or garbage) are counted from the socket monitor at MONITOR_ENDPOINT, as mechanism `handshake`."""
 
-    def __init__(self, ctx, table: dict):
+    def __init__(self, ctx, table: dict, curve: bool = False):
         super().__init__(daemon=True, name="zap")
-        self.table, self.refused = table, Refusals()
+        self.ctx, self.table, self.curve, self.refused = ctx, table, curve, Refusals()
         self.sock = ctx.socket(zmq.REP)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.bind(ZAP_ENDPOINT)
 
+    def user_of(self, mechanism: bytes, cred: list) -> tuple:
+        """(user, whether the credential admits it)."""
+        if self.curve:
+            if mechanism != b"CURVE" or len(cred) != 1:
+                return "", False
+            key = z85.encode(cred[0]).decode()
+            user = next((u for u, k in self.table.items() if k == key), "")
+            return (user, True) if user else (key[:12] + "...", False)
+        user = cred[0].decode("utf-8", "replace") if cred else ""
+        return user, (mechanism == b"PLAIN" and len(cred) == 2
+                      and self.table.get(user) == cred[1].decode("utf-8", "replace"))
+
     def run(self) -> None:
+        monitor = self.ctx.socket(zmq.PAIR)
+        monitor.setsockopt(zmq.LINGER, 0)
+        monitor.connect(MONITOR_ENDPOINT)
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         try:
             while True:
+                ready = dict(poller.poll())
+                if monitor in ready:
+                    event = recv_monitor_message(monitor)
+                    if event["event"] & HANDSHAKE_FAILED:
+                        self.refused.add("", "handshake", event["endpoint"].decode("utf-8", "replace"))
+                if self.sock not in ready:
+                    continue
                 msg = self.sock.recv_multipart()
                 version, request_id, _domain, address, _identity, mechanism = msg[:6]
-                cred = msg[6:]
-                user = cred[0].decode("utf-8", "replace") if cred else ""
-                ok = mechanism == b"PLAIN" and len(cred) == 2 and self.table.get(user) == cred[1].decode(
-                    "utf-8", "replace")
+                user, ok = self.user_of(mechanism, msg[6:])
                 if not ok:
                     self.refused.add(user, mechanism.decode("ascii", "replace"), address.decode("utf-8", "replace"))
                 self.sock.send_multipart([version, request_id, b"200" if ok else b"400",
-                                          b"OK" if ok else b"refused", cred[0] if ok else b"", b""])
+                                          b"OK" if ok else b"refused", user.encode() if ok else b"", b""])
         except zmq.ContextTerminated:
             pass
         finally:
             self.sock.close(0)
+            monitor.close(0)
 
 
 class ZmqTransport:
     kind = "zmq"
 
     def __init__(self, me: str, host: str = "127.0.0.1", wire: str = "auto", send_timeout_s: float = 30.0,
-                 hwm: int = HWM, max_bytes: int | None = None, ports=None):
+                 hwm: int = HWM, max_bytes: int | None = None, ports=None, curve: bool = False):
         """Bind the PULL socket: `ipc` (a Unix socket in a private temp dir) or `tcp` on `host`; `auto` takes ipc
         when `host` is loopback (one machine) and tcp otherwise. Only admitted users can connect to it. Queues
         hold `hwm` messages per connection each way; a send waits at most `send_timeout_s` for room on a
         connection that accepts it, then raises TransportError. A frame over `max_bytes` (+ 64 KiB for the
-        header) closes its connection."""
+        header) closes its connection. `curve`: ZeroMQ CURVE instead of PLAIN (encrypted; the server's public
+        key travels with the address as `endpoint`)."""
         if wire not in WIRES:
             raise ValueError(f"fabric.wire: expected one of {WIRES}, got {wire!r}")
         self.me, self.send_timeout_s, self.hwm = me, float(send_timeout_s), int(hwm)
         self.blocked = 0  # sends that found the peer's queue full and had to wait
+        if curve and not zmq.has("curve"):
+            raise ValueError("fabric.curve: this pyzmq's libzmq was built without CURVE (libsodium)")
         self.ctx = zmq.Context()
-        self.admitted = {}
-        self.zap = ZapHandler(self.ctx, self.admitted)
-        self.zap.start()
+        self.admitted, self.curve = {}, bool(curve)
+        self.zap = ZapHandler(self.ctx, self.admitted, self.curve)
         self.pull = self.ctx.socket(zmq.PULL)
+        self.pull.monitor(MONITOR_ENDPOINT, HANDSHAKE_FAILED)
+        self.zap.start()
         self.pull.setsockopt(zmq.LINGER, 0)
         self.pull.setsockopt(zmq.RCVHWM, self.hwm)
         if max_bytes is not None:
             self.pull.setsockopt(zmq.MAXMSGSIZE, int(max_bytes) + (64 << 10))
-        self.pull.plain_server = True
+        if self.curve:
+            public, secret = zmq.curve_keypair()
+            self.pull.curve_server, self.pull.curve_secretkey, self.pull.curve_publickey = True, secret, public
+            self.server_key = public.decode()
+        else:
+            self.pull.plain_server, self.server_key = True, None
         self.pull.zap_domain = ZAP_DOMAIN
         self.ipc_dir = None
         if resolve_wire(wire, host) == "ipc":
@@ -155,13 +211,15 @@ class ZmqTransport:
                 import ray
                 host = ray.util.get_node_ip_address()
             self.address = f"tcp://{host}:{port}"
+        self.endpoint = self.address if self.server_key is None else (self.address, self.server_key)
         self.push = {}
         self.poller = zmq.Poller()
         self.poller.register(self.pull, zmq.POLLIN)
 
     def admit(self, users: dict) -> None:
-        """Let each user connect with its token (a ZAP handshake checks both)."""
-        self.admitted.update(users)
+        """Let each user connect with its token (a ZAP handshake checks both; under CURVE, the token's public key)."""
+        self.admitted.update({u: zmq.curve_public(t.encode()).decode() for u, t in users.items()} if self.curve
+                             else users)
 
     def refused(self) -> list:
         return self.zap.refused.export()
@@ -182,10 +240,10 @@ class ZmqTransport:
         sock.setsockopt(zmq.SNDTIMEO, max(1, int(self.send_timeout_s * 1000)))
         return sock
 
-    def connect(self, peer: str, address, token: str) -> None:
+    def connect(self, peer: str, endpoint, token: str) -> None:
+        address, server_key = split_endpoint(endpoint)
         sock = self.push_socket()
-        sock.plain_username = self.me.encode()
-        sock.plain_password = token.encode()
+        present(sock, self.me, token, server_key)
         sock.connect(address)
         self.push[peer] = sock
 
@@ -228,6 +286,7 @@ class ZmqTransport:
     def close(self) -> None:
         for s in self.push.values():
             s.close(0)
+        self.pull.disable_monitor()
         self.pull.close(0)
         self.ctx.term()
         self.zap.join(timeout=5)
@@ -250,6 +309,10 @@ class _TokenTransport:
         self.peers = {}
         self._refused = Refusals()
         self.dropped = {}  # user -> messages that found its connection's queue full
+
+    @property
+    def endpoint(self):
+        return self.address
 
     def admit(self, users: dict) -> None:
         self.by_token.update({token: user for user, token in users.items()})
@@ -340,9 +403,9 @@ TRANSPORTS = {"zmq": ZmqTransport, "ray": RayTransport, "local": LocalTransport}
 
 
 def make_transport(kind: str, me: str, host: str = "127.0.0.1", wire: str = "auto", send_timeout_s: float = 30.0,
-                   hwm: int = HWM, max_bytes: int | None = None, ports=None):
+                   hwm: int = HWM, max_bytes: int | None = None, ports=None, curve: bool = False):
     if kind not in TRANSPORTS:
         raise ValueError(f"transport: expected one of {tuple(TRANSPORTS)}, got {kind!r}")
     if kind == "zmq":
-        return ZmqTransport(me, host, wire, send_timeout_s, hwm, max_bytes, ports)
+        return ZmqTransport(me, host, wire, send_timeout_s, hwm, max_bytes, ports, curve)
     return TRANSPORTS[kind](me, host, wire, hwm)

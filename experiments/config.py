@@ -40,6 +40,7 @@ class FabricSection:
     timeout_s: float = 60.0        # every wait for a neighbour's message
     actor_cpus: float = 0.0        # Ray CPUs reserved per node actor
     host: str = "127.0.0.1"        # data-plane bind address (loopback by default; 0.0.0.0 on a cluster, see below)
+    curve: bool = False            # ZeroMQ CURVE on the data plane (encrypted, keys per connection) instead of PLAIN
     wire: str = "auto"             # zmq socket kind: ipc (Unix socket), tcp, or auto (ipc when host is loopback)
     placement: str = "pack"        # Ray placement group strategy for the host actors: pack or spread
     resources: dict = field(default_factory=dict)  # custom Ray resources per host actor (e.g. {fabric_slot: 1})
@@ -284,6 +285,12 @@ def validate(cfg: Config, model=None, protocol=None) -> Config:
                                          f"a cluster (use tcp or auto)")
     if not cfg.fabric.timeout_s > 0:
         raise ConfigError("fabric.timeout_s", f"must be > 0, got {cfg.fabric.timeout_s}")
+    if cfg.fabric.curve and cfg.engine == "fabric" and cfg.transport != "zmq":
+        raise ConfigError("fabric.curve", f"CURVE secures the ZeroMQ data plane; transport {cfg.transport!r} has none")
+    if cfg.fabric.curve:
+        import zmq
+        if not zmq.has("curve"):
+            raise ConfigError("fabric.curve", "this pyzmq's libzmq was built without CURVE (libsodium)")
     _check_runtime(cfg)
     _check_bench(cfg.bench)
     return resolve_data_plane(cfg)

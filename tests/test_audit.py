@@ -172,7 +172,7 @@ INVALID = [  # (command, --set, the field the error must name): each exits 2 bef
     ("audit", "angle=270", "angle"), ("audit", "feedback_init=random", "feedback_init"),
     ("audit", "eval_batch=0", "eval_batch"), ("audit", "fabric=3", "fabric"), ("audit", "fabric.colour=1", "fabric.colour"),
     ("audit", "fabric.placement=nearby", "fabric.placement"), ("audit", "fabric.ports=[60000,50000]", "fabric.ports"),
-    ("audit", "fabric.resources={CPU: 1}", "fabric.resources"), ("train", "epochs=-1", "epochs"),
+    ("audit", "fabric.resources={CPU: 1}", "fabric.resources"), ("audit", "fabric.curve=maybe", "fabric.curve"), ("train", "epochs=-1", "epochs"),
     ("train", "checkpoint_every=-1", "checkpoint_every"), ("train", "max_faults=-2", "max_faults"),
     ("train", "dataset=csv", "data_path"), ("train", "sizes=[64,16,9]", "sizes"),
 ]

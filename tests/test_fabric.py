@@ -216,3 +216,28 @@ def test_a_stuck_host_is_caught_by_its_missing_heartbeat(ray_session):
     finally:
         f.fabric.hosts.pop("L2", None)  # its actor is still asleep: kill it rather than wait for close()
         f.close()
+
+
+def test_a_curve_data_plane_trains_as_the_in_process_engine(ray_session):
+    """fabric.curve=true: every connection encrypted and authenticated by its issued key; the same updates."""
+    from cluster.locality import locality_report
+    from cluster.runtime import make_engine
+    from experiments.config import load_config
+    sets = ["sizes=[64,8,10]", "dtype=float64", "granularity=neuron", "fabric.hosts=2", "fabric.curve=true"]
+    engines = [make_engine(load_config("train", sets)), make_engine(load_config("train", sets + ["engine=reference"]))]
+    params = engines[0].model.init_params(0, torch.float64, 2.0)
+    x, y = batch(engines[0].model, B=5)
+    out = []
+    try:
+        for e in engines:
+            e.set_params(params)
+            e.train_batch(x, y, 0.2, 10, 4)
+            out.append(e.get_params())
+        rep = locality_report(engines[0].specs, engines[0].message_logs(), engines[0].protocol)
+        assert rep["messages"] > 0 and not rep["violations"]
+        assert all(isinstance(a, tuple) and len(a[1]) == 40 for a in engines[0].fabric.addresses.values())  # keys
+    finally:
+        for e in engines:
+            e.close()
+    for k, ref in out[1].items():
+        assert rel(out[0][k], ref) <= 1e-12, k

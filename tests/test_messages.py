@@ -78,6 +78,36 @@ def test_zmq_identity_comes_from_the_connection_and_bad_credentials_are_refused(
             t.close()
 
 
+def test_curve_admits_only_the_issued_keys_and_counts_the_rest():
+    """fabric.curve: the receiver knows a sender by the public half of the secret key it was issued; a valid CURVE
+    key it was not issued, and a peer speaking PLAIN, are refused and counted, and deliver nothing."""
+    rx = ZmqTransport("H2", curve=True)
+    good, bad, plain = (ZmqTransport(n, send_timeout_s=0.5) for n in ("H1", "H3", "H4"))
+    try:
+        token = new_token(curve=True)
+        rx.admit({"H1": token})
+        assert rx.endpoint == (rx.address, rx.server_key) and len(rx.server_key) == 40
+        good.connect("H2", rx.endpoint, token)
+        bad.connect("H2", rx.endpoint, new_token(curve=True))  # a CURVE key of its own
+        plain.connect("H2", rx.address, new_token())            # no CURVE at all
+        header = encode_header("L1", "L2", "a", "free", 1, 0, "float64", [1, 1])
+        for t in (good, bad, plain):
+            try:
+                t.send("H2", header, bytes(8))
+            except TransportError:
+                assert t is not good
+        got, deadline = [], time.monotonic() + 5
+        while time.monotonic() < deadline and (len(rx.refused()) < 2 or not got):
+            m = rx.recv(0.1)
+            if m:
+                got.append(m[0])
+        assert got == ["H1"]
+        assert sorted(r["mechanism"] for r in rx.refused()) == ["CURVE", "handshake"]
+    finally:
+        for t in (rx, good, bad, plain):
+            t.close()
+
+
 def test_a_send_with_no_connection_to_take_it_is_a_named_error_not_a_hang():
     lonely = ZmqTransport("H5", send_timeout_s=0.3)
     try:
