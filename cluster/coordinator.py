@@ -67,14 +67,19 @@ class FabricEngine(Engine):
 
     # ---- boundary and phases -------------------------------------------------------------------------------
     def _boundary(self, x, y=None) -> dict:
-        """{node: packed arrays}: x where the model routes it, each output node its slice of y."""
+        """{node: packed arrays}: x where the model routes it, each output node its slice of y. The nodes that get
+        x alone share one packed object (serialised once per host call, unpacked once per host)."""
         x = torch.as_tensor(x)
+        x_only = None
         per_node = {}
         for i, s in self.specs.items():
-            arrays = {}
-            if "x" in s.boundary:
-                arrays["x"] = x
-            if "y" in s.boundary and y is not None:
+            with_y = "y" in s.boundary and y is not None
+            if "x" in s.boundary and not with_y:
+                x_only = x_only or pack_arrays({"x": x})
+                per_node[i] = x_only
+                continue
+            arrays = {"x": x} if "x" in s.boundary else {}
+            if with_y:
                 arrays["y"] = target_of(s, torch.as_tensor(y))
             per_node[i] = pack_arrays(arrays) if arrays else b""
         return per_node
