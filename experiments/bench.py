@@ -34,6 +34,9 @@ TARGETS = {  # ratio key -> (comparison, target)
     "inprocess_over_matmuls": ("<=", 1.3),
     "max_neuron_actors": (">=", 64),
     "cuda_step_us": ("<=", 100.0),
+    "hosted_neuron_epoch_over_layer_epoch": ("<=", 10.0),   # issue 18: P-MLP at neuron granularity on 2 hosts
+    "hosted_neuron_rss_gb": ("<=", 3.0),
+    "nodes_slope": ("<=", 1.1),
 }
 SETTLE_S = 0.1
 PUBLISHED = dict(sizes=[784, 512, 10], batch=50, T1=30, T2=10, beta=0.1, protocol="ep-symmetric",
@@ -366,6 +369,18 @@ def plan(cfg) -> tuple:
     return main, grid, st, shrunk
 
 
+def hosted(cfg) -> tuple:
+    """The hosted-neuron rows and the node scaling (experiments/bench_hosted.py) on the published P-MLP recipe;
+    quick: a 64-24-10 net on 2 hosts, one timed batch, three sizes for the slope."""
+    from experiments.bench_hosted import hosted_neuron, nodes_scaling
+    net = dict(PUBLISHED, lr=5e-4, optimizer="adam")
+    if cfg.quick:
+        c = dataclasses.replace(cfg, **dict(net, sizes=[64, 24, 10], T1=5, T2=2))
+        return hosted_neuron(c, [2], 1), nodes_scaling(c, [6, 14, 30], 2, 3)
+    c = dataclasses.replace(cfg, **net)
+    return hosted_neuron(c, [1, 2, 4], 2), nodes_scaling(c, [6, 22, 54, 118, 246, 512], 2, 5)
+
+
 def _wire(cfg) -> str:
     return resolve_wire(cfg.fabric.wire, cfg.fabric.host)
 
@@ -438,6 +453,10 @@ def run_bench(cfg, out_dir) -> dict:
         "fabric_phase_call_us": row["fabric_phase_call_us"],
         "layer_fabric_over_raw_same_pattern": row["fabric_step_us"] / row["raw_same_pattern_step_us"],
         "raw_layer_same_pattern_over_inprocess": row["raw_same_pattern_step_us"] / row["inprocess_step_us"]}
+    res["hosted_neuron"], res["nodes_scaling"] = hosted(cfg)
+    two = next(r for r in res["hosted_neuron"]["neuron"] if r["hosts"] == 2)
+    ratios.update(hosted_neuron_epoch_over_layer_epoch=two["epoch_over_layer_epoch"],
+                  hosted_neuron_rss_gb=two["rss_gb"], nodes_slope=res["nodes_scaling"]["slope"])
     if torch.cuda.is_available():
         res["cuda"] = cuda_step(cfg, main["sizes"], main["batch"], st["steps"], st["repeats"])
         ratios["cuda_step_us"] = res["cuda"]["step_us"]

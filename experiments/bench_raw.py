@@ -231,6 +231,18 @@ def table(out) -> str:
                                         for r in out["ray_transport"]["ray_round_trip"]))
     if out.get("rss_mb_per_actor"):
         lines.append(f"RSS per neuron-fabric actor {out['rss_mb_per_actor']:.0f} MB")
+    if "hosted_neuron" in out:
+        h = out["hosted_neuron"]
+        lines += ["", f"hosted {'-'.join(map(str, h['sizes']))} (batch {h['batch']}, T1 {h['T1']}, T2 {h['T2']}): "
+                      f"{h['note']}", f"{'fabric':>16s} {'nodes':>6s} {'s/batch':>8s} {'epoch s':>8s} "
+                                      f"{'x layer':>8s} {'RSS GB':>7s} {'msgs/s':>9s}"]
+        for r in [h["layer"], *h["neuron"]]:
+            name = "layer" if r["granularity"] == "layer" else f"neuron, {r['hosts']} hosts"
+            lines.append(f"{name:>16s} {r['nodes']:6d} {r['batch_s']:8.3f} {r['epoch_s_extrapolated']:8.1f} "
+                         f"{r.get('epoch_over_layer_epoch', 1.0):8.1f} {r['rss_gb']:7.2f} {r['msgs_per_s']:9.0f}")
+        s = out["nodes_scaling"]
+        lines.append("step time against logical nodes: " + ", ".join(
+            f"{r['nodes']}: {r['step_s'] * 1e3:.1f} ms" for r in s["rows"]) + f"; log-log slope {s['slope']:.2f}")
     return "\n".join(lines)
 
 

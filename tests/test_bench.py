@@ -9,7 +9,8 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RATIOS = ("layer_fabric_over_inprocess", "neuron_msg_rate_over_raw_zmq", "zmq_over_ray_transport",
-          "explicit_over_autograd", "inprocess_over_matmuls", "max_neuron_actors")
+          "explicit_over_autograd", "inprocess_over_matmuls", "max_neuron_actors",
+          "hosted_neuron_epoch_over_layer_epoch", "hosted_neuron_rss_gb", "nodes_slope")
 
 
 def test_bench_quick(tmp_path):
@@ -33,5 +34,9 @@ def test_bench_quick(tmp_path):
     for row in bench["neuron"]:  # every message crosses ZeroMQ when each node has its own actor
         assert 0 < row["wire_messages"] <= row["state_messages"]
         assert (row["wire_messages"] == row["state_messages"]) == (row["actors"] == row["nodes"]), row
+    hosted = bench["hosted_neuron"]  # logical nodes on 2 host actors, against the layer fabric of the same net
+    assert [(r["hosts"], r["actors"], r["nodes"]) for r in hosted["neuron"]] == [(2, 2, sum(hosted["sizes"][1:]))]
+    assert hosted["layer"]["nodes"] == len(hosted["sizes"]) - 1 and hosted["layer"]["batch_s"] > 0
+    assert [r["nodes"] for r in bench["nodes_scaling"]["rows"]] == [16, 24, 40]
     assert (out / "bench.png").stat().st_size > 0
     assert (out / "config.yaml").exists()
