@@ -369,18 +369,6 @@ def plan(cfg) -> tuple:
     return main, grid, st, shrunk
 
 
-def hosted(cfg) -> tuple:
-    """The hosted-neuron rows and the node scaling (experiments/bench_hosted.py) on the published P-MLP recipe;
-    quick: a 64-24-10 net on 2 hosts, one timed batch, three sizes for the slope."""
-    from experiments.bench_hosted import hosted_neuron, nodes_scaling
-    net = dict(PUBLISHED, lr=5e-4, optimizer="adam")
-    if cfg.quick:
-        c = dataclasses.replace(cfg, **dict(net, sizes=[64, 24, 10], T1=5, T2=2))
-        return hosted_neuron(c, [2], 1), nodes_scaling(c, [6, 14, 30], 2, 3)
-    c = dataclasses.replace(cfg, **net)
-    return hosted_neuron(c, [1, 2, 4], 2), nodes_scaling(c, [6, 22, 54, 118, 246, 512], 2, 5)
-
-
 def _wire(cfg) -> str:
     return resolve_wire(cfg.fabric.wire, cfg.fabric.host)
 
@@ -453,6 +441,7 @@ def run_bench(cfg, out_dir) -> dict:
         "fabric_phase_call_us": row["fabric_phase_call_us"],
         "layer_fabric_over_raw_same_pattern": row["fabric_step_us"] / row["raw_same_pattern_step_us"],
         "raw_layer_same_pattern_over_inprocess": row["raw_same_pattern_step_us"] / row["inprocess_step_us"]}
+    from experiments.bench_hosted import hosted
     res["hosted_neuron"], res["nodes_scaling"] = hosted(cfg)
     two = next(r for r in res["hosted_neuron"]["neuron"] if r["hosts"] == 2)
     ratios.update(hosted_neuron_epoch_over_layer_epoch=two["epoch_over_layer_epoch"],

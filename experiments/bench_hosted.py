@@ -18,7 +18,7 @@ import torch
 
 from cluster.runtime import DTYPES
 from experiments import bench_raw
-from experiments.bench import _batch, _engine, log, state_messages
+from experiments.bench import PUBLISHED, _batch, _engine, log, state_messages
 from protocols.base import Phase
 
 MNIST5K_TRAIN = 4000
@@ -95,3 +95,14 @@ def nodes_scaling(cfg, hidden: list, hosts: int, steps: int) -> dict:
     slope = float(((lx - lx.mean()) * (ly - ly.mean())).sum() / ((lx - lx.mean()) ** 2).sum())
     log(f"hosted: step time against logical nodes {[r['nodes'] for r in rows]}: log-log slope {slope:.2f}")
     return {"hosts": hosts, "steps": steps, "rows": rows, "slope": slope}
+
+
+def hosted(cfg) -> tuple:
+    """The hosted-neuron rows and the node scaling on the published P-MLP recipe (bench.PUBLISHED);
+    quick: a 64-24-10 net on 2 hosts, one timed batch, three sizes for the slope."""
+    net = dict(PUBLISHED, lr=5e-4, optimizer="adam")
+    if cfg.quick:
+        c = dataclasses.replace(cfg, **dict(net, sizes=[64, 24, 10], T1=5, T2=2))
+        return hosted_neuron(c, [2], 1), nodes_scaling(c, [6, 14, 30], 2, 3)
+    c = dataclasses.replace(cfg, **net)
+    return hosted_neuron(c, [1, 2, 4], 2), nodes_scaling(c, [6, 22, 54, 118, 246, 512], 2, 5)
