@@ -11,6 +11,7 @@ total, `dropped_samples` and `hep_fallbacks`. Writes config.yaml, metrics.json (
 """
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import time
@@ -139,7 +140,7 @@ def run_train(cfg, out_dir: str, progress: bool = True, resume: bool = False, mo
                   baseline, last, record)
     Y = one_hot(ds.y_train, ds.n_classes)
     n_batches = len(range(0, len(ds.x_train), cfg.batch))
-    epoch, b, tally, metrics = rb.last.epoch, rb.last.batch, dict(rb.last.tally), rb.last.metrics
+    epoch, b, tally, metrics = rb.last.epoch, rb.last.batch, dict(rb.last.tally), copy.deepcopy(rb.last.metrics)
     engine, final, summary = None, None, {}
     try:
         engine = rb.engine()
@@ -173,7 +174,8 @@ def run_train(cfg, out_dir: str, progress: bool = True, resume: bool = False, mo
             except HostLost as err:
                 engine = rb.recover(engine, err, epoch, b, n_batches)
                 final = None
-                epoch, b, tally, metrics = rb.last.epoch, rb.last.batch, dict(rb.last.tally), rb.last.metrics
+                epoch, b, tally = rb.last.epoch, rb.last.batch, dict(rb.last.tally)
+                metrics = copy.deepcopy(rb.last.metrics)  # the checkpoint's own copy stays as it was taken
     except BaseException as err:
         _write_metrics(out_dir, cfg, metrics, rb.summary(), error=f"{type(err).__name__}: {err}")
         raise

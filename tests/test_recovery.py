@@ -138,3 +138,25 @@ def test_each_node_is_sent_its_own_checkpoint_logged_as_control_checkpoint(ray_s
             engine.fabric.call("set_state", per_host={"H1": ({h0: state[h0]},), "H0": ({},)})
     finally:
         engine.close()
+
+
+def test_a_fault_between_an_epochs_row_and_its_checkpoint_adds_no_second_row(tmp_path):
+    """The host is lost while the epoch-end checkpoint is gathered (the row is already in metrics): the rollback
+    restores the checkpoint's metrics as they were taken, so the replayed epoch is reported once."""
+    from cluster.fabric import HostLost
+    sets = ["sizes=[64,8,10]", "epochs=1", "T1=5", "T2=2", "batch=128", "dtype=float64", "checkpoint_every=0",
+            "engine=reference"]
+    full = run_train(load_config("train", sets), str(tmp_path / "full"), progress=False)
+    injected = []
+
+    def on_batch(engine, epoch, b):
+        if b == 11 and not injected:  # the last batch: the next gather is the epoch-end checkpoint's
+            injected.append(b)
+
+            def lost():
+                raise HostLost("host H0 (nodes L1): get_state failed: the actor died (injected)", "H0")
+            engine.get_state = lost
+    faulty = run_train(load_config("train", sets), str(tmp_path / "faulty"), progress=False, on_batch=on_batch)
+    assert injected and faulty["faults"] == 1 and faulty["replayed_batches"] == 12
+    assert [r["epoch"] for r in faulty["epochs"]] == [1]
+    assert faulty["lineage"] == full["lineage"] and faulty["test_accuracy"] == full["test_accuracy"]
