@@ -87,10 +87,11 @@ class Fabric:
     def _start(self, protocol) -> None:
         t0 = time.perf_counter()
         hs = dict(self.settings, transport="local" if self.local else self.transport)
+        links = self._links()
         if self.local:
             self.hosts = {h: Host(h, s, protocol, hs, threads=None) for h, s in self.by_host.items()}
         else:
-            self.bundle_order = host_order(list(self.by_host), self._links())  # host k holds bundle k
+            self.bundle_order = host_order(list(self.by_host), links)  # host k holds bundle k
             self.pg, options = place_hosts(self.bundle_order, self.settings, wait_s=max(120.0, self.timeout_s))
             threaded = self.transport != "zmq"
             Actor = ray.remote(Host)
@@ -99,7 +100,6 @@ class Fabric:
         addresses = self.call("endpoint", stall_s=max(120.0, 10.0 * len(self.hosts)))
         self.start_s = time.perf_counter() - t0
         self.addresses = {h: (self.hosts[h] if a is None else a) for h, a in addresses.items()}
-        links = self._links()
         curve = bool(self.settings.get("curve"))
         tokens = {(a, b): new_token(curve) for a, b in links if a != b}
         coord = {h: new_token(curve) for h in self.hosts}   # the coordinator's credential at each host

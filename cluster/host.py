@@ -362,9 +362,9 @@ class Host(NodeSet):
         if dst not in self.inboxes:
             return self.unknown.add(user, "not_here", f"host {self.host_id}: a message on {user}'s connection "
                                                       f"(claiming {src}) for {dst!r}, which is not here")
-        drops, where = self.logs[dst].drops, f"node {dst}, phase {phase}, step {step}, message on {user}'s connection"
-        if self.placement.get(src) != user:
-            return drops.add(user, "forged", f"{where} claims to come from {src} (forged sender)")
-        if payload is None:
-            return drops.add(user, "frames", f"{where} (from {src}): not two frames")
+        if self.placement.get(src) != user or payload is None:  # the text only for a drop
+            where = f"node {dst}, phase {phase}, step {step}, message on {user}'s connection"
+            if self.placement.get(src) != user:
+                return self.logs[dst].drops.add(user, "forged", f"{where} claims to come from {src} (forged sender)")
+            return self.logs[dst].drops.add(user, "frames", f"{where} (from {src}): not two frames")
         self.inboxes[dst].accept(src, kind, phase, serial, step, dtype, shape, payload, user)

@@ -51,7 +51,6 @@ class NodeInbox:
         """The ports a phase carries: the signal's and those of its extra `kinds` (protocols/base.Phase.kinds)."""
         live = carried(kinds)
         self.order = tuple(k for k in self.ports if k[1] in live)
-        self.widths = tuple((k, self.ports[k].width) for k in self.order)
         self.slots = tuple(s for s in self.all_slots if s[3] in live)
 
     def start(self, serial: int, phase: str = "", steps: int = 1 << 62, kinds=(), dtype: str | None = None,
@@ -82,26 +81,23 @@ class NodeInbox:
         self.count[key[2:]] -= 1
         return entry
 
-    def has_port(self, src: str, kind: str) -> bool:
-        return (src, kind) in self.ports
-
     def _where(self, phase, step, src, user) -> str:
         who = f"from {src}" if user is None else f"on {user}'s connection (claiming {src})"
         return f"node {self.node}, phase {phase}, step {step}, message {who}: "
 
     def _current(self, src, kind, phase, step, dtype, shape, user) -> None:
         """The checks of a message of the current phase that need the phase (Dropped if one fails)."""
-        where = self._where(phase, step, src, user)
         if phase != self.phase:
-            raise Dropped("phase", where + f"phase {phase!r} for serial {self.serial}, which runs {self.phase!r}")
+            raise Dropped("phase", self._where(phase, step, src, user)
+                          + f"phase {phase!r} for serial {self.serial}, which runs {self.phase!r}")
         if (src, kind) not in self.order:
-            raise Dropped("kind", where + f"kind {kind}, which this phase does not carry (it carries "
-                                          f"{sorted({k for _, k in self.order})})")
+            raise Dropped("kind", self._where(phase, step, src, user) + f"kind {kind}, which this phase does not "
+                                  f"carry (it carries {sorted({k for _, k in self.order})})")
         if step > self.steps:
-            raise Dropped("future", where + f"beyond the phase's last step {self.steps}")
+            raise Dropped("future", self._where(phase, step, src, user) + f"beyond the phase's last step {self.steps}")
         if dtype != self.want or shape[0] != self.rows:
-            raise Dropped("dtype" if dtype != self.want else "shape",
-                          where + f"{dtype}{list(shape)}, expected {self.want}[{self.rows}, {shape[1]}]")
+            raise Dropped("dtype" if dtype != self.want else "shape", self._where(phase, step, src, user)
+                          + f"{dtype}{list(shape)}, expected {self.want}[{self.rows}, {shape[1]}]")
 
     def accept(self, src: str, kind: str, phase: str, serial: int, step: int, dtype: str, shape, payload,
                user: str | None = None) -> bool:
@@ -119,43 +115,43 @@ class NodeInbox:
 
     def _accept(self, src, kind, phase, serial, step, dtype, shape, payload, user) -> None:
         port = (src, kind)
-        where = self._where(phase, step, src, user)
+        where = lambda: self._where(phase, step, src, user)  # noqa: E731 (the text only for a drop)
         if port not in self.ports:
-            raise Dropped("not_a_port", where + f"no in-port {src}/{kind}: {src} is not a graph neighbour sending "
+            raise Dropped("not_a_port", where() + f"no in-port {src}/{kind}: {src} is not a graph neighbour sending "
                                                 f"{kind}")
         if step < 0:
-            raise Dropped("malformed", where + "a negative step")
+            raise Dropped("malformed", where() + "a negative step")
         last = self.last[port]
         if (serial, step) <= last:
-            raise Dropped("replayed", where + f"serial {serial}, step {step} again (its port has delivered up to "
+            raise Dropped("replayed", where() + f"serial {serial}, step {step} again (its port has delivered up to "
                                               f"serial {last[0]}, step {last[1]})")
         if serial < self.serial:
-            raise Dropped("stale", where + f"of serial {serial}, older than the phase running ({self.serial})")
+            raise Dropped("stale", where() + f"of serial {serial}, older than the phase running ({self.serial})")
         base = last[1] if last[0] == serial else -1
         if serial > self.serial + 1 or step > base + MAX_AHEAD:
-            raise Dropped("future", where + f"serial {serial}, step {step}: beyond the window (serial "
+            raise Dropped("future", where() + f"serial {serial}, step {step}: beyond the window (serial "
                                             f"{self.serial} + 1, step {base} + {MAX_AHEAD})")
         allowed = self.dtypes if serial > self.serial else {self.want}
         if dtype not in allowed:
-            raise Dropped("dtype", where + f"dtype {dtype!r}, expected one of {sorted(map(str, allowed))}")
+            raise Dropped("dtype", where() + f"dtype {dtype!r}, expected one of {sorted(map(str, allowed))}")
         if len(shape) != 2 or shape[1] != self.ports[port].width or shape[0] < 1:
-            raise Dropped("shape", where + f"{dtype}{list(shape)}, expected [rows, {self.ports[port].width}]")
+            raise Dropped("shape", where() + f"{dtype}{list(shape)}, expected [rows, {self.ports[port].width}]")
         if serial == self.serial:
             self._current(src, kind, phase, step, dtype, shape, user)
         nbytes = math.prod(shape) * ITEMSIZE[dtype]
         if nbytes > self.max_bytes:
-            raise Dropped("size", where + f"{nbytes} bytes, more than {self.max_bytes}")
+            raise Dropped("size", where() + f"{nbytes} bytes, more than {self.max_bytes}")
         key = (src, kind, serial, step)
         if key in self.buffer:
-            raise Dropped("duplicate", where + f"serial {serial}, step {step} is already buffered")
+            raise Dropped("duplicate", where() + f"serial {serial}, step {step} is already buffered")
         if self.ahead[port] >= MAX_AHEAD:
-            raise Dropped("full", where + f"more than {MAX_AHEAD} messages held from {src} (kind {kind}); a "
+            raise Dropped("full", where() + f"more than {MAX_AHEAD} messages held from {src} (kind {kind}); a "
                                           f"neighbour in lockstep cannot run that far ahead")
         if type(payload) is not np.ndarray:
             try:
                 payload = ndarray_from(payload, dtype, shape)
             except MessageError as err:
-                raise Dropped("size", where + str(err)) from None
+                raise Dropped("size", where() + str(err)) from None
         self.buffer[key] = (phase, dtype, tuple(shape), payload, user)
         self.ahead[port] += 1
         self.count[(serial, step)] = self.count.get((serial, step), 0) + 1
@@ -174,14 +170,10 @@ class NodeInbox:
         buffer is never overwritten while the step that reads it runs. `own` is the node's own payloads by kind
         (for a slot of its own group: {"a": its signal, ...})."""
         self.count.pop((serial, step), None)
-        want = _NAMES[dtype]
         got, buffer, ahead, last, done = {}, self.buffer, self.ahead, self.last, (serial, step)
-        for port, width in self.widths:
-            ph, dt, shape, arr, _ = buffer.pop((port[0], port[1], serial, step))
+        for port in self.order:  # each passed the phase's dtype and shape checks when it was accepted (or at start)
+            arr = buffer.pop((port[0], port[1], serial, step))[3]
             ahead[port] -= 1
-            if dt != want or shape != (batch, width):
-                raise MessageError(f"node {self.node}, phase {phase}, step {step}, message from {port[0]}: "
-                                   f"{dt}{list(shape)}, expected {want}[{batch}, {width}]")
             last[port] = done
             got[port] = arr
         self.parity ^= 1

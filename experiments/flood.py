@@ -15,15 +15,6 @@ import torch
 FLOOD_USER = "H9"
 
 
-def _rss_mb(host) -> float:
-    """The calling process's resident set size in MB (/proc; psutil is not needed)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def _admit(host, user, token):
     host.transport.admit({user: token})
 
@@ -45,6 +36,8 @@ def flood(messages: int = 10 ** 6, steps: int = 50) -> dict:
     import ray
 
     from cluster.coordinator import FabricEngine
+    from cluster.runtime import init_ray
+    from experiments import bench_raw
     from cluster.messages import encode_header
     from cluster.transport import TransportError, ZmqTransport, new_token
     from nodes.layered import layered
@@ -52,7 +45,7 @@ def flood(messages: int = 10 ** 6, steps: int = 50) -> dict:
     model = layered("energy", (4, 5, 3, 2), "sigmoid", dt=0.5)
     own = not ray.is_initialized()
     if own:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+        init_ray(num_cpus=2)  # a new local instance, loopback only
     f = FabricEngine(model, "ep-symmetric", dict(granularity="layer", lr=[0.1] * 3, dtype="float64",
                                                  transport="zmq", timeout_s=60.0))
     rogue = ZmqTransport(FLOOD_USER, send_timeout_s=120.0)
@@ -69,7 +62,8 @@ def flood(messages: int = 10 ** 6, steps: int = 50) -> dict:
         token = new_token()
         on_host(_admit, FLOOD_USER, token)
         rogue.connect("L2", f.fabric.addresses["L2"], token)
-        before = on_host(_rss_mb)
+        pid = on_host(bench_raw.actor_pid)
+        before = bench_raw.proc_memory_mb(pid)["vmrss"]
         header = encode_header("L1", "L2", "a", "free", 1 << 40, 0, "float64", [6, 5])
         payload = bytes(240)
         sent = [0]
@@ -96,7 +90,7 @@ def flood(messages: int = 10 ** 6, steps: int = 50) -> dict:
             f.run_phase(phase)
             same &= torch.equal(f.output("free"), clean)
         seconds = time.monotonic() - t0
-        after = on_host(_rss_mb)
+        after = bench_raw.proc_memory_mb(pid)["vmrss"]
         return {"messages": messages, "sent": sent[0], "blocked": rogue.blocked, "drops": on_host(_drops),
                 "rss_before_mb": round(before, 1), "rss_after_mb": round(after, 1),
                 "rise_mb": round(after - before, 1), "phases": phases, "same_result": bool(same),

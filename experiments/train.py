@@ -141,7 +141,7 @@ def run_train(cfg, out_dir: str, progress: bool = True, resume: bool = False, mo
     Y = one_hot(ds.y_train, ds.n_classes)
     n_batches = len(range(0, len(ds.x_train), cfg.batch))
     epoch, b, tally, metrics = rb.last.epoch, rb.last.batch, dict(rb.last.tally), copy.deepcopy(rb.last.metrics)
-    engine, final, summary = None, None, {}
+    engine, final, lineage = None, None, None
     try:
         engine = rb.engine()
         while final is None:
@@ -170,7 +170,7 @@ def run_train(cfg, out_dir: str, progress: bool = True, resume: bool = False, mo
                     if cfg.epochs and metrics["epochs"]:
                         _, _, pred = evaluate(engine, cfg, ds.x_test, ds.y_test, ds.n_classes)
                         plot_confusion(os.path.join(out_dir, "confusion.png"), ds.y_test, pred, ds.n_classes)
-                    summary["lineage"] = {i: [list(r) for r in v] for i, v in sorted(engine.lineage().items())}
+                    lineage = {i: [list(r) for r in v] for i, v in sorted(engine.lineage().items())}
             except HostLost as err:
                 engine = rb.recover(engine, err, epoch, b, n_batches)
                 final = None
@@ -182,7 +182,6 @@ def run_train(cfg, out_dir: str, progress: bool = True, resume: bool = False, mo
     finally:
         if engine is not None:
             engine.close()
-    lineage = summary.get("lineage")
     summary = _write_metrics(out_dir, cfg, metrics, rb.summary(), lineage=lineage)
     summary.update(final_params=final, lineage=lineage)
     if progress:

@@ -153,8 +153,8 @@ def test_a_forged_sender_id_is_caught_by_connection_identity(ray_session):
         assert torch.equal(f.output("free"), clean)
         rep = report(f)
         assert rep["violations"] == [{"src": "L3", "dst": "L2", "kind": "rejected", "phase": "", "count": 1,
-                                      "reason": "forged", "why": f"node L2, phase free, step 0, message on L3's "
-                                                                 f"connection claims to come from L1 (forged sender)"}]
+                                      "reason": "forged", "why": "node L2, phase free, step 0, message on L3's "
+                                                                 "connection claims to come from L1 (forged sender)"}]
         assert rep["rejected_by_reason"] == {"forged": 1} and rep["stale"] == 0
     finally:
         f.close()
