@@ -28,6 +28,7 @@ REASONS = {
     "replayed": "a (serial, step) its port has already delivered",
     "future": "a serial or step beyond what a neighbour in lockstep can reach",
     "full": "its port's buffer (or the host's queue) is full",
+    "exchange": "a per-message data message to a host that exchanges frames, or a frame to one that does not",
     "stale": "an older phase's (an aborted one's): normal traffic, not a violation",
 }
 NOT_VIOLATIONS = ("stale",)

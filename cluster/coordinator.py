@@ -44,6 +44,17 @@ class FabricEngine(Engine):
         return {h: (*before, {i: per_node[i] for i in nodes if i in per_node}, *after)
                 for h, nodes in self.fabric.by_host.items()}
 
+    def _boundary_per_host(self, x, y, *before, after=()) -> dict:
+        """{host: (*before, (blobs, {node: index of its blob}), *after)}: the boundary of each host's nodes with each
+        distinct packed object once (x alone, shared by every node fed x only, travels once per host, not per node)."""
+        per_node, out = self._boundary(x, y), {}
+        for h, nodes in self.fabric.by_host.items():
+            index = {}  # id of a packed object -> its place in this host's list
+            which = {i: index.setdefault(id(per_node[i]), len(index)) for i in nodes if i in per_node}
+            blobs = {k: per_node[i] for i, k in which.items()}
+            out[h] = (*before, ([blobs[k] for k in range(len(blobs))], which), *after)
+        return out
+
     def _merged(self, method: str, *args, per_host=None) -> dict:
         res = self.fabric.call(method, *args, per_host=per_host)
         return {i: v for r in res.values() if r for i, v in r.items()}
@@ -86,7 +97,7 @@ class FabricEngine(Engine):
 
     def set_batch(self, x, y=None, draw=None) -> None:
         self.batch = int(torch.as_tensor(x).shape[0])
-        self.fabric.call("set_batch", per_host=self._per_host(self._boundary(x, y), self.batch, after=(draw,)))
+        self.fabric.call("set_batch", per_host=self._boundary_per_host(x, y, self.batch, after=(draw,)))
 
     def begin(self) -> None:
         self.fabric.call("begin")
@@ -111,8 +122,8 @@ class FabricEngine(Engine):
         as set_batch + run_program + update, returning (the output's prediction, per-phase per-sample residuals)."""
         serial = self.fabric.new_serials(len(program))
         B = int(torch.as_tensor(x).shape[0])
-        res = self.fabric.call("run_batch", per_host=self._per_host(self._boundary(x, y), serial, B,
-                                                                    after=(program, apply, draw)))
+        res = self.fabric.call("run_batch", per_host=self._boundary_per_host(x, y, serial, B,
+                                                                            after=(program, apply, draw)))
         out = self._output_of({i: unpack_arrays(v)["s"] for r in res.values() for i, v in r["out"].items()})
         residuals = {ph.name: torch.tensor(per_sample_max(r["residuals"][ph.name] for r in res.values()),
                                            dtype=torch.float64) for ph in program}

@@ -54,6 +54,17 @@ def _cause(err) -> str:
     return text[-1] if text else repr(err)
 
 
+def exchange_of(settings: dict) -> str:
+    """`fabric.exchange`: "messages" (one per port per step) or "frames" (one per host pair per step,
+    cluster/exchange.py); "auto": frames where hosts run many nodes (`fabric.hosts` >= 1)."""
+    ex = settings.get("exchange", "auto")
+    if ex == "auto":
+        return "frames" if int(settings.get("hosts", 0)) > 0 else "messages"
+    if ex not in ("messages", "frames"):
+        raise ValueError(f"fabric.exchange: expected 'auto', 'messages' or 'frames', got {ex!r}")
+    return ex
+
+
 def place(node_ids, hosts: int) -> dict:
     """node -> host id: each node its own host (hosts = 0), else round-robin over `hosts` hosts `H0`, `H1`, ..."""
     if hosts <= 0:
@@ -68,6 +79,7 @@ class Fabric:
         self.specs, self.settings, self.local = specs, settings, local
         self.timeout_s = float(settings.get("timeout_s", 60.0))
         self.placement = place(list(specs), int(settings.get("hosts", 0)))
+        self.exchange = exchange_of(settings)
         self.by_host = {}
         for i, h in self.placement.items():
             self.by_host.setdefault(h, {})[i] = specs[i]
@@ -86,7 +98,7 @@ class Fabric:
 
     def _start(self, protocol) -> None:
         t0 = time.perf_counter()
-        hs = dict(self.settings, transport="local" if self.local else self.transport)
+        hs = dict(self.settings, transport="local" if self.local else self.transport, exchange=self.exchange)
         links = self._links()
         if self.local:
             self.hosts = {h: Host(h, s, protocol, hs, threads=None) for h, s in self.by_host.items()}

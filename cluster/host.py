@@ -24,6 +24,7 @@ import torch
 import zmq
 
 from cluster.admission import Drops
+from cluster.exchange import FRAME, Exchange
 from cluster.message_log import COORDINATOR, MessageLog
 from cluster.messages import (Dropped, array_bytes, decode_header, dtype_name, encode_control, header_prefix,
                               header_suffix, pack_arrays, unpack_arrays)
@@ -81,6 +82,7 @@ class Host(NodeSet):
                          noise=settings.get("noise", 0.0), seed=settings.get("seed", 0),
                          gate=settings.get("residual_tol") is not None)
         self.host_id = host_id
+        self.settings_dtype = settings["dtype"]
         self.timeout_s = float(settings.get("timeout_s", 60.0))
         self.logs = {i: MessageLog(settings.get("log", "counters")) for i in self.ids}
         max_bytes = int(settings.get("max_message_bytes", MAX_BYTES))
@@ -93,6 +95,9 @@ class Host(NodeSet):
                                         hwm=(MAX_AHEAD + 2) * ports + 64, max_bytes=max_bytes,
                                         ports=settings.get("ports"), curve=bool(settings.get("curve")))
         self.placement = {i: host_id for i in self.ids}
+        self.frames = settings.get("exchange", "messages") == "frames"  # one frame per host pair per step
+        self.exchange = None  # frames: built at `connect`, once the placement of every node is known
+        self.max_bytes = max_bytes
         self.aborted_upto = -1
         self.beat = None
         self.unknown = Drops()  # messages that could not be attributed to a local node
@@ -126,6 +131,9 @@ class Host(NodeSet):
         for peer, (address, token) in peers.items():
             self.transport.connect(peer, address, token)
         self.placement.update(placement)
+        if self.frames:
+            self.exchange = Exchange(self.host_id, self.specs, self.placement, self.logs, self.unknown,
+                                     self.settings_dtype, self.max_bytes)
         if beat is not None:
             self.beat = Heartbeat(self.host_id, beat[0], beat[1], getattr(self.transport, "ctx", None))
         if self.transport.kind != "local":  # an actor process, built: what exists now lives as long as it does, so
@@ -147,21 +155,20 @@ class Host(NodeSet):
         self._control("get_params")
         return {i: pack_arrays(p) for i, p in self.params.items()}
 
-    def set_batch(self, batch: int, per_node: dict, draw=None) -> None:
+    def set_batch(self, batch: int, routed: tuple, draw=None) -> None:
         """The batch size to every node (global), the batch's serial `draw` (global; keys the noise), and the
-        boundary signals routed to each (x, y)."""
+        boundary signals routed to each (x, y): routed = (packed blobs, {node: index of its blob}), each blob
+        unpacked once here (the nodes fed x alone share it, read-only)."""
         self.batch = int(batch)
         self.draw = None if draw is None else int(draw)
-        unpacked = {}  # one unpack per packed object: the nodes fed x alone share it (read-only)
+        blobs, which = routed
+        unpacked = [unpack_arrays(b) if b else {} for b in blobs]
         for i in self.ids:
             self._from_coordinator(i, "control", "set_batch", 0)
             self._from_coordinator(i, "global", "batch", 8)
             if self.noise and draw is not None:
                 self._from_coordinator(i, "global", "draw", 8)
-            packed = per_node.get(i)
-            if packed and id(packed) not in unpacked:
-                unpacked[id(packed)] = unpack_arrays(packed)
-            arrays = unpacked[id(packed)] if packed else {}
+            arrays = unpacked[which[i]] if i in which else {}
             for k, v in arrays.items():
                 self._from_coordinator(i, "boundary", k, v.numel() * v.element_size())
             self.set_routed(i, arrays)
@@ -230,14 +237,14 @@ class Host(NodeSet):
         with self.busy:
             return self._phase(serial, phase, record_states, record_grads)
 
-    def run_batch(self, serial: int, batch: int, per_node: dict, program: tuple, apply: bool = True,
+    def run_batch(self, serial: int, batch: int, routed: tuple, program: tuple, apply: bool = True,
                   draw=None) -> dict:
         """A whole training batch from one control call: the boundary, the program's phases (serials serial,
         serial + 1, ...) and, if `apply`, the local update. Returns "out": the output nodes' predictions (the
         protocol's: the first phase's state), and "residuals": {phase: per-sample residual, max over this host's nodes}."""
         with self.busy:
             self._control("run_batch")
-            self.set_batch(batch, per_node, draw)
+            self.set_batch(batch, routed, draw)
             self.begin_all()
             residuals = {}
             for k, ph in enumerate(program):
@@ -258,32 +265,58 @@ class Host(NodeSet):
             self._from_coordinator(i, "control", phase.name, 0)
             self._from_coordinator(i, "global", "beta", 16 if isinstance(phase.beta, complex) else 8)
         rules, bnd, out, rec_s, rec_g = self.enter_all(phase, record_states, record_grads)
-        for i in ids:
-            self.inboxes[i].start(serial, phase.name, phase.steps, phase.kinds, _NAMES[self.state[i]["dtype"]],
-                                  rows(phase, self.batch))
+        ex = self.exchange
+        if ex is None:
+            for i in ids:
+                self.inboxes[i].start(serial, phase.name, phase.steps, phase.kinds, _NAMES[self.state[i]["dtype"]],
+                                      rows(phase, self.batch))
+        else:
+            ex.start(serial, phase.name, phase.steps, phase.kinds, self.state[ids[0]]["dtype"], rows(phase, self.batch))
         residual = {i: [0.0] * self.batch for i in ids}  # per sample, at the last step
         steps = phase.steps
-        for t in range(steps):
+        state = self.state
+        inbox = ((lambda i, t: ex.inbox(i, t, state[i])) if ex is not None
+                 else (lambda i, t: self._gather(i, serial, phase, t)))
+        try:
+            for t in range(steps):
+                self._send_all(out, serial, phase, t)
+                for i in ids:
+                    out[i], r = self.step_node(i, rules[i], inbox(i, t), bnd[i], phase, t, rec_s, rec_g)
+                    if r is not None:
+                        residual[i] = r.tolist()
+                if self.beat is not None:
+                    self.beat.beat(serial, t)
+            self._send_all(out, serial, phase, steps)
             for i in ids:
-                self._send(i, out[i], serial, phase, t)
-            for i in ids:
-                inbox = self._gather(i, serial, phase, t)
-                out[i], r = self.step_node(i, rules[i], inbox, bnd[i], phase, t, rec_s, rec_g)
-                if r is not None:
-                    residual[i] = r.tolist()
-            if self.beat is not None:
-                self.beat.beat(serial, t)
-        for i in ids:
-            self._send(i, out[i], serial, phase, steps)
+                self.exit_node(i, rules[i], inbox(i, steps), bnd[i], phase, rec_g)
+        finally:
+            if ex is not None:
+                ex.finish()
         res = {}
         for i in ids:
-            self.exit_node(i, rules[i], self._gather(i, serial, phase, steps), bnd[i], phase, rec_g)
             res[i] = {"residual": residual[i]}
             if record_states:
                 res[i]["states"] = pack_arrays({"s": torch.stack(rec_s[i])})
             if record_grads:
                 res[i]["grad_steps"] = pack_arrays(step_series(rec_g[i], phase.beta))
         return res
+
+    def _send_all(self, out: dict, serial: int, phase, t: int) -> None:
+        """Every node's step-t outbox: per message on its ports, or (frames) into the step buffer, one frame to each
+        peer host, and this step's frames waited for."""
+        ex = self.exchange
+        if ex is None:
+            for i in self.ids:
+                self._send(i, out[i], serial, phase, t)
+            return
+        for i in self.ids:
+            ex.put(i, out[i], t)
+        for peer, header, payload in ex.frames(t):
+            self._transmit(peer, header, payload, f"host {self.host_id}, phase {phase.name}, step {t}", peer)
+        if not ex.ready(t):
+            self._wait(lambda: ex.ready(t), serial, phase, t, lambda: f"host {self.host_id}", lambda: ex.missing(t),
+                       "frame", self.unknown)
+        ex.receive(t)
 
     def _send(self, i: str, outbox: dict, serial: int, phase, t: int) -> None:
         """Node i's outbox on its out-ports: {kind: tensor} to every out-port of that kind, {(dst, kind): tensor} to
@@ -313,35 +346,45 @@ class Host(NodeSet):
             if enc is None:  # the payload and the per-step header fields, once for every port they go to
                 enc = encoded[id(payload)] = (array_bytes(payload), header_suffix(phase.name, serial, t,
                                                                                   dtype_name(payload), payload.shape))
-            try:
-                self.transport.send(host, self.prefixes[(i, p.dst, p.kind)] + enc[1], enc[0])
-            except KeyError:
-                raise LocalityError(f"node {i}, phase {phase.name}, step {t}: host {self.host_id} has no connection "
-                                    f"to {host}, which runs {p.dst}") from None
-            except TransportError as err:
-                raise PhaseError(f"node {i}, phase {phase.name}, step {t}: sending to {p.dst}: {err}") from None
+            self._transmit(host, self.prefixes[(i, p.dst, p.kind)] + enc[1], enc[0],
+                           f"node {i}, phase {phase.name}, step {t}", p.dst)
+
+    def _transmit(self, host: str, header: bytes, payload, where: str, to: str) -> None:
+        try:
+            self.transport.send(host, header, payload)
+        except KeyError:
+            raise LocalityError(f"{where}: host {self.host_id} has no connection to {host}, which runs {to}") from None
+        except TransportError as err:
+            raise PhaseError(f"{where}: sending to {to}: {err}") from None
 
     def _gather(self, i: str, serial: int, phase, t: int) -> dict:
         """Wait for node i's step-t messages (dispatching whatever arrives to its local destination); the deadline
         is checked after every message, so unrelated traffic cannot postpone it."""
         inbox = self.inboxes[i]
         if not inbox.complete(serial, t):
-            deadline = time.monotonic() + self.timeout_s
-            while not inbox.complete(serial, t):
-                if serial <= self.aborted_upto:
-                    raise Aborted(f"node {i}, phase {phase.name}, step {t}: aborted by the coordinator")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    last = self.logs[i].drops.last
-                    raise PhaseError(f"node {i}, phase {phase.name}, step {t}: no message from "
-                                     f"{inbox.missing(serial, t)} within {self.timeout_s:g} s"
-                                     + (f" (last dropped: {last})" if last else ""))
-                msg = self.transport.recv(min(self.POLL_S, left))
-                if msg is not None:
-                    self._dispatch(*msg)
-                if self.beat is not None:  # alive, waiting: a neighbour's silence is this wait's own timeout
-                    self.beat.beat(serial, t)
+            self._wait(lambda: inbox.complete(serial, t), serial, phase, t, lambda: f"node {i}",
+                       lambda: inbox.missing(serial, t), "message", self.logs[i].drops)
         return inbox.take(serial, t, phase.name, rows(phase, self.batch), self.state[i]["dtype"], self.state[i])
+
+    def _wait(self, done, serial: int, phase, t: int, who, missing, what: str, drops) -> None:
+        """Receive (dispatching whatever arrives) until `done()`; the deadline is checked after every message, so
+        unrelated traffic cannot postpone it. who, missing: the error's subject and the senders still awaited."""
+        if done():
+            return
+        deadline = time.monotonic() + self.timeout_s
+        while not done():
+            if serial <= self.aborted_upto:
+                raise Aborted(f"{who()}, phase {phase.name}, step {t}: aborted by the coordinator")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                last = drops.last
+                raise PhaseError(f"{who()}, phase {phase.name}, step {t}: no {what} from {missing()} within "
+                                 f"{self.timeout_s:g} s" + (f" (last dropped: {last})" if last else ""))
+            msg = self.transport.recv(min(self.POLL_S, left))
+            if msg is not None:
+                self._dispatch(*msg)
+            if self.beat is not None:  # alive, waiting: a neighbour's silence is this wait's own timeout
+                self.beat.beat(serial, t)
 
     def _dispatch(self, user: str, header: bytes, payload) -> None:
         """Check one message from the wire against its connection and its destination's ports, then buffer it;
@@ -359,6 +402,12 @@ class Host(NodeSet):
                 self._from_coordinator(i, "control", "abort", len(header))
             self.aborted_upto = max(self.aborted_upto, serial)
             return
+        if (kind == FRAME) != (self.exchange is not None):
+            return self.unknown.add(user, "exchange", f"host {self.host_id}: a {'frame' if kind == FRAME else 'message'}"
+                                                      f" on {user}'s connection (claiming {src}); this host exchanges "
+                                                      f"{'frames' if self.exchange else 'messages'}")
+        if kind == FRAME:
+            return self.exchange.arrive(user, src, dst, phase, serial, step, dtype, shape, payload)
         if dst not in self.inboxes:
             return self.unknown.add(user, "not_here", f"host {self.host_id}: a message on {user}'s connection "
                                                       f"(claiming {src}) for {dst!r}, which is not here")

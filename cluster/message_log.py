@@ -34,6 +34,13 @@ class MessageLog:
         if self.mode == "full":
             self.records.append((src, dst, kind, phase, step, nbytes))
 
+    def count(self, src: str, dst: str, kind: str, phase: str, n: int, nbytes: int) -> None:
+        """n deliveries at once (cluster/exchange.py logs a phase's steps per edge in bulk; `full` mode keeps its
+        records per step there)."""
+        c = self.counters[(src, dst, kind, phase)]
+        c[0] += n
+        c[1] += nbytes
+
     def export(self) -> dict:
         """"rejected": [{user, reason, count, why}] per (connection, reason), stale drops included (the report
         counts those apart); "samples": the first drops whole."""

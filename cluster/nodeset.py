@@ -241,15 +241,17 @@ class NodeSet:
         parameter change committed, the divergence check. Returns (outbox, residual at the last step or None)."""
         if rec_g is not None:
             rec_g[i].append(self.rules[i].G(self.state[i]["a"], inbox, bnd))
-        prev = self.rules[i].checked(self.state[i])
+        last = t + 1 == phase.steps
+        prev = self.rules[i].checked(self.state[i]) if last else None
         self.state[i], out, delta = rule.step(self.state[i], inbox, self.params[i], bnd, t)
-        self.commit(i, delta)
+        if delta:
+            self.commit(i, delta)
         if self.forget_free and t < 2 and phase.beta != 0 and phase.start in self.state[i]["saved"]:
             if t == 0:
                 self._s0_held[i] = dict(self.state[i].get("mem", {}))
             else:
                 self.forget(i, phase)
-        r = self.check(i, phase, t + 1, phase.steps, prev if t + 1 == phase.steps else None)
+        r = self.check(i, phase, t + 1, phase.steps, prev) if last or check_due(t + 1, phase.steps) else None
         if rec_s is not None:
             rec_s[i].append(self.state[i]["s"])
         return out, r
@@ -271,16 +273,19 @@ class NodeSet:
         s = self.rules[i].checked(self.state[i])
         if not s.numel():
             return torch.zeros(s.shape[0], dtype=torch.float64) if prev is not None else None
-        rows = s.abs().flatten(1).amax(1)
-        if prev is None:
-            res = rows.max()[None]
+        if prev is None:  # between the first and the last step: max |s| alone (one reduction, one host sync)
+            residual, bad = None, divergence(s, self.diverge_limit, float(s.abs().max()))
+            if not bad:
+                return None
+            rows = s.abs().flatten(1).amax(1)
         else:
+            rows = s.abs().flatten(1).amax(1)
             res = torch.cat([rows.max()[None], (s - prev).abs().flatten(1).amax(1)])
-        res = res.to("cpu", torch.float64)  # the one host sync
-        m, residual = float(res[0]), res[1:] if prev is not None else None
-        if residual is not None and len(residual) > self.batch > 0:  # copies side by side: the worst per sample
-            residual = residual.reshape(-1, self.batch).amax(0)
-        bad = divergence(s, self.diverge_limit, m)
+            res = res.to("cpu", torch.float64)  # the one host sync
+            m, residual = float(res[0]), res[1:]
+            if len(residual) > self.batch > 0:  # copies side by side: the worst per sample
+                residual = residual.reshape(-1, self.batch).amax(0)
+            bad = divergence(s, self.diverge_limit, m)
         if bad and self.gate and (phase.complex or phase.beta != 0):
             row = rows.to("cpu", torch.float64)
             blown = ~(row <= self.diverge_limit)   # NaN rows too

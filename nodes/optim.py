@@ -22,23 +22,30 @@ class Optimizer:
     def step(self, params: dict, grads: dict, lrs: dict) -> None:
         """Update params[k] in place from grads[k] with learning rate lrs[k]."""
         self.t += 1
-        for k, g in grads.items():
-            p, lr = params[k], lrs[k]
-            if self.name == "sgd":
+        if self.name == "sgd":
+            for k, g in grads.items():
                 if self.momentum:
                     v = self.state.get(k)
                     v = g.clone() if v is None else v.mul_(self.momentum).add_(g)
                     self.state[k] = v
                     g = v
-                p.sub_(lr * g)
-            else:
-                b1, b2 = self.betas
-                m, v = self.state.get(k, (torch.zeros_like(p), torch.zeros_like(p)))
-                m.mul_(b1).add_(g, alpha=1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                self.state[k] = (m, v)
-                denom = (v / (1 - b2 ** self.t)).sqrt_().add_(self.eps)
-                p.addcdiv_(m, denom, value=-lr / (1 - b1 ** self.t))
+                params[k].sub_(lrs[k] * g)
+        elif grads:  # adam: the same elementwise ops per tensor, all of a node's tensors in one call each
+            b1, b2 = self.betas
+            keys = list(grads)
+            for k in keys:
+                if k not in self.state:
+                    self.state[k] = (torch.zeros_like(params[k]), torch.zeros_like(params[k]))
+            ms, vs, gs = [self.state[k][0] for k in keys], [self.state[k][1] for k in keys], [grads[k] for k in keys]
+            torch._foreach_mul_(ms, b1)
+            torch._foreach_add_(ms, gs, alpha=1 - b1)
+            torch._foreach_mul_(vs, b2)
+            torch._foreach_addcmul_(vs, gs, gs, value=1 - b2)
+            denom = torch._foreach_div(vs, 1 - b2 ** self.t)
+            torch._foreach_sqrt_(denom)
+            torch._foreach_add_(denom, self.eps)
+            torch._foreach_addcdiv_([params[k] for k in keys], ms, denom,
+                                    [-lrs[k] / (1 - b1 ** self.t) for k in keys])
 
     def get_state(self) -> dict:
         """Flat {key: tensor} (plus the step count) for checkpoints."""

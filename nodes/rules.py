@@ -33,7 +33,8 @@ class LocalityError(RuntimeError):
 
 
 class Guarded(dict):
-    """A node's inbox or boundary: a missing key is a LocalityError naming node, phase, step and the key."""
+    """A node's inbox or boundary: a missing key is a LocalityError naming node, phase, step and the key (`where`:
+    their text, or a (node, phase, step) tuple formatted only then)."""
 
     __slots__ = ("where", "what")
 
@@ -42,7 +43,8 @@ class Guarded(dict):
         self.where, self.what = where, what
 
     def __missing__(self, key):
-        raise LocalityError(f"{self.where}: reads {self.what} {key!r}, which is not routed to it")
+        where = self.where if isinstance(self.where, str) else "node {}, phase {}, step {}".format(*self.where)
+        raise LocalityError(f"{where}: reads {self.what} {key!r}, which is not routed to it")
 
 
 def complex_dtype(dtype):
