@@ -179,7 +179,7 @@ class Exchange:
                 for name, width, idx, mine in plan:
                     buf = slots[name] = torch.zeros(rows, width, dtype=W.dtype)  # aligned: deterministic BLAS
                     lo = int(idx[0]) if width else 0
-                    if width and bool((idx == torch.arange(lo, lo + width)).all()):
+                    if width and not mine and bool((idx == torch.arange(lo, lo + width)).all()):
                         fills.append((buf.numpy(), Wn[:, lo:lo + width], None, mine))
                     else:
                         fills.append((buf, None, idx, mine))
@@ -247,7 +247,7 @@ class Exchange:
                 np.copyto(buf, view)
             else:
                 torch.index_select(W, 1, idx, out=buf)
-                for lo, hi, kind in mine:
+                for lo, hi, kind in mine:  # its own signal (a slot of its own group)
                     buf[:, lo:hi] = own[kind]
         inbox.where = (j, self.phase, t)
         return inbox

@@ -4,7 +4,10 @@
 node in lockstep: at step t each node's outbox is sent on its out-ports (to a node on the same host through that
 node's in-ports, checks and log, exactly as if it had crossed the wire; to another host over the transport), then
 each node waits for its own in-ports' messages tagged t and its rule computes step t+1 (nodes/rules.py). A node's
-rule is called with its own inbox only.
+rule is called with its own inbox only. That is `fabric.exchange = messages` (one message per port per step, the
+default with a host per node); with `frames` (the default on `fabric.hosts` >= 1) the host's nodes write their
+outboxes into one step buffer, one frame per peer host carries what its nodes need, and each node's inbox is
+gathered from that buffer by its own in-ports (cluster/exchange.py): the same routing, checks and per-edge log.
 
 What arrives on the wire is checked before it touches a node, and whatever fails a check is dropped and counted
 against the connection it came on (cluster/admission.py), never raised: one bad packet does not end a run, and the

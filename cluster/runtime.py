@@ -94,8 +94,8 @@ def make_engine(cfg, model=None, protocol=None, local: bool = False):
     from cluster.coordinator import FabricEngine
     if not local:
         init_ray(cfg.address)
-    settings = dict(granularity=cfg.granularity, split=cfg.fabric.split, hosts=cfg.fabric.hosts, lr=cfg.lrs,
-                    dtype=cfg.dtype, optimizer=cfg.optimizer, momentum=cfg.momentum, transport=cfg.transport,
+    settings = dict(granularity=cfg.granularity, split=cfg.fabric.split, hosts=cfg.fabric.hosts,
+                    exchange=cfg.fabric.exchange, lr=cfg.lrs, dtype=cfg.dtype, optimizer=cfg.optimizer, momentum=cfg.momentum, transport=cfg.transport,
                     host=cfg.fabric.host, wire=cfg.fabric.wire, curve=cfg.fabric.curve, log=cfg.fabric.log,
                     timeout_s=cfg.fabric.timeout_s, actor_cpus=cfg.fabric.actor_cpus, placement=cfg.fabric.placement, resources=cfg.fabric.resources,
                     ports=cfg.fabric.ports, forget_free=cfg.forget_free, noise=cfg.noise, seed=cfg.seed,

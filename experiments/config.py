@@ -36,6 +36,8 @@ class ConfigError(ValueError):
 class FabricSection:
     split: int = 1                 # blocks per layer with granularity=layer
     hosts: int = 0                 # Ray actors hosting the logical nodes (round-robin); 0: one per node
+    exchange: str = "auto"         # data plane: messages (one per port per step), frames (one per host pair per
+                                   # step, cluster/exchange.py), auto: frames when hosts >= 1
     log: str = "counters"          # message log: "full" records or "counters"
     timeout_s: float = 60.0        # every wait for a neighbour's message
     actor_cpus: float = 0.0        # Ray CPUs reserved per node actor
@@ -153,7 +155,7 @@ CHOICES = {
     "model": MODELS + HAMILTONIAN_MODELS, "integrator": INTEGRATORS, "activation": tuple(ACTIVATIONS), "protocol": tuple(PROTOCOLS),
     "granularity": ("layer", "neuron"), "transport": ("zmq", "ray"), "engine": ("fabric", "reference"),
     "dtype": ("float32", "float64"), "optimizer": OPTIMIZERS, "fabric.log": ("full", "counters"),
-    "fabric.placement": ("pack", "spread"),
+    "fabric.placement": ("pack", "spread"), "fabric.exchange": ("auto", "messages", "frames"),
     "feedback_init": FEEDBACK_INITS,
 }
 

@@ -168,6 +168,7 @@ INVALID = [  # (command, --set, the field the error must name): each exits 2 bef
     ("audit", "test_fraction=1", "test_fraction"), ("audit", "dtype=float16", "dtype"),
     ("audit", "optimizer=lbfgs", "optimizer"), ("audit", "transport=carrier", "transport"),
     ("audit", "engine=gpu", "engine"), ("audit", "model=resnet", "model"), ("audit", "fabric.log=verbose", "fabric.log"),
+    ("audit", "fabric.exchange=bundles", "fabric.exchange"),
     ("audit", "fabric.split=0", "fabric.split"), ("audit", "noise=-1", "noise"), ("audit", "residual_tol=0", "residual_tol"),
     ("audit", "angle=270", "angle"), ("audit", "feedback_init=random", "feedback_init"),
     ("audit", "eval_batch=0", "eval_batch"), ("audit", "fabric=3", "fabric"), ("audit", "fabric.colour=1", "fabric.colour"),

@@ -8,7 +8,8 @@ import sys
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RATIOS = ("layer_fabric_over_inprocess", "neuron_msg_rate_over_raw_zmq", "zmq_over_ray_transport",
+RATIOS = ("layer_fabric_over_bare_pattern", "neuron_over_bare_pattern", "layer_fabric_over_inprocess",
+          "neuron_msg_rate_over_raw_zmq", "zmq_over_ray_transport",
           "explicit_over_autograd", "inprocess_over_matmuls", "max_neuron_actors",
           "hosted_neuron_epoch_over_layer_epoch", "hosted_neuron_rss_gb", "nodes_slope")
 
@@ -26,7 +27,7 @@ def test_bench_quick(tmp_path):
         assert k in ratios, f"missing ratio {k}"
     for k, v in ratios.items():
         assert isinstance(v, (int, float)) and math.isfinite(v) and v > 0, f"{k} = {v!r}"
-        assert k in bench["targets"] and isinstance(bench["met"][k], bool)
+        assert k in bench["targets"] and isinstance(bench["met"][k], bool) == (bench["targets"][k] is not None)
     diagnostics = bench["diagnostics"]
     for k in ("layer_fabric_over_raw_same_pattern", "raw_layer_same_pattern_over_inprocess",
               "neuron_msg_rate_over_raw_same_pattern", "raw_same_pattern_over_raw_stream"):
@@ -40,3 +41,10 @@ def test_bench_quick(tmp_path):
     assert [r["nodes"] for r in bench["nodes_scaling"]["rows"]] == [16, 24, 40]
     assert (out / "bench.png").stat().st_size > 0
     assert (out / "config.yaml").exists()
+
+
+def test_the_bare_pattern_of_a_hosted_fabric_runs_one_process_per_host():
+    from experiments import bench_raw
+    r = bench_raw.zmq_exchange_hosts({"H0": ["H1", "H2"], "H1": ["H0"], "H2": ["H0"]}, 400, 5, 12)
+    assert r["processes"] == 3 and r["frames_per_step"] == 4 and r["step_us"] > 0
+    assert math.isclose(r["msgs_per_s"], 12 * 1e6 / r["step_us"], rel_tol=1e-9)
