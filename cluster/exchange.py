@@ -21,8 +21,8 @@ width) and bytes, exactly as cluster/ports.py checks a message; a frame that fai
 the connection (cluster/admission.py), never raised. Every column of an accepted frame is then an entry of a
 sender that the connection's host runs (placement) and that is an in-port of a node here, of the declared width:
 the per-port checks of a message hold for all of them at once. Log: every logical edge gets one delivery per
-step whose frame (or whose host's own send) was consumed, added per phase in bulk to its destination's counters
-(`full` mode: one record per edge per step), which the locality report reads like any other.
+step whose frame (or whose host's own send) was consumed, added in bulk to its destination's counters when the
+log is read (`full` mode: one record per edge per step), which the locality report reads like any other.
 """
 from __future__ import annotations
 
@@ -76,7 +76,9 @@ class Exchange:
         self.lay = None
         self.W = self.Wn = None
         self.puts, self.inboxes, self.parity = {}, {}, 0
-        self.delivered = {}  # segment -> steps delivered in this phase (logged at `finish`)
+        self.delivered = {}  # segment -> steps delivered in this phase (kept at `finish`)
+        self.pending = {}    # (kinds, segment, phase, rows, dtype) -> steps delivered, not yet in the edge counters
+        self.live = None
         self.feeders = frozenset(placement[p.src] for s in specs.values() for p in s.in_ports
                                  if placement[p.src] != host_id)  # the hosts whose nodes send to a node here
 
@@ -148,6 +150,7 @@ class Exchange:
         those of this one that came early are checked now against what was not known then."""
         self.serial, self.phase, self.steps, self.rows = serial, phase, steps, rows
         self.want = dtype_name(torch.empty(0, dtype=dtype))
+        self.live = carried(kinds)
         lay = self.layout(kinds)
         if self.W is None or self.W.shape != (rows, lay.width) or self.W.dtype != dtype or lay is not self.lay:
             self.lay = lay
@@ -235,7 +238,8 @@ class Exchange:
         if self.logs and next(iter(self.logs.values())).mode == "full":
             for edges in self.lay.edges.values():
                 for src, dst, kind, width in edges:
-                    self.logs[dst].records.append((src, dst, kind, self.phase, t, self._nbytes(width)))
+                    self.logs[dst].records.append((src, dst, kind, self.phase, t,
+                                                   self.rows * width * ITEMSIZE[self.want]))
 
     def inbox(self, j: str, t: int, own: dict) -> Guarded:
         """Node j's step-t inbox: each slot filled from the columns of W its ports name (its own parts from `own`,
@@ -253,15 +257,20 @@ class Exchange:
         return inbox
 
     def finish(self) -> None:
-        """The phase's deliveries into each edge's counters (one per step delivered, bytes per message)."""
+        """The phase's deliveries, per segment: kept as counts until `flush` (the log is read between runs, not
+        between phases, so the per-edge bookkeeping is done once per export, not once per phase)."""
         for seg, n in self.delivered.items():
             if n:
-                for src, dst, kind, width in self.lay.edges[seg]:
-                    self.logs[dst].count(src, dst, kind, self.phase, n, n * self._nbytes(width))
+                key = (self.live, seg, self.phase, self.rows, self.want)
+                self.pending[key] = self.pending.get(key, 0) + n
         self.delivered = dict.fromkeys(self.delivered, 0)
 
-    def _nbytes(self, width: int) -> int:
-        return self.rows * width * ITEMSIZE[self.want]
+    def flush(self) -> None:
+        """Every pending delivery into its edge's counters: one per step delivered, bytes per message."""
+        for (live, seg, phase, rows, dtype), n in self.pending.items():
+            for src, dst, kind, width in self.layouts[live].edges[seg]:
+                self.logs[dst].count(src, dst, kind, phase, n, n * rows * width * ITEMSIZE[dtype])
+        self.pending.clear()
 
     # ---- frames from the wire -------------------------------------------------------------------------------
     def _where(self, peer, phase, step) -> str:

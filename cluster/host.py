@@ -203,6 +203,8 @@ class Host(NodeSet):
         return {i: self.kept_bytes(i) for i in self.ids}
 
     def message_log(self, clear: bool = False) -> dict:
+        if self.exchange is not None:
+            self.exchange.flush()
         out = {"nodes": {i: log.export() for i, log in self.logs.items()}, "refused": self.transport.refused(),
                "unknown": self.unknown.export() + self.transport.overflow()}
         if clear:

@@ -119,6 +119,7 @@ class NodeSet:
     def set_routed(self, i: str, arrays: dict) -> None:
         """The boundary signals for node i (only keys the model routes to it are kept: see `boundary`)."""
         self.routed[i] = {k: v.to(self.device, self.dtype) for k, v in arrays.items() if k in self.specs[i].boundary}
+        self.rules[i].const_cache = None  # a new boundary: the clamped drive is computed afresh
 
     def boundary(self, i: str, phase) -> Guarded:
         b = {**self.routed[i], "beta": phase.beta, "batch": self.batch, "dtype": self.dtype, "device": self.device,

@@ -22,6 +22,7 @@ import torch
 from cluster.bptt import bptt_grad
 from cluster.coordinator import lrs_by_param
 from cluster.fabric import HostLost
+from cluster.locality import locality_report
 from cluster.nodeset import pack_held, unpack_held
 from cluster.reference import relax
 from cluster.runtime import DTYPES, make_engine, model_from, protocol_from
@@ -141,7 +142,7 @@ def run_train(cfg, out_dir: str, progress: bool = True, resume: bool = False, mo
     Y = one_hot(ds.y_train, ds.n_classes)
     n_batches = len(range(0, len(ds.x_train), cfg.batch))
     epoch, b, tally, metrics = rb.last.epoch, rb.last.batch, dict(rb.last.tally), copy.deepcopy(rb.last.metrics)
-    engine, final, lineage = None, None, None
+    engine, final, lineage, locality = None, None, None, None
     try:
         engine = rb.engine()
         while final is None:
@@ -171,6 +172,7 @@ def run_train(cfg, out_dir: str, progress: bool = True, resume: bool = False, mo
                         _, _, pred = evaluate(engine, cfg, ds.x_test, ds.y_test, ds.n_classes)
                         plot_confusion(os.path.join(out_dir, "confusion.png"), ds.y_test, pred, ds.n_classes)
                     lineage = {i: [list(r) for r in v] for i, v in sorted(engine.lineage().items())}
+                    locality = _locality(engine, out_dir)
             except HostLost as err:
                 engine = rb.recover(engine, err, epoch, b, n_batches)
                 final = None
@@ -182,7 +184,7 @@ def run_train(cfg, out_dir: str, progress: bool = True, resume: bool = False, mo
     finally:
         if engine is not None:
             engine.close()
-    summary = _write_metrics(out_dir, cfg, metrics, rb.summary(), lineage=lineage)
+    summary = _write_metrics(out_dir, cfg, metrics, rb.summary(), lineage=lineage, locality=locality)
     summary.update(final_params=final, lineage=lineage)
     if progress:
         print(f"test accuracy {summary['test_accuracy']:.4f}" + (
@@ -230,7 +232,18 @@ def _end_epoch(engine, baseline, cfg, ds, epoch: int, tally: dict, metrics: dict
     _log(row, metrics["baseline"][-1] if baseline is not None else None)
 
 
-def _write_metrics(out_dir: str, cfg, metrics: dict, recovery: dict, lineage=None, error=None) -> dict:
+def _locality(engine, out_dir: str):
+    """A fabric run's locality report (cluster/locality.py) from every message its receivers logged since the fabric
+    was built (a recovered run: since its last rebuild) -> locality.json; returns its totals. None in-process."""
+    if not hasattr(engine, "message_logs"):
+        return None
+    rep = locality_report(engine.specs, engine.message_logs(), engine.protocol)
+    rep["covers"] = "the messages delivered since the fabric was last built"
+    write_json(os.path.join(out_dir, "locality.json"), rep)
+    return {k: len(rep[k]) if k == "violations" else rep[k] for k in ("edges", "legal_edges", "messages", "violations")}
+
+
+def _write_metrics(out_dir: str, cfg, metrics: dict, recovery: dict, lineage=None, error=None, locality=None) -> dict:
     """metrics.json (also when the run failed: what was done, the faults, the error), metrics.csv, curves.png;
     lineage.json: each node's (batch serial, update hash) list."""
     last = metrics["epochs"][-1] if metrics["epochs"] else {}
@@ -238,6 +251,8 @@ def _write_metrics(out_dir: str, cfg, metrics: dict, recovery: dict, lineage=Non
                "engine": cfg.engine, "protocol": cfg.protocol, "dataset": cfg.dataset, **metrics, **recovery}
     if error is not None:
         summary["error"] = error
+    if locality is not None:
+        summary["locality"] = locality
     if cfg.residual_tol is not None:  # the convergence gate's totals over the run
         summary.update({k: sum(r.get(k, 0) for r in metrics["epochs"]) for k in ("dropped_samples", "hep_fallbacks")})
     if metrics.get("baseline"):

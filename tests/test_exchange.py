@@ -38,19 +38,21 @@ def hosted(exchange: str, model=NET, protocol=EP, hosts: int = 2, **extra):
 
 
 def counters(logs) -> list:
-    return sorted(tuple(c) for n in logs["nodes"].values() for c in n["counters"])
+    """Every edge's counters and, in `full` mode, every record, sorted."""
+    return sorted(tuple(c) for n in logs["nodes"].values() for c in n["counters"] + n["records"])
 
 
-@pytest.mark.parametrize("protocol, model", [
-    ("ep-symmetric", NET),
-    ("aep-symmetric", layered_asym((4, 6, 3), "tanh", True, 0.2, "vector-field")),  # kinds a, r and t (targeted)
-], ids=["ep", "aep-symmetric"])
-def test_frames_compute_and_log_exactly_what_messages_do(protocol, model):
-    """Two training batches on 2 hosts: parameters, predictions and every edge's (count, bytes) per phase are
-    bitwise those of the per-message data plane; and what crosses the wire is one frame per host pair per step."""
+@pytest.mark.parametrize("protocol, model, log", [
+    ("ep-symmetric", NET, "counters"),
+    ("ep-symmetric", NET, "full"),
+    ("aep-symmetric", layered_asym((4, 6, 3), "tanh", True, 0.2, "vector-field"), "counters"),  # a, r and t (targeted)
+], ids=["ep", "ep-full-log", "aep-symmetric"])
+def test_frames_compute_and_log_exactly_what_messages_do(protocol, model, log):
+    """Two training batches on 2 hosts: parameters, predictions and every edge's (count, bytes) per phase (and in
+    `full` mode every record) are bitwise those of the per-message data plane."""
     got = {}
     for exchange in ("messages", "frames"):
-        f = hosted(exchange, model, get_protocol(protocol))
+        f = hosted(exchange, model, get_protocol(protocol), log=log)
         try:
             f.set_params(model.init_params(2, torch.float64, 1.5))
             x, y = batch(model, B)
