@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from cluster.messages import ITEMSIZE, Dropped, MessageError, dtype_name, encode_header, ndarray_from
-from cluster.ports import COMPLEX, MAX_AHEAD
+from cluster.ports import COMPLEX, MAX_AHEAD, check_window
 from nodes.graph import SIGNAL, carried
 from nodes.rules import Guarded, LocalityError
 
@@ -307,21 +307,7 @@ class Exchange:
             raise Dropped("not_a_port", where() + f"no node of {src} is a graph neighbour of a node here")
         if payload is None:
             raise Dropped("frames", where() + "not two frames")
-        if step < 0:
-            raise Dropped("malformed", where() + "a negative step")
-        last = self.last.get(src, (-1, -1))
-        if (serial, step) <= last:
-            raise Dropped("replayed", where() + f"serial {serial}, step {step} again (delivered up to serial "
-                                              f"{last[0]}, step {last[1]})")
-        if serial < self.serial:
-            raise Dropped("stale", where() + f"of serial {serial}, older than the phase running ({self.serial})")
-        base = last[1] if last[0] == serial else -1
-        if serial > self.serial + 1 or step > base + MAX_AHEAD:
-            raise Dropped("future", where() + f"serial {serial}, step {step}: beyond the window (serial "
-                                            f"{self.serial} + 1, step {base} + {MAX_AHEAD})")
-        allowed = self.dtypes if serial > self.serial else {self.want}
-        if dtype not in allowed:
-            raise Dropped("dtype", where() + f"dtype {dtype!r}, expected one of {sorted(map(str, allowed))}")
+        check_window(where, serial, step, dtype, self.last.get(src, (-1, -1)), self.serial, self.dtypes, self.want)
         if len(shape) != 2 or shape[0] < 1:
             raise Dropped("shape", where() + f"{dtype}{list(shape)}, expected [rows, width]")
         if serial == self.serial:

@@ -179,7 +179,7 @@ class NodeSet:
     def estimate_of(self, i: str) -> dict:
         """The protocol's g_hat from node i's accumulators; a non-finite one is an error that names what it lacked."""
         est = self.protocol.estimate(self.state[i].get("mem", {}), self.params[i])
-        if est and not bool(torch.stack([torch.isfinite(v).all() for v in est.values()]).all()):
+        if est and not bool(torch.isfinite(torch.cat([v.reshape(-1) for v in est.values()])).all()):
             bad = [k for k, v in est.items() if not bool(torch.isfinite(v).all())]
             why = (f": it reads the free phase, which this node forgot once the nudged phase had moved off s0 "
                    f"(forget_free=true: {', '.join(self.forgotten[i].values())}); protocol {self.protocol.name} "

@@ -30,6 +30,27 @@ _NAMES = {t: dtype_name(torch.empty(0, dtype=t)) for t in (torch.float32, torch.
                                                            torch.complex128)}
 
 
+def check_window(where, serial: int, step: int, dtype: str, last: tuple, running: int, dtypes, want) -> None:
+    """What a message and a frame are checked for alike (Dropped if one fails, `where()` its text): a step >= 0; not
+    a (serial, step) its port (or peer) has delivered (`last`: `replayed`); not an older phase's than the one
+    `running` (`stale`); within the window a neighbour in lockstep can reach (`future`); the running phase's dtype
+    `want`, or for the next phase one of the run's `dtypes`."""
+    if step < 0:
+        raise Dropped("malformed", where() + "a negative step")
+    if (serial, step) <= last:
+        raise Dropped("replayed", where() + f"serial {serial}, step {step} again (delivered up to serial {last[0]}, "
+                                          f"step {last[1]})")
+    if serial < running:
+        raise Dropped("stale", where() + f"of serial {serial}, older than the phase running ({running})")
+    base = last[1] if last[0] == serial else -1
+    if serial > running + 1 or step > base + MAX_AHEAD:
+        raise Dropped("future", where() + f"serial {serial}, step {step}: beyond the window (serial {running} + 1, "
+                                        f"step {base} + {MAX_AHEAD})")
+    allowed = dtypes if serial > running else {want}
+    if dtype not in allowed:
+        raise Dropped("dtype", where() + f"dtype {dtype!r}, expected one of {sorted(map(str, allowed))}")
+
+
 class NodeInbox:
     def __init__(self, spec, log, dtype: str = "float64", max_bytes: int = MAX_BYTES):
         """log: the node's MessageLog (accepted messages recorded, drops counted); dtype: the run's (a complex
@@ -119,21 +140,7 @@ class NodeInbox:
         if port not in self.ports:
             raise Dropped("not_a_port", where() + f"no in-port {src}/{kind}: {src} is not a graph neighbour sending "
                                                 f"{kind}")
-        if step < 0:
-            raise Dropped("malformed", where() + "a negative step")
-        last = self.last[port]
-        if (serial, step) <= last:
-            raise Dropped("replayed", where() + f"serial {serial}, step {step} again (its port has delivered up to "
-                                              f"serial {last[0]}, step {last[1]})")
-        if serial < self.serial:
-            raise Dropped("stale", where() + f"of serial {serial}, older than the phase running ({self.serial})")
-        base = last[1] if last[0] == serial else -1
-        if serial > self.serial + 1 or step > base + MAX_AHEAD:
-            raise Dropped("future", where() + f"serial {serial}, step {step}: beyond the window (serial "
-                                            f"{self.serial} + 1, step {base} + {MAX_AHEAD})")
-        allowed = self.dtypes if serial > self.serial else {self.want}
-        if dtype not in allowed:
-            raise Dropped("dtype", where() + f"dtype {dtype!r}, expected one of {sorted(map(str, allowed))}")
+        check_window(where, serial, step, dtype, self.last[port], self.serial, self.dtypes, self.want)
         if len(shape) != 2 or shape[1] != self.ports[port].width or shape[0] < 1:
             raise Dropped("shape", where() + f"{dtype}{list(shape)}, expected [rows, {self.ports[port].width}]")
         if serial == self.serial:

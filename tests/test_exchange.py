@@ -5,8 +5,6 @@ included), equal the in-process engine, and drop whatever fails a check by name,
 it came on, without changing a result. Hosts run as threads (local transport); the fuzzed frames are built so that
 their reason does not depend on when during the phase they are read (as in tests/test_fuzz.py)."""
 import collections
-import threading
-import time
 
 import msgpack
 import numpy as np
@@ -25,6 +23,7 @@ from nodes.layered import layered, layered_asym
 from protocols import get_protocol
 from protocols.base import Phase
 from tests.conftest import batch, scaled_params
+from tests.test_fuzz import paced_sender
 
 NET = layered("energy", (4, 3, 3, 2), "sigmoid", dt=0.5)  # 8 neurons, round-robin on H0 and H1
 EP = get_protocol("ep-symmetric")
@@ -206,14 +205,7 @@ def test_two_thousand_fuzzed_frames_are_dropped_by_name_and_the_phase_is_unchang
         frames = [fuzz(rng, s, width) for _ in range(2000)]
         expected = collections.Counter(m[3] for m in frames)
 
-        def send():
-            for conn, header, payload, _ in frames:
-                q = tx.queues.get(tokens[conn])
-                while q is not None and len(q) >= tx.hwm - 1:
-                    time.sleep(0.0005)
-                tx.deliver(tokens[conn], header, payload)
-
-        sender = threading.Thread(target=send, daemon=True)
+        sender = paced_sender(tx, tokens, frames)
         sender.start()
         f.run_phase(phase)
         sender.join(timeout=60)

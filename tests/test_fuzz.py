@@ -70,6 +70,18 @@ def fuzz(rng, s: int):
     return cases[int(rng.integers(0, len(cases)))]()
 
 
+def paced_sender(tx, tokens: dict, msgs: list) -> threading.Thread:
+    """A thread that delivers msgs [(connection, header, payload, reason)] at a running host, never more than the
+    connection's queue holds (so none is "full")."""
+    def send():
+        for conn, header, payload, _ in msgs:
+            q = tx.queues.get(tokens[conn])
+            while q is not None and len(q) >= tx.hwm - 1:
+                time.sleep(0.0005)
+            tx.deliver(tokens[conn], header, payload)
+    return threading.Thread(target=send, daemon=True)
+
+
 def counted(f) -> collections.Counter:
     """Drops at L2's host by reason: its node's log, its host-level drops, its transport's overflow."""
     host = f.fabric.hosts["L2"]
@@ -109,14 +121,7 @@ def test_ten_thousand_fuzzed_messages_are_dropped_by_name_and_the_phase_is_uncha
         msgs = [fuzz(rng, s) for _ in range(N)]
         expected.update(m[3] for m in msgs)
 
-        def send():  # at the running node, never more than its connection's queue holds (so none is "full")
-            for conn, header, payload, _ in msgs:
-                q = tx.queues.get(tokens[conn])
-                while q is not None and len(q) >= tx.hwm - 1:
-                    time.sleep(0.0005)
-                tx.deliver(tokens[conn], header, payload)
-
-        sender = threading.Thread(target=send, daemon=True)
+        sender = paced_sender(tx, tokens, msgs)
         t0 = time.monotonic()
         sender.start()
         f.run_phase(phase)

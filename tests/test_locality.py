@@ -206,12 +206,12 @@ def test_a_forged_coordinator_abort_is_rejected_and_later_phases_run(ray_session
 def test_a_payload_of_the_wrong_batch_size_is_an_error_not_a_broadcast(ray_session):
     """L1's (1, 5) payloads (steps 1 and 2: L1 needs only L2's step 1 to send its step 2) cross the wire to L2,
     which drops them (shape) and waits for the real one, which never comes: the phase times out (L2 naming L1 and
-    the dropped message, or L1 first, waiting for L2), and the report names the drops, blamed on L1's
-    connection."""
+    the dropped message, or first a neighbour waiting for L2: L1 or L3), and the report names the drops, blamed on
+    L1's connection."""
     f = fabric(dataclasses.replace(DEEP, rule=SendsOneSample), timeout_s=1.0)
     try:
-        with pytest.raises(FabricError, match=r"node L[12]: run_phase failed: PhaseError: node L[12], phase free, "
-                                              r"step [12]: no message from \['L[12]'\] within 1 s") as err:
+        with pytest.raises(FabricError, match=r"node (L\d): run_phase failed: PhaseError: node \1, phase free, "
+                                              r"step [12]: no message from \['L\d'\] within 1 s") as err:
             f.run_phase(Phase("free", 3))
         if str(err.value).startswith("node L2"):
             assert ("(last dropped: node L2, phase free, step 2, message on L1's connection (claiming L1): "
