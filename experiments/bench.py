@@ -163,77 +163,6 @@ def process_budget() -> int:
     return 4 * (os.cpu_count() or 1) - 1
 
 
-def neuron_hosts(n: int, setting: int) -> int:
-    """fabric.hosts for an n-node neuron fabric: setting -1 (auto) gives every node an actor while n fits the
-    process budget and n nodes on `process_budget()` hosts beyond; 0 always one actor per node; K > 0, K hosts."""
-    if setting < 0:
-        return 0 if n <= process_budget() else process_budget()
-    return setting
-
-
-def _frames(fab, itemrow: int) -> dict:
-    """host_links {host: [hosts it sends a frame to]}, frame_bytes: the mean frame (a column per sender and kind
-    with a port to the peer, `itemrow` bytes each)."""
-    f = fab.fabric
-    cols = {}
-    for s in fab.specs.values():
-        for p in s.out_ports:
-            a, b = f.placement[p.src], f.placement[p.dst]
-            if a != b:
-                cols.setdefault((a, b), set()).add((p.src, p.kind))
-    links = {h: sorted(b for a, b in cols if a == h) for h in f.hosts}
-    return {"host_links": links, "frame_bytes": int(sum(map(len, cols.values())) * itemrow / max(len(cols), 1))}
-
-
-def neuron_fabric(cfg, n: int, steps: int, repeats: int, memory: bool) -> dict:
-    """A neuron fabric of n logical nodes: sizes [d0, n//2, n - n//2] (layer 0 is the input, not a node), on one
-    actor per node or on hosts (bench.neuron_hosts)."""
-    sizes = [cfg.sizes[0], n // 2, n - n // 2]
-    hosts = neuron_hosts(n, cfg.bench.neuron_hosts)
-    fab_cfg = dataclasses.replace(cfg.fabric, timeout_s=max(cfg.fabric.timeout_s, 4.0 * n), hosts=hosts)
-    used0 = bench_raw.used_memory_mb()
-    c, fab = _engine(cfg, engine="fabric", granularity="neuron", transport="zmq", sizes=sizes, fabric=fab_cfg)
-    try:
-        out = {"nodes": n, "actors": len(fab.fabric.hosts), "hosts": hosts, "sizes": sizes, "batch": c.batch,
-               "steps": steps, "fabric_start_s": fab.fabric.start_s, "exchange": fab.fabric.exchange}
-        if out["actors"] < n:  # hosted: which hosts exchange frames, and their mean size (bench_raw's comparator)
-            out.update(_frames(fab, c.batch * torch.empty((), dtype=DTYPES[c.dtype]).element_size()))
-        fab.set_batch(*_batch(c, sizes, c.batch, DTYPES[c.dtype]))
-        fab.run_phase(Phase("free", steps))  # warm-up
-        fab.message_logs(clear=True)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fab.run_phase(Phase("free", steps))
-            times.append(time.perf_counter() - t0)
-        logs = fab.message_logs(clear=True)
-        msgs = state_messages(logs)
-        out.update(step_us=statistics.median(times) / steps * 1e6, state_messages=msgs,
-                   wire_messages=state_messages(logs, fab.fabric.placement),
-                   msgs_per_step=msgs / (repeats * (steps + 1)), msgs_per_s=msgs / sum(times),
-                   payload_bytes=c.batch * torch.empty((), dtype=DTYPES[c.dtype]).element_size())
-        if memory:
-            import ray
-            pids = ray.get([h.__ray_call__.remote(bench_raw.actor_pid) for h in fab.fabric.hosts.values()])
-            mem = [bench_raw.proc_memory_mb(p) for p in pids]
-            rss = [m["vmrss"] for m in mem if "vmrss" in m]
-            pss = [m["pss"] for m in mem if "pss" in m]
-            out["memory"] = {
-                "method": "VmRSS (and Pss) from /proc/<pid> of every actor process, pids from "
-                          "actor.__ray_call__(os.getpid); also (used after start - used before) / actors "
-                          "from /proc/meminfo",
-                "rss_mb_per_actor": statistics.mean(rss) if rss else None,
-                "pss_mb_per_actor": statistics.mean(pss) if pss else None,
-                "meminfo_delta_mb_per_actor": (bench_raw.used_memory_mb() - used0) / len(pids),
-                "rss_mb_per_node": sum(rss) / n if rss else None}
-    finally:
-        fab.close()
-    log(f"neuron fabric {n} nodes on {out['actors']} actors: start {out['fabric_start_s']:.1f} s, "
-        f"{out['step_us'] / 1e3:.1f} ms/step, {out['msgs_per_s']:.0f} msgs/s "
-        f"({out['wire_messages'] / max(out['state_messages'], 1):.0%} between actors)")
-    return out
-
-
 # ---- in-process: matmuls alone, research-code autograd EP ------------------------------------------------
 class Products:
     """The matrix products of one in-process step, alone (input drive precomputed), behind `run_phase` so that
@@ -399,6 +328,7 @@ def _ratio_met(key, value) -> bool:
 
 
 def run_bench(cfg, out_dir) -> dict:
+    from experiments import bench_hosted  # which imports this module's helpers
     t_start = time.perf_counter()
     main, grid, st, shrunk = plan(cfg)
     log(f"plan: main {main}, grid {grid}, settings {st}")
@@ -419,7 +349,7 @@ def run_bench(cfg, out_dir) -> dict:
     res["neuron"] = []
     for n in st["neurons"]:
         try:
-            r = neuron_fabric(cfg, n, st["neuron_steps"], st["repeats"], n == max(st["neurons"]))
+            r = bench_hosted.neuron_fabric(cfg, n, st["neuron_steps"], st["repeats"], n == max(st["neurons"]))
             if r["actors"] == n:  # the same pattern in plain pyzmq: one process per node, as here
                 r["raw_same_pattern"] = bench_raw.zmq_exchange_rate(n // 2, n - n // 2, r["payload_bytes"],
                                                                     3 * st["neuron_steps"])
@@ -467,8 +397,7 @@ def run_bench(cfg, out_dir) -> dict:
         "fabric_phase_call_us": row["fabric_phase_call_us"],
         "layer_fabric_over_raw_same_pattern": row["fabric_step_us"] / row["raw_same_pattern_step_us"],
         "raw_layer_same_pattern_over_inprocess": row["raw_same_pattern_step_us"] / row["inprocess_step_us"]}
-    from experiments.bench_hosted import hosted
-    res["hosted_neuron"], res["nodes_scaling"] = hosted(cfg)
+    res["hosted_neuron"], res["nodes_scaling"] = bench_hosted.hosted(cfg)
     two = next(r for r in res["hosted_neuron"]["neuron"] if r["hosts"] == 2)
     ratios.update(hosted_neuron_epoch_over_layer_epoch=two["epoch_over_layer_epoch"],
                   hosted_neuron_rss_gb=two["rss_gb"], nodes_slope=res["nodes_scaling"]["slope"])

@@ -1,4 +1,5 @@
-"""bench `hosted_neuron` (issue 18): the P-MLP net at neuron granularity, many logical nodes per host actor.
+"""bench's neuron fabrics: `neuron` (n logical nodes, an actor each or on hosts, against the same pattern in bare
+pyzmq) and `hosted_neuron` (issue 18): the P-MLP net at neuron granularity, many logical nodes per host actor.
 
 `hosted_neuron` trains the net (784-512-10: 522 logical nodes, 10,240 directed neuron edges) on `fabric.hosts`
 ∈ {1, 2, 4} and at layer granularity in the same run: seconds per training batch (T1, T2 of the recipe), an
@@ -18,7 +19,7 @@ import torch
 
 from cluster.runtime import DTYPES
 from experiments import bench_raw
-from experiments.bench import PUBLISHED, _batch, _engine, log, state_messages
+from experiments.bench import PUBLISHED, _batch, _engine, log, process_budget, state_messages
 from protocols.base import Phase
 
 MNIST5K_TRAIN = 4000
@@ -106,3 +107,76 @@ def hosted(cfg) -> tuple:
         return hosted_neuron(c, [2], 1), nodes_scaling(c, [6, 14, 30], 2, 3)
     c = dataclasses.replace(cfg, **net)
     return hosted_neuron(c, [1, 2, 4], 2), nodes_scaling(c, [6, 22, 54, 118, 246, 512], 2, 5)
+
+
+def neuron_hosts(n: int, setting: int) -> int:
+    """fabric.hosts for an n-node neuron fabric: setting -1 (auto) gives every node an actor while n fits the
+    process budget and n nodes on `process_budget()` hosts beyond; 0 always one actor per node; K > 0, K hosts."""
+    if setting < 0:
+        return 0 if n <= process_budget() else process_budget()
+    return setting
+
+
+def _frames(fab, itemrow: int) -> dict:
+    """host_links {host: [hosts it sends a frame to]}, frame_bytes: the mean frame (a column per sender and kind
+    with a port to the peer, `itemrow` bytes each)."""
+    f = fab.fabric
+    cols = {}
+    for s in fab.specs.values():
+        for p in s.out_ports:
+            a, b = f.placement[p.src], f.placement[p.dst]
+            if a != b:
+                cols.setdefault((a, b), set()).add((p.src, p.kind))
+    links = {h: sorted(b for a, b in cols if a == h) for h in f.hosts}
+    return {"host_links": links, "frame_bytes": int(sum(map(len, cols.values())) * itemrow / max(len(cols), 1))}
+
+
+def neuron_fabric(cfg, n: int, steps: int, repeats: int, memory: bool) -> dict:
+    """A neuron fabric of n logical nodes: sizes [d0, n//2, n - n//2] (layer 0 is the input, not a node), on one
+    actor per node or on hosts (bench.neuron_hosts)."""
+    sizes = [cfg.sizes[0], n // 2, n - n // 2]
+    hosts = neuron_hosts(n, cfg.bench.neuron_hosts)
+    fab_cfg = dataclasses.replace(cfg.fabric, timeout_s=max(cfg.fabric.timeout_s, 4.0 * n), hosts=hosts)
+    used0 = bench_raw.used_memory_mb()
+    c, fab = _engine(cfg, engine="fabric", granularity="neuron", transport="zmq", sizes=sizes, fabric=fab_cfg)
+    try:
+        out = {"nodes": n, "actors": len(fab.fabric.hosts), "hosts": hosts, "sizes": sizes, "batch": c.batch,
+               "steps": steps, "fabric_start_s": fab.fabric.start_s, "exchange": fab.fabric.exchange}
+        if out["actors"] < n:  # hosted: which hosts exchange frames, and their mean size (bench_raw's comparator)
+            out.update(_frames(fab, c.batch * torch.empty((), dtype=DTYPES[c.dtype]).element_size()))
+        fab.set_batch(*_batch(c, sizes, c.batch, DTYPES[c.dtype]))
+        fab.run_phase(Phase("free", steps))  # warm-up
+        fab.message_logs(clear=True)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fab.run_phase(Phase("free", steps))
+            times.append(time.perf_counter() - t0)
+        logs = fab.message_logs(clear=True)
+        msgs = state_messages(logs)
+        out.update(step_us=statistics.median(times) / steps * 1e6, state_messages=msgs,
+                   wire_messages=state_messages(logs, fab.fabric.placement),
+                   msgs_per_step=msgs / (repeats * (steps + 1)), msgs_per_s=msgs / sum(times),
+                   payload_bytes=c.batch * torch.empty((), dtype=DTYPES[c.dtype]).element_size())
+        if memory:
+            import ray
+            pids = ray.get([h.__ray_call__.remote(bench_raw.actor_pid) for h in fab.fabric.hosts.values()])
+            mem = [bench_raw.proc_memory_mb(p) for p in pids]
+            rss = [m["vmrss"] for m in mem if "vmrss" in m]
+            pss = [m["pss"] for m in mem if "pss" in m]
+            out["memory"] = {
+                "method": "VmRSS (and Pss) from /proc/<pid> of every actor process, pids from "
+                          "actor.__ray_call__(os.getpid); also (used after start - used before) / actors "
+                          "from /proc/meminfo",
+                "rss_mb_per_actor": statistics.mean(rss) if rss else None,
+                "pss_mb_per_actor": statistics.mean(pss) if pss else None,
+                "meminfo_delta_mb_per_actor": (bench_raw.used_memory_mb() - used0) / len(pids),
+                "rss_mb_per_node": sum(rss) / n if rss else None}
+    finally:
+        fab.close()
+    log(f"neuron fabric {n} nodes on {out['actors']} actors: start {out['fabric_start_s']:.1f} s, "
+        f"{out['step_us'] / 1e3:.1f} ms/step, {out['msgs_per_s']:.0f} msgs/s "
+        f"({out['wire_messages'] / max(out['state_messages'], 1):.0%} between actors)")
+    return out
+
+
