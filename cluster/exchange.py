@@ -8,10 +8,11 @@ virtual-process pair; the unit of routing, reading and logging stays the logical
 Layout, fixed for the run per set of kinds a phase carries (`Layout`): an entry is what one node sends on one
 kind, once for every port of a broadcast kind (the signal `a`, its twin `r`: one payload to all neighbours) and
 once per out-port of a targeted kind (`t`, `g`: a payload per destination). The step buffer W (rows, columns)
-holds the host's own entries, then each peer host's frame (the entries of its nodes that feed a node here, in the
-order sorted by (sender, kind, destination), which both ends derive from their own ports), then one zero column
-(a masked slot's gaps). A node's slot is gathered from the columns of W its in-ports name, in slot order (one
-index_select per slot, into its own double-buffered aligned buffers), so a node reads only what is routed to it.
+holds the host's own entries and those of each peer host's frame (the entries of its nodes that feed a node here),
+all in the natural order of (sender, kind, destination), which both ends derive from their own ports and the node
+ids, then one zero column (a masked slot's gaps). A node's slot is filled from the columns of W its in-ports name,
+in slot order, into its own double-buffered aligned buffers (a copy of a view where they are side by side, as
+the parts of a group's slot are in that order; else one index_select), so a node reads only what is routed to it.
 
 Checks. A node's own outbox (our code) is checked for non-neighbour targets, dtype and shape; a failure is
 raised. A frame from the wire is checked once against its connection and its sender's fixed table: the host it
@@ -27,6 +28,7 @@ log is read (`full` mode: one record per edge per step), which the locality repo
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +44,23 @@ BROADCAST = (SIGNAL, "r")     # kinds sent once per sender; the others ("t", "g"
 LOCAL = ""                    # the segment of W this host's own nodes write
 
 
+def _natural(name: str) -> tuple:
+    """A node id's natural order ("L1.2" before "L1.10"): the same at both ends of a frame, from the ids alone."""
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
+
+
+def _order(entry: tuple) -> tuple:
+    """The order of entries in W and in a frame: sender, kind, destination (broadcast first), naturally."""
+    return _natural(entry[0]), entry[1], _natural(entry[2])
+
+
+def _span(idx: np.ndarray):
+    """A slice for contiguous column indices (a copy into a view), else the index array itself."""
+    if len(idx) and (idx == np.arange(idx[0], idx[0] + len(idx))).all():
+        return slice(int(idx[0]), int(idx[0]) + len(idx))
+    return idx
+
+
 def entry_of(src: str, kind: str, dst: str) -> tuple:
     """The entry a port (src -> dst, kind) is carried in: (src, kind, "") for a broadcast kind, else per dst."""
     return (src, kind, "" if kind in BROADCAST else dst)
@@ -55,7 +74,7 @@ class Layout:
     sends: dict       # node -> ((entry, outbox key, first column, width), ...) of its own entries
     targets: dict     # node -> {(dst, kind)}: its targeted out-ports
     peers_out: dict   # peer host -> (column index tensor into W, width): the frame it gets
-    peers_in: dict    # peer host -> (first column in W, width): where its frame goes
+    peers_in: dict    # peer host -> (columns of W: a slice or an index array, width): where its frame goes
     gathers: dict     # node -> ((slot name, width, index tensor, ((lo, hi, kind) of its own parts)), ...)
     edges: dict       # segment (LOCAL or a peer host) -> ((src, dst, kind, width), ...): the edges it delivers
 
@@ -110,22 +129,21 @@ class Exchange:
                     edges.setdefault(seg, []).append((p.src, j, p.kind, p.width))
                     if seg != LOCAL:
                         incoming.setdefault(seg, {})[entry_of(p.src, p.kind, j)] = p.width
+        width = dict(own)
+        for es in incoming.values():
+            width.update(es)
         cols, at = {}, 0
-        for e in sorted(own):
-            cols[e], at = at, at + own[e]
-        peers_in = {}
-        for peer in sorted(incoming):
-            lo = at
-            for e in sorted(incoming[peer]):
-                cols[e], at = at, at + incoming[peer][e]
-            peers_in[peer] = (lo, at - lo)
+        for e in sorted(width, key=_order):  # one order for W: a slot's parts sit side by side, so most are a view
+            cols[e], at = at, at + width[e]
         zero = at
+
+        def columns(es):
+            return np.concatenate([np.arange(cols[e], cols[e] + width[e]) for e in sorted(es, key=_order)])
         sends = {i: tuple((e, e[1] if e[2] == "" else (e[2], e[1]), cols[e], own[e]) for e in sorted(own)
                           if e[0] == i) for i in self.specs}
-        peers_out = {}
-        for peer, es in sorted(needed.items()):
-            idx = np.concatenate([np.arange(cols[e], cols[e] + own[e]) for e in sorted(es)])
-            peers_out[peer] = (torch.from_numpy(idx), len(idx))
+        peers_out = {peer: (torch.from_numpy(columns(es)), int(sum(width[e] for e in es)))
+                     for peer, es in sorted(needed.items())}
+        peers_in = {peer: (_span(columns(es)), int(sum(es.values()))) for peer, es in sorted(incoming.items())}
         gathers = {}
         for j, s in self.specs.items():
             plan = []
@@ -228,8 +246,8 @@ class Exchange:
     def receive(self, t: int) -> None:
         """Step t's frames into W (each was checked when it arrived or when its phase started); the inboxes of
         this step use the other buffer set than the last step's (a rule may still hold the last one)."""
-        for peer, (lo, width) in self.lay.peers_in.items():
-            self.Wn[:, lo:lo + width] = self.buffer.pop((peer, self.serial, t))[3]
+        for peer, (where, _) in self.lay.peers_in.items():
+            self.Wn[:, where] = self.buffer.pop((peer, self.serial, t))[3]
             self.held[peer] -= 1
             self.last[peer] = (self.serial, t)
         self.parity ^= 1
