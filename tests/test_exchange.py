@@ -31,9 +31,9 @@ B = 6
 
 
 def hosted(exchange: str, model=NET, protocol=EP, hosts: int = 2, **extra):
-    return FabricEngine(model, protocol, dict(granularity="neuron", hosts=hosts, lr=[0.1] * (len(model.groups) - 1),
-                                              dtype="float64", timeout_s=20.0, exchange=exchange, **extra),
-                        local=True)
+    settings = dict(granularity="neuron", hosts=hosts, lr=[0.1] * (len(model.groups) - 1), dtype="float64",
+                    timeout_s=20.0, exchange=exchange)
+    return FabricEngine(model, protocol, {**settings, **extra}, local=True)
 
 
 def counters(logs) -> list:
@@ -247,5 +247,20 @@ def test_a_fuzzed_frame_that_is_accepted_would_be_caught(reason):
         got = collections.Counter({e["reason"]: e["count"] for e in host.unknown.export()})
         assert got == collections.Counter({"forged": 1}) if reason == "forged" else (
             sum(got.values()) == 1 and set(got) <= {"duplicate", "replayed"}), got
+    finally:
+        f.close()
+
+
+def test_a_host_whose_peer_sends_no_frame_times_out_naming_host_phase_step_and_peer():
+    """H1 computes but sends nothing: H0 waits for H1's step-0 frame and fails with a named timeout, not a hang."""
+    from cluster.fabric import FabricError
+    f = hosted("frames", timeout_s=1.0)
+    try:
+        f.set_params(scaled_params(NET))
+        f.set_batch(*batch(NET, B))
+        f.fabric.hosts["H1"].exchange.frames = lambda t: iter(())
+        with pytest.raises(FabricError, match=r"host H0 \(nodes [^)]*\): run_phase failed: PhaseError: host H0, "
+                                              r"phase free, step 0: no frame from \['H1'\] within 1 s"):
+            f.run_phase(Phase("free", 5))
     finally:
         f.close()
