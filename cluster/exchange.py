@@ -70,7 +70,6 @@ def entry_of(src: str, kind: str, dst: str) -> tuple:
 class Layout:
     """Where everything is in W for one set of carried kinds."""
     width: int        # columns of W, the zero column included
-    cols: dict        # entry -> first column in W
     sends: dict       # node -> ((entry, outbox key, first column, width), ...) of its own entries
     targets: dict     # node -> {(dst, kind)}: its targeted out-ports
     peers_out: dict   # peer host -> (column index tensor into W, width): the frame it gets
@@ -87,7 +86,7 @@ class Exchange:
         self.host_id, self.specs, self.placement = host_id, specs, placement
         self.logs, self.drops, self.max_bytes = logs, drops, int(max_bytes)
         self.dtypes = {run_dtype, COMPLEX.get(run_dtype, run_dtype)}
-        self.layouts, self.prefix = {}, {}
+        self.layouts = {}  # carried kinds -> Layout
         self.buffer = {}   # (peer, serial, step) -> (phase, dtype, shape, ndarray)
         self.held = {}     # peer -> frames buffered
         self.last = {}     # peer -> (serial, step) last consumed
@@ -159,7 +158,7 @@ class Exchange:
                         idx[lo:hi] = range(c, c + hi - lo)
                 plan.append((sl.name, sl.width, torch.tensor(idx, dtype=torch.long), tuple(mine)))
             gathers[j] = tuple(plan)
-        return Layout(zero + 1, cols, sends, targets, peers_out, peers_in, gathers,
+        return Layout(zero + 1, sends, targets, peers_out, peers_in, gathers,
                       {k: tuple(v) for k, v in edges.items()})
 
     # ---- a phase --------------------------------------------------------------------------------------------
