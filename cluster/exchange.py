@@ -74,7 +74,8 @@ class Layout:
     targets: dict     # node -> {(dst, kind)}: its targeted out-ports
     peers_out: dict   # peer host -> (column index tensor into W, width): the frame it gets
     peers_in: dict    # peer host -> (columns of W: a slice or an index array, width): where its frame goes
-    gathers: dict     # node -> ((slot name, width, index tensor, ((lo, hi, kind) of its own parts)), ...)
+    gathers: dict     # node -> ((slot name, width, columns of W: a slice or an index array,
+                      #           ((lo, hi, kind) of its own parts)), ...)
     edges: dict       # segment (LOCAL or a peer host) -> ((src, dst, kind, width), ...): the edges it delivers
 
 
@@ -97,6 +98,7 @@ class Exchange:
         self.delivered = {}  # segment -> steps delivered in this phase (kept at `finish`)
         self.pending = {}    # (kinds, segment, phase, rows, dtype) -> steps delivered, not yet in the edge counters
         self.live = None
+        self.full = any(log.mode == "full" for log in logs.values())  # a record per edge per step too
         self.feeders = frozenset(placement[p.src] for s in specs.values() for p in s.in_ports
                                  if placement[p.src] != host_id)  # the hosts whose nodes send to a node here
 
@@ -156,7 +158,10 @@ class Exchange:
                     else:
                         c = cols[entry_of(src, sl.kind, j)]
                         idx[lo:hi] = range(c, c + hi - lo)
-                plan.append((sl.name, sl.width, torch.tensor(idx, dtype=torch.long), tuple(mine)))
+                cols_of = np.array(idx, dtype=np.int64)
+                if not mine:  # a slot with own parts is copied into after its gather
+                    cols_of = _span(cols_of)
+                plan.append((sl.name, sl.width, cols_of, tuple(mine)))
             gathers[j] = tuple(plan)
         return Layout(zero + 1, sends, targets, peers_out, peers_in, gathers,
                       {k: tuple(v) for k, v in edges.items()})
@@ -196,13 +201,12 @@ class Exchange:
         for j, plan in lay.gathers.items():
             for parity in (0, 1):
                 slots, fills = {}, []
-                for name, width, idx, mine in plan:
+                for name, width, cols, mine in plan:
                     buf = slots[name] = torch.zeros(rows, width, dtype=W.dtype)  # aligned: deterministic BLAS
-                    lo = int(idx[0]) if width else 0
-                    if width and not mine and bool((idx == torch.arange(lo, lo + width)).all()):
-                        fills.append((buf.numpy(), Wn[:, lo:lo + width], None, mine))
+                    if isinstance(cols, slice):
+                        fills.append((buf.numpy(), Wn[:, cols], None, mine))
                     else:
-                        fills.append((buf, None, idx, mine))
+                        fills.append((buf, None, torch.from_numpy(cols), mine))
                 self.inboxes[(j, parity)] = (Guarded(slots, "", "port"), tuple(fills))
         self.parity = 0
 
@@ -252,7 +256,7 @@ class Exchange:
         self.parity ^= 1
         for seg in self.delivered:
             self.delivered[seg] += 1
-        if self.logs and next(iter(self.logs.values())).mode == "full":
+        if self.full:
             for edges in self.lay.edges.values():
                 for src, dst, kind, width in edges:
                     self.logs[dst].records.append((src, dst, kind, self.phase, t,

@@ -85,7 +85,6 @@ class Host(NodeSet):
                          noise=settings.get("noise", 0.0), seed=settings.get("seed", 0),
                          gate=settings.get("residual_tol") is not None)
         self.host_id = host_id
-        self.settings_dtype = settings["dtype"]
         self.timeout_s = float(settings.get("timeout_s", 60.0))
         self.logs = {i: MessageLog(settings.get("log", "counters")) for i in self.ids}
         max_bytes = int(settings.get("max_message_bytes", MAX_BYTES))
@@ -98,9 +97,10 @@ class Host(NodeSet):
                                         hwm=(MAX_AHEAD + 2) * ports + 64, max_bytes=max_bytes,
                                         ports=settings.get("ports"), curve=bool(settings.get("curve")))
         self.placement = {i: host_id for i in self.ids}
-        self.frames = settings.get("exchange", "messages") == "frames"  # one frame per host pair per step
-        self.exchange = None  # frames: built at `connect`, once the placement of every node is known
-        self.max_bytes = max_bytes
+        # frames (one per host pair per step): the Exchange's dtype and bound, built at `connect`, once the
+        # placement of every node is known
+        self.frames = (settings["dtype"], max_bytes) if settings.get("exchange") == "frames" else None
+        self.exchange = None
         self.aborted_upto = -1
         self.beat = None
         self.unknown = Drops()  # messages that could not be attributed to a local node
@@ -135,8 +135,7 @@ class Host(NodeSet):
             self.transport.connect(peer, address, token)
         self.placement.update(placement)
         if self.frames:
-            self.exchange = Exchange(self.host_id, self.specs, self.placement, self.logs, self.unknown,
-                                     self.settings_dtype, self.max_bytes)
+            self.exchange = Exchange(self.host_id, self.specs, self.placement, self.logs, self.unknown, *self.frames)
         if beat is not None:
             self.beat = Heartbeat(self.host_id, beat[0], beat[1], getattr(self.transport, "ctx", None))
         if self.transport.kind != "local":  # an actor process, built: what exists now lives as long as it does, so

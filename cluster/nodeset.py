@@ -278,9 +278,8 @@ class NodeSet:
             residual, bad = None, divergence(s, self.diverge_limit, float(s.abs().max()))
             if not bad:
                 return None
-            rows = s.abs().flatten(1).amax(1)
-        else:
-            rows = s.abs().flatten(1).amax(1)
+        rows = s.abs().flatten(1).amax(1)
+        if prev is not None:
             res = torch.cat([rows.max()[None], (s - prev).abs().flatten(1).amax(1)])
             res = res.to("cpu", torch.float64)  # the one host sync
             m, residual = float(res[0]), res[1:]

@@ -118,17 +118,19 @@ def neuron_hosts(n: int, setting: int) -> int:
 
 
 def _frames(fab, itemrow: int) -> dict:
-    """host_links {host: [hosts it sends a frame to]}, frame_bytes: the mean frame (a column per sender and kind
-    with a port to the peer, `itemrow` bytes each)."""
+    """host_links {host: [hosts it sends a frame to]}, frame_bytes: the mean frame (the entries of
+    cluster/exchange.py whose port leads to the peer, `itemrow` bytes per column)."""
+    from cluster.exchange import entry_of
     f = fab.fabric
-    cols = {}
+    widths = {}  # (host, peer) -> {entry: width}
     for s in fab.specs.values():
         for p in s.out_ports:
             a, b = f.placement[p.src], f.placement[p.dst]
             if a != b:
-                cols.setdefault((a, b), set()).add((p.src, p.kind))
-    links = {h: sorted(b for a, b in cols if a == h) for h in f.hosts}
-    return {"host_links": links, "frame_bytes": int(sum(map(len, cols.values())) * itemrow / max(len(cols), 1))}
+                widths.setdefault((a, b), {})[entry_of(p.src, p.kind, p.dst)] = p.width
+    links = {h: sorted(b for a, b in widths if a == h) for h in f.hosts}
+    columns = sum(sum(w.values()) for w in widths.values())
+    return {"host_links": links, "frame_bytes": int(columns * itemrow / max(len(widths), 1))}
 
 
 def neuron_fabric(cfg, n: int, steps: int, repeats: int, memory: bool) -> dict:
