@@ -316,7 +316,7 @@ class Host(NodeSet):
         for i in self.ids:
             ex.put(i, out[i], t)
         for peer, header, payload in ex.frames(t):
-            self._transmit(peer, header, payload, f"host {self.host_id}, phase {phase.name}, step {t}", peer)
+            self._transmit(peer, header, payload, None, phase, t, peer)
         if not ex.ready(t):
             self._wait(lambda: ex.ready(t), serial, phase, t, lambda: f"host {self.host_id}", lambda: ex.missing(t),
                        "frame", self.unknown)
@@ -350,16 +350,19 @@ class Host(NodeSet):
             if enc is None:  # the payload and the per-step header fields, once for every port they go to
                 enc = encoded[id(payload)] = (array_bytes(payload), header_suffix(phase.name, serial, t,
                                                                                   dtype_name(payload), payload.shape))
-            self._transmit(host, self.prefixes[(i, p.dst, p.kind)] + enc[1], enc[0],
-                           f"node {i}, phase {phase.name}, step {t}", p.dst)
+            self._transmit(host, self.prefixes[(i, p.dst, p.kind)] + enc[1], enc[0], i, phase, t, p.dst)
 
-    def _transmit(self, host: str, header: bytes, payload, where: str, to: str) -> None:
+    def _transmit(self, host: str, header: bytes, payload, node, phase, t: int, to: str) -> None:
+        """One send to `host` (for `to`: a node, or the peer host of a frame); a failure names the sending node
+        (None: this host's frame), the phase and the step (the text only then)."""
         try:
             self.transport.send(host, header, payload)
-        except KeyError:
-            raise LocalityError(f"{where}: host {self.host_id} has no connection to {host}, which runs {to}") from None
-        except TransportError as err:
-            raise PhaseError(f"{where}: sending to {to}: {err}") from None
+        except (KeyError, TransportError) as err:
+            who = f"host {self.host_id}" if node is None else f"node {node}"
+            if isinstance(err, KeyError):
+                raise LocalityError(f"{who}, phase {phase.name}, step {t}: host {self.host_id} has no connection "
+                                    f"to {host}, which runs {to}") from None
+            raise PhaseError(f"{who}, phase {phase.name}, step {t}: sending to {to}: {err}") from None
 
     def _gather(self, i: str, serial: int, phase, t: int) -> dict:
         """Wait for node i's step-t messages (dispatching whatever arrives to its local destination); the deadline
@@ -372,9 +375,8 @@ class Host(NodeSet):
 
     def _wait(self, done, serial: int, phase, t: int, who, missing, what: str, drops) -> None:
         """Receive (dispatching whatever arrives) until `done()`; the deadline is checked after every message, so
-        unrelated traffic cannot postpone it. who, missing: the error's subject and the senders still awaited."""
-        if done():
-            return
+        unrelated traffic cannot postpone it. who, missing: the error's subject and the senders still awaited.
+        Callers test `done()` first, so a step whose messages are in costs no closures."""
         deadline = time.monotonic() + self.timeout_s
         while not done():
             if serial <= self.aborted_upto:
