@@ -1,5 +1,5 @@
-"""The one engine interface, shared by the in-process engine (cluster/reference.py) and the fabric
-(cluster/coordinator.py), so experiments and tests run unchanged on either.
+"""The one engine interface, shared by the in-process engine (cluster/inprocess.py) and the fabric
+(cluster/runtime/coordinator.py), so experiments and tests run unchanged on either.
 
     set_params(full) / get_params() -> full         the owners' copies, assembled
     set_batch(x, y=None, draw=None)                  boundary signals, routed per node; draw: the batch's serial

@@ -5,7 +5,7 @@ the coordinator delivers is legal as `control` (calls: phase triggers, parameter
 `boundary` only where the model routes it (x to the nodes driven by the input, y to the output nodes), and as
 `global` only for the signals every node may read: beta, the batch size, the batch's serial (`draw`, the clock that
 keys the pre-activation noise), the protocol and its settings. Messages a
-receiver dropped (cluster/admission.py: a forged sender, a duplicate, a malformed header, ...; kind `rejected`, or
+receiver dropped (cluster/runtime/admission.py: a forged sender, a duplicate, a malformed header, ...; kind `rejected`, or
 `unknown` when no local node could be named), connections it refused (no valid credential) are violations too,
 blamed on the connection's authenticated user, with a count each; `rejected_by_reason` sums them by reason. Stale
 drops (an aborted phase's late messages) are normal traffic: counted under `stale`, not violations.
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from cluster.admission import NOT_VIOLATIONS
-from cluster.message_log import COORDINATOR
+from cluster.runtime.admission import NOT_VIOLATIONS
+from cluster.runtime.message_log import COORDINATOR
 
 GLOBALS = ("beta", "batch", "protocol", "draw")
 

@@ -2,7 +2,7 @@
 
 A data-plane message is two frames: a msgpack header [src, dst, kind, phase, serial, step, dtype, shape] and the
 array's raw bytes (C order). `src` is a claim the receiver checks against the connection the message arrived on
-(cluster/transport.py); `dst` is the logical node it is for (a host may run many). An abort is a header of kind
+(cluster/runtime/transport.py); `dst` is the logical node it is for (a host may run many). An abort is a header of kind
 "abort" with `serial` = the highest phase serial to stop, and an empty frame; a heartbeat is a header of kind
 "progress". Dtypes travel by name, complex ones included. `pack_arrays` encodes a dict of arrays as one msgpack map
 {name: [dtype, shape, bytes]} for control-plane calls and checkpoints.

@@ -1,7 +1,7 @@
 """The logical nodes one process runs: their rules, the tensors each holds, their optimisers and phase states.
 
-Shared by a fabric host (cluster/host.py: the nodes placed on one Ray actor) and the in-process engine
-(cluster/reference.py: every node of a partition). Each node holds its own copies (the owner's rows, the replica's
+Shared by a fabric host (cluster/runtime/host.py: the nodes placed on one Ray actor) and the in-process engine
+(cluster/inprocess.py: every node of a partition). Each node holds its own copies (the owner's rows, the replica's
 columns), updates them with its own optimiser from its own estimate, and keeps its phase state (nodes/rules.py).
 `boundary(i, phase)` is what node i's rule may read: the signals the model routes to it (x, y) and the globals
 (beta, batch size, dtype); anything else is a LocalityError naming node, phase and step.

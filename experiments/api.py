@@ -97,7 +97,7 @@ class Simulator:
     @contextlib.contextmanager
     def engine(self, **overrides):
         """The configured engine (fabric or in-process), closed on exit."""
-        from cluster.runtime import make_engine
+        from cluster.launch import make_engine
         eng = make_engine(self._with(overrides), self.model, self.protocol)
         try:
             yield eng

@@ -3,7 +3,7 @@
 Writes `audit.npz` (the pinned bundle, ALGORITHMS.md §1), `audit.json` (total and per-tensor cosine, rel_l2,
 norm_ratio, sign_agreement; angles per layer, in total and for feedback weights; the residual of every phase and, with
 `residual_tol`, the convergence gate's counts (`gate`); `implicit` (noiseless runs): implicit differentiation at the free
-fixed point (cluster/implicit.py), its gap to BPTT (above 1e-8: the free phase had not settled), the fixed point's
+fixed point (cluster/truth/implicit.py), its gap to BPTT (above 1e-8: the free phase had not settled), the fixed point's
 residual and spectral radius, and the estimate against it (the bundle carries `implicit/*`); the locality report from the receivers' logs; the replica
 drift of the updates each end computed; with steps=true the GDU metrics) and the plots `locality.png` (the node
 graph weighted by delivered messages) and, with steps=true, `gdu.png`. `replay=BUNDLE.npz` re-runs on another
@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from cluster.audit import angles, compare, gdu_metrics, read_bundle, write_bundle
-from cluster.bptt import bptt_grad, bptt_state_steps, bptt_steps
-from cluster.implicit import implicit_grad
+from cluster.truth.bptt import bptt_grad, bptt_state_steps, bptt_steps
+from cluster.truth.implicit import implicit_grad
 from cluster.locality import locality_report
 from cluster.nodeset import PhaseError
-from cluster.runtime import make_engine, model_from, protocol_from
+from cluster.launch import make_engine, model_from, protocol_from
 from nodes.dynamics import physics_of
 from experiments.config import ConfigError
 from experiments.datasets import load_dataset, one_hot

@@ -12,17 +12,18 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 
 import torch
 import yaml
 
-from cluster.coordinator import lrs_by_param
-from cluster.reference import ReferenceEngine
-from cluster.runtime import DTYPES, init_ray, make_engine, model_from
-from cluster.transport import resolve_wire
-from experiments import bench_raw
+from cluster.runtime.coordinator import lrs_by_param
+from cluster.inprocess import ReferenceEngine
+from cluster.launch import DTYPES, make_engine, model_from
+from cluster.runtime.ray_setup import init_ray
+from cluster.runtime.transport import resolve_wire
+from experiments import bench_hosted, bench_raw
+from experiments.bench_parts import PUBLISHED, _batch, _engine, log, process_budget
 from nodes.activations import ACTIVATIONS
 from protocols.base import Phase
 
@@ -41,31 +42,6 @@ TARGETS = {  # ratio key -> (comparison, target); None: reported, no target on t
     "nodes_slope": ("<=", 1.1),
 }
 SETTLE_S = 0.1
-PUBLISHED = dict(sizes=[784, 512, 10], batch=50, T1=30, T2=10, beta=0.1, protocol="ep-symmetric",
-                 model="prototypical", activation="sigmoid4")  # Laborieux et al. 2021, check/*.sh (MNIST MLP)
-
-
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _batch(cfg, sizes, batch, dtype):
-    gen = torch.Generator().manual_seed(cfg.seed)
-    x = torch.rand(batch, sizes[0], generator=gen, dtype=torch.float64).to(dtype)
-    y = torch.nn.functional.one_hot(torch.randint(0, sizes[-1], (batch,), generator=gen), sizes[-1]).to(dtype)
-    return x, y
-
-
-def _engine(cfg, **changes):
-    """An engine with its parameters set; returns (cfg', engine)."""
-    c = dataclasses.replace(cfg, **changes)
-    eng = make_engine(c)
-    try:
-        eng.set_params(model_from(c).init_params(c.seed, DTYPES[c.dtype]))
-    except BaseException:
-        eng.close()
-        raise
-    return c, eng
 
 
 def per_step(engines: dict, steps: int, repeats: int) -> dict:
@@ -95,13 +71,6 @@ def phase_call_us(eng, repeats: int) -> float:
         eng.run_phase(Phase("free", 0))
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e6
-
-
-def state_messages(logs: dict, placement: dict = None) -> int:
-    """Data-plane messages in message_logs() counters: [src, dst, kind, phase, count, bytes], src a node; with
-    `placement` (node -> actor), only those between nodes on different actors (the ones that cross ZeroMQ)."""
-    return sum(c[4] for node in logs["nodes"].values() for c in node["counters"] if c[0] != "coordinator"
-               and (placement is None or placement[c[0]] != placement[c[1]]))
 
 
 # ---- layer fabric vs in-process (and vs the Ray transport on the main net) -------------------------------
@@ -157,10 +126,6 @@ def layer_grid(cfg, main, grid, steps, repeats, rt_bytes, rt_iters) -> tuple:
 
 
 # ---- neuron fabric ---------------------------------------------------------------------------------------
-def process_budget() -> int:
-    """The most actor processes Ray runs without its "N PYTHON worker processes have been started" warning: it
-    warns from 4 x its startup concurrency, min(cpu_count, num_cpus) (Ray 2.60's services.py and raylet)."""
-    return 4 * (os.cpu_count() or 1) - 1
 
 
 # ---- in-process: matmuls alone, research-code autograd EP ------------------------------------------------
@@ -328,7 +293,6 @@ def _ratio_met(key, value) -> bool:
 
 
 def run_bench(cfg, out_dir) -> dict:
-    from experiments import bench_hosted  # which imports this module's helpers
     t_start = time.perf_counter()
     main, grid, st, shrunk = plan(cfg)
     log(f"plan: main {main}, grid {grid}, settings {st}")

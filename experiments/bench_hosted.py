@@ -17,9 +17,9 @@ import time
 
 import torch
 
-from cluster.runtime import DTYPES
+from cluster.launch import DTYPES
 from experiments import bench_raw
-from experiments.bench import PUBLISHED, _batch, _engine, log, process_budget, state_messages
+from experiments.bench_parts import PUBLISHED, _batch, _engine, log, process_budget, state_messages
 from protocols.base import Phase
 
 MNIST5K_TRAIN = 4000
@@ -119,8 +119,8 @@ def neuron_hosts(n: int, setting: int) -> int:
 
 def _frames(fab, itemrow: int) -> dict:
     """host_links {host: [hosts it sends a frame to]}, frame_bytes: the mean frame (the entries of
-    cluster/exchange.py whose port leads to the peer, `itemrow` bytes per column)."""
-    from cluster.exchange import entry_of
+    cluster/runtime/exchange.py whose port leads to the peer, `itemrow` bytes per column)."""
+    from cluster.runtime.exchange import entry_of
     f = fab.fabric
     widths = {}  # (host, peer) -> {entry: width}
     for s in fab.specs.values():

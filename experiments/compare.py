@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from cluster.audit import angles
-from cluster.bptt import bptt_grad
-from cluster.runtime import make_engine, model_from, protocol_from
+from cluster.truth.bptt import bptt_grad
+from cluster.launch import make_engine, model_from, protocol_from
 from experiments.config import ConfigError, _build, _set_dotted, validate
 from experiments.datasets import load_dataset, one_hot
 from experiments.results import prepare, pyplot, write_json

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from cluster.transport import LOOPBACK, WIRES
+from cluster.runtime.transport import LOOPBACK, WIRES
+from experiments.errors import ConfigError
 from nodes.activations import ACTIVATIONS
 from nodes.hamiltonian import HAMILTONIAN_MODELS, INTEGRATORS
-from nodes.layered import FEEDBACK_INITS, MODELS
+from nodes.layered import FEEDBACK_INITS
+from nodes.models import MODEL_NAMES
 from nodes.optim import OPTIMIZERS
 from protocols import PROTOCOLS
 
@@ -26,18 +28,12 @@ RAY_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)$")
 
 
-class ConfigError(ValueError):
-    def __init__(self, field_name: str, msg: str):
-        super().__init__(f"{field_name}: {msg}")
-        self.field = field_name
-
-
 @dataclass(frozen=True)
 class FabricSection:
     split: int = 1                 # blocks per layer with granularity=layer
     hosts: int = 0                 # Ray actors hosting the logical nodes (round-robin); 0: one per node
     exchange: str = "auto"         # data plane: messages (one per port per step), frames (one per host pair per
-                                   # step, cluster/exchange.py), auto: frames when hosts >= 1
+                                   # step, cluster/runtime/exchange.py), auto: frames when hosts >= 1
     log: str = "counters"          # message log: "full" records or "counters"
     timeout_s: float = 60.0        # every wait for a neighbour's message
     actor_cpus: float = 0.0        # Ray CPUs reserved per node actor
@@ -152,7 +148,7 @@ class Config:
 
 
 CHOICES = {
-    "model": MODELS + HAMILTONIAN_MODELS, "integrator": INTEGRATORS, "activation": tuple(ACTIVATIONS), "protocol": tuple(PROTOCOLS),
+    "model": MODEL_NAMES, "integrator": INTEGRATORS, "activation": tuple(ACTIVATIONS), "protocol": tuple(PROTOCOLS),
     "granularity": ("layer", "neuron"), "transport": ("zmq", "ray"), "engine": ("fabric", "reference"),
     "dtype": ("float32", "float64"), "optimizer": OPTIMIZERS, "fabric.log": ("full", "counters"),
     "fabric.placement": ("pack", "spread"), "fabric.exchange": ("auto", "messages", "frames"),

@@ -2,7 +2,7 @@
 experiments `two-mass`, `chain` and `hru-sequence`.
 
 `audit` (run_echo_audit): the program on the engine from the seeded parameters on the first `batch` sequences;
-BPTT through the same leapfrog steps (cluster/echo.py, float64) as the truth. audit.json: per parameter and in
+BPTT through the same leapfrog steps (cluster/truth/echo.py, float64) as the truth. audit.json: per parameter and in
 total `cosine`, `rel_l2`, `norm_ratio`, `sign_agreement`; `echo_error` (max |state - initial state| after the
 unnudged echo, momenta flipped back, run on the same engine); `memory` (bytes each node keeps after the batch, and
 the bytes BPTT's autograd keeps); `phase_calls` (the coordinator's phase triggers per node, from the receivers'
@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from cluster.audit import compare, write_bundle
-from cluster.coordinator import lrs_by_param
-from cluster.echo import System, bptt_grad, bptt_saved_bytes, predict, simulate
+from cluster.runtime.coordinator import lrs_by_param
+from cluster.truth.echo import System, bptt_grad, bptt_saved_bytes, predict, simulate
 from cluster.locality import locality_report
-from cluster.runtime import make_engine, model_from, protocol_from
+from cluster.launch import make_engine, model_from, protocol_from
 from experiments.audit import replay_config
 from experiments.config import ConfigError
 from experiments.results import prepare, pyplot, write_csv, write_json

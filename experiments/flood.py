@@ -35,11 +35,11 @@ def flood(messages: int = 10 ** 6, steps: int = 50) -> dict:
     blocked, drops, phases, same_result, seconds}."""
     import ray
 
-    from cluster.coordinator import FabricEngine
-    from cluster.runtime import init_ray
+    from cluster.runtime.coordinator import FabricEngine
+    from cluster.runtime.ray_setup import init_ray
     from experiments import bench_raw
     from cluster.messages import encode_header
-    from cluster.transport import TransportError, ZmqTransport, new_token
+    from cluster.runtime.transport import TransportError, ZmqTransport, new_token
     from nodes.layered import layered
     from protocols.base import Phase
     model = layered("energy", (4, 5, 3, 2), "sigmoid", dt=0.5)

@@ -20,9 +20,9 @@ import sys
 
 import torch
 
-from cluster.echo import System, simulate
-from cluster.reference import ReferenceEngine
-from cluster.runtime import model_from, protocol_from
+from cluster.truth.echo import System, simulate
+from cluster.inprocess import ReferenceEngine
+from cluster.launch import model_from, protocol_from
 from experiments.echo import run_echo_audit, run_echo_train
 from experiments.results import prepare, pyplot, write_json
 from experiments.sequences import TEACHER_K12, load_sequences, teacher_of

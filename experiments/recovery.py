@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import time
 
-from cluster.fabric import HostLost
+from cluster.runtime.fabric import HostLost
 from experiments import checkpoint
 from experiments.checkpoint import Snapshot
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from experiments.config import ConfigError
-from nodes.hamiltonian import chain, hru, hru_stack, two_mass
+from experiments.errors import ConfigError
+from nodes.hamiltonian import chain, two_mass
 
 DATASETS = {"two-mass": ("sinusoid", "teacher"), "chain": ("teacher",), "chain-logcosh": ("teacher",),
             "hru-linear": ("synthetic-motion", "basic-motions"), "hru-logcosh": ("synthetic-motion", "basic-motions"),
@@ -77,21 +77,6 @@ def validate_sequences(cfg, protocol=None) -> None:
         raise ConfigError("dt", f"must be > 0, got {cfg.dt}")
 
 
-def model_of(cfg):
-    """The config's Hamiltonian model (nodes/hamiltonian.py)."""
-    kw = dict(integrator=cfg.integrator, damping=cfg.damping)
-    if cfg.model == "two-mass":
-        return two_mass(dt=cfg.dt, **kw)
-    if cfg.model.startswith("chain"):
-        return chain(cfg.sizes[1], dt=cfg.dt, potential="logcosh" if cfg.model == "chain-logcosh" else "quadratic",
-                     **kw)
-    potential = "logcosh" if cfg.model.endswith("logcosh") else "quadratic"
-    if cfg.model.startswith("hru-stack"):
-        return hru_stack(cfg.sizes[0], tuple(cfg.sizes[1:-1]), cfg.sizes[-1], potential, dt=cfg.dt, seed=cfg.seed,
-                         **kw)
-    return hru(cfg.sizes[0], cfg.sizes[1], cfg.sizes[2], potential, dt=cfg.dt, seed=cfg.seed, **kw)
-
-
 def forces(n: int, T: int, h: float, seed: int) -> torch.Tensor:
     """(n, T, 1): u(t) = sum of two sinusoids, frequencies U(0.3, 1.5) rad per unit time, phases U(0, 2 pi),
     amplitudes U(0.5, 1), at t = 0, h, ..., (T - 1) h."""
@@ -114,7 +99,7 @@ def teacher_of(cfg):
 
 def _follow(teacher, x, T):
     """The teacher's output positions (B, T, d_out) under forces x."""
-    from cluster.echo import System, simulate
+    from cluster.truth.echo import System, simulate
     out = System(teacher).out
     _, states = simulate(teacher, teacher.init_params(0), x, None, T, record=True, loss=False)
     return states[1:, :, 0, out].permute(1, 0, 2).contiguous()

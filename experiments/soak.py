@@ -15,9 +15,9 @@ import sys
 import time
 
 from cluster.locality import locality_report
-from cluster.runtime import DTYPES
+from cluster.launch import DTYPES
 from experiments import bench_raw
-from experiments.bench import _batch, _engine, state_messages
+from experiments.bench_parts import _batch, _engine, state_messages
 from experiments.config import load_config
 from experiments.results import prepare, write_json
 from protocols.base import Phase

@@ -14,8 +14,8 @@ import os
 import time
 
 from cluster.audit import compare
-from cluster.implicit import field_jacobian_report
-from cluster.nonconservative import Field, estimate, t1_toy
+from cluster.truth.implicit import field_jacobian_report
+from cluster.truth.nonconservative import Field, estimate, t1_toy
 from experiments.results import write_json
 from experiments.sweep import fit_slopes
 
@@ -52,14 +52,14 @@ def write_bundle_t1(path: str, steps: int = 20000, beta: float = 0.1) -> None:
     vector-graph, sizes [5, 12, 3], vf at beta, T1 = T2 = steps), x, y, param/*, estimate/* the centralised VF
     (cluster/nonconservative), bptt/* BPTT through the free phase (cluster/bptt), implicit/* the implicit truth."""
     from cluster.audit import write_bundle
-    from cluster.bptt import bptt_grad
+    from cluster.truth.bptt import bptt_grad
     model, params, x, y = t1_toy()
     truth = estimate("implicit", model, params, x, y, 0.0, steps, 0)
     vf = estimate("vf", model, params, x, y, beta, steps, steps, S0=truth["free"])
     meta = {"model": "vector-graph", "sizes": [5, 12, 3], "activation": "tanh", "protocol": "vf", "beta": beta,
             "T1": steps, "T2": steps, "dt": 0.05, "N": 2, "seed": 1, "granularity": "layer", "transport": "zmq",
             "source": "ALGORITHMS.md §13 T1 (NumPy default_rng(1): W, U, b, x, y); estimate: centralised VF "
-                      "(cluster/nonconservative.py)"}
+                      "(cluster/truth/nonconservative.py)"}
     write_bundle(path, meta, x, y, params, vf["grad"], bptt_grad(model, params, x, y, steps), implicit=truth["grad"])
 
 

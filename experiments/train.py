@@ -19,13 +19,13 @@ import time
 import numpy as np
 import torch
 
-from cluster.bptt import bptt_grad
-from cluster.coordinator import lrs_by_param
-from cluster.fabric import HostLost
+from cluster.truth.bptt import bptt_grad
+from cluster.runtime.coordinator import lrs_by_param
+from cluster.runtime.fabric import HostLost
 from cluster.locality import locality_report
 from cluster.nodeset import pack_held, unpack_held
-from cluster.reference import relax
-from cluster.runtime import DTYPES, make_engine, model_from, protocol_from
+from cluster.inprocess import relax
+from cluster.launch import DTYPES, make_engine, model_from, protocol_from
 from experiments import checkpoint
 from experiments.config import ConfigError, load_config
 from experiments.datasets import load_dataset, one_hot

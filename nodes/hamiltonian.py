@@ -36,11 +36,11 @@ from dataclasses import dataclass, field
 import torch
 
 from nodes.graph import Dense, Group, Local, Model
+from nodes.leapfrog import LeapfrogRule
 
 POTENTIALS = ("quadratic", "logcosh")
 LOSSES = ("sq", "sin-sum", "sin-readout", "ce-mean")
 INTEGRATORS = ("leapfrog", "start-force", "euler")  # only leapfrog is exactly time-reversible and symplectic
-READOUTS = {"sin-readout": ("c",), "ce-mean": ("C", "d")}
 LAYOUT = ("phi", "pi")
 
 
@@ -61,71 +61,6 @@ class Echo:
     integrator: str = "leapfrog"
     collect: str = "half"
     damping: float = 0.0
-
-
-def logcosh(z):
-    """log cosh z without overflow: |z| + log1p(exp(-2|z|)) - log 2."""
-    a = z.abs()
-    return a + torch.log1p(torch.exp(-2 * a)) - math.log(2.0)
-
-
-def onsite_force(kind: str, phi, d, p: dict):
-    """-dV_onsite/dphi: quadratic -a phi + d; logcosh -a phi - c tanh(w phi + d)."""
-    f = -p["a"] * phi if "a" in p else torch.zeros_like(phi)
-    if kind == "quadratic":
-        return f + d if d is not None else f
-    z = p["w"] * phi + (d if d is not None else 0.0)
-    return f - p["c"] * torch.tanh(z)
-
-
-def onsite_grads(kind: str, phi, d, p: dict) -> tuple:
-    """({role: dV/dtheta per sample and unit} for the onsite parameters, dV/dd per sample and unit)."""
-    g = {"a": 0.5 * phi * phi}
-    if kind == "quadratic":
-        return g, -phi
-    z = p["w"] * phi + (d if d is not None else 0.0)
-    th, lc = torch.tanh(z), logcosh(z)
-    g["w"] = p["c"] * (th * phi / p["w"] - lc / (p["w"] * p["w"]))
-    g["c"] = lc / p["w"]
-    return g, p["c"] * th / p["w"]
-
-
-def loss_and_cotangent(loss: str, phi, y, weight: float, readout: dict, cotangent: bool = True) -> tuple:
-    """(l per sample, dl/dphi or None without `cotangent`) of one step's loss at positions phi (B, w) against y (B, w)
-    (None for sin-sum); weight multiplies both (h for sq on a trajectory, 1 for a terminal cost)."""
-    if loss == "sq":
-        r = phi - y
-        return weight * (r * r).sum(1), (2 * weight) * r if cotangent else None
-    if loss == "sin-sum":
-        s = torch.sin(phi).sum(1, keepdim=True)
-        return weight * (s * s)[:, 0], (2 * weight) * s * torch.cos(phi) if cotangent else None
-    if loss == "sin-readout":
-        c = readout["c"][0]
-        z = phi @ c
-        return weight * torch.sin(z) ** 2, weight * torch.sin(2 * z)[:, None] * c if cotangent else None
-    raise ValueError(f"loss: {loss!r} has no per-step cotangent")
-
-
-def readout_step_grads(loss: str, phi, weight: float, readout: dict) -> dict:
-    """d l_n / d(readout) per sample for the per-step losses with a readout (sin-readout: d sin^2(c.phi)/dc)."""
-    if loss == "sin-readout":
-        z = phi @ readout["c"][0]
-        return {"c": weight * torch.sin(2 * z)[:, None, None] * phi[:, None, :]}
-    return {}
-
-
-def ce_mean(mean_phi, y, readout: dict) -> tuple:
-    """ce-mean on the time-mean m: (loss per sample, logits, dl/dm, {C: dl/dC, d: dl/dd} per sample)."""
-    logits = mean_phi @ readout["C"].T + readout["d"]
-    p = torch.softmax(logits, 1)
-    loss = -(torch.log_softmax(logits, 1) * y).sum(1)
-    r = p - y
-    return loss, logits, r @ readout["C"], {"C": r[:, :, None] * mean_phi[:, None, :], "d": r}
-
-
-def _rule():
-    from nodes.leapfrog import LeapfrogRule
-    return LeapfrogRule
 
 
 # ---- builders ------------------------------------------------------------------------------------------------
@@ -153,7 +88,7 @@ def two_mass(k12: float = 0.7, dt: float = 1e-3, integrator: str = "leapfrog", d
     return Model("two-mass", "leapfrog", "identity", groups,
                  (Dense("m1", "m2", "k12"), Dense("u", "m1", "g", symmetric=False)), dt=dt,
                  local=(Local("m1", "k1"), Local("m2", "k2")),
-                 rule=_rule(), init=_set({"k12": k12, "k1": 1.0, "k2": 1.3, "g": 0.0}), echo=echo)
+                 rule=LeapfrogRule, init=_set({"k12": k12, "k1": 1.0, "k2": 1.3, "g": 0.0}), echo=echo)
 
 
 def chain(n: int = 16, dt: float = 0.05, k: float = 1.0, wall: float = 1.0, spread: float = 0.0,
@@ -193,7 +128,7 @@ def chain(n: int = 16, dt: float = 0.05, k: float = 1.0, wall: float = 1.0, spre
     echo = Echo(potential={"chain": potential, "end": potential}, roles=roles, loss=loss, frozen=tuple(frozen),
                 integrator=integrator, damping=damping)
     return Model("chain" if potential == "quadratic" else "chain-logcosh", "leapfrog", "identity", groups,
-                 interactions, dt=dt, local=tuple(local), rule=_rule(), init=_set(values), echo=echo)
+                 interactions, dt=dt, local=tuple(local), rule=LeapfrogRule, init=_set(values), echo=echo)
 
 
 def hru(d_in: int, width: int, n_out: int, potential: str = "quadratic", dt: float = 0.5, loss: str = "ce-mean",
@@ -224,7 +159,7 @@ def hru(d_in: int, width: int, n_out: int, potential: str = "quadratic", dt: flo
     echo = Echo(potential={"h": potential}, roles={"h": roles}, loss=loss, readout=readout, integrator=integrator,
                 damping=damping)
     return Model(f"hru-{'linear' if potential == 'quadratic' else 'logcosh'}", "leapfrog", "identity", groups,
-                 (Dense("u", "h", "B", "b", symmetric=False),), dt=dt, local=tuple(local), rule=_rule(), init=_set(values),
+                 (Dense("u", "h", "B", "b", symmetric=False),), dt=dt, local=tuple(local), rule=LeapfrogRule, init=_set(values),
                  echo=echo)
 
 
@@ -261,7 +196,7 @@ def hru_stack(d_in: int, widths: tuple, n_out: int, potential: str = "quadratic"
         readout = {"C": "C", "d": "d"}
     echo = Echo(potential=pot, roles=roles, loss=loss, readout=readout, integrator=integrator, damping=damping)
     return Model(f"hru-stack-{'linear' if potential == 'quadratic' else 'logcosh'}", "leapfrog", "identity", tuple(groups), tuple(interactions), dt=dt,
-                 local=tuple(local), rule=_rule(), init=_set(values), echo=echo)
+                 local=tuple(local), rule=LeapfrogRule, init=_set(values), echo=echo)
 
 
 def logcosh_toy(h: float = 0.1, integrator: str = "leapfrog") -> Model:
@@ -273,7 +208,7 @@ def logcosh_toy(h: float = 0.1, integrator: str = "leapfrog") -> Model:
     echo = Echo(potential={"h": "logcosh"}, roles={"h": {"a": "A", "w": "w", "c": "c"}}, loss="sin-sum",
                 frozen=("B", "A", "c"), integrator=integrator)
     return Model("logcosh-toy", "leapfrog", "identity", groups, (Dense("u", "h", "B", symmetric=False),), dt=h,
-                 local=(Local("h", "A"), Local("h", "w"), Local("h", "c")), rule=_rule(), init=_set(values), echo=echo)
+                 local=(Local("h", "A"), Local("h", "w"), Local("h", "c")), rule=LeapfrogRule, init=_set(values), echo=echo)
 
 
 def linhru_toy(h: float = 0.1, collect: str = "half", seed: int = 3) -> tuple:
@@ -289,9 +224,29 @@ def linhru_toy(h: float = 0.1, collect: str = "half", seed: int = 3) -> tuple:
                 frozen=("c",), collect=collect)
     model = Model("linhru-toy", "leapfrog", "identity", groups, (Dense("u", "h", "B", symmetric=False),), dt=h,
                   local=(Local("h", "A"), Local("h", "c", (1, 3))),
-                  rule=_rule(), init=_set({"A": [0.5, 1.0, 2.0], "B": B, "c": c[None]}), echo=echo)
+                  rule=LeapfrogRule, init=_set({"A": [0.5, 1.0, 2.0], "B": B, "c": c[None]}), echo=echo)
     return model, u
 
 
 HAMILTONIAN_MODELS = ("two-mass", "chain", "chain-logcosh", "hru-linear", "hru-logcosh", "hru-stack-linear",
                       "hru-stack-logcosh")
+
+
+def _from_settings(cfg) -> Model:
+    """A Hamiltonian model from a run's settings: `dt`, `integrator`, `damping`; a chain's masses are sizes[1]; an
+    HRU's sizes are [inputs, width(s)..., outputs] (its random B, C seeded by `seed`)."""
+    kw = dict(integrator=cfg.integrator, damping=cfg.damping)
+    if cfg.model == "two-mass":
+        return two_mass(dt=cfg.dt, **kw)
+    if cfg.model.startswith("chain"):
+        return chain(cfg.sizes[1], dt=cfg.dt, potential="logcosh" if cfg.model == "chain-logcosh" else "quadratic",
+                     **kw)
+    potential = "logcosh" if cfg.model.endswith("logcosh") else "quadratic"
+    if cfg.model.startswith("hru-stack"):
+        return hru_stack(cfg.sizes[0], tuple(cfg.sizes[1:-1]), cfg.sizes[-1], potential, dt=cfg.dt, seed=cfg.seed,
+                         **kw)
+    return hru(cfg.sizes[0], cfg.sizes[1], cfg.sizes[2], potential, dt=cfg.dt, seed=cfg.seed, **kw)
+
+
+BUILDERS = {name: _from_settings for name in HAMILTONIAN_MODELS}  # nodes/models.py's registry
+

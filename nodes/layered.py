@@ -118,3 +118,20 @@ def directed_graph(n_units: int, n_inputs: int, n_outputs: int, mask=None, activ
     inter += [Dense("X", "S", "U_S", "b_S", symmetric=False), Dense("X", "Y", "U_Y", "b_Y", symmetric=False)]
     return Model(name, physics, activation, groups, tuple(inter), float(dt),
                  {p.W: 0 for p in inter} | {p.b: 0 for p in inter if p.b})
+
+
+def _from_settings(cfg) -> Model:
+    """A layered net from a run's settings: `sizes`, `activation`, `dt`; the asymmetric nets also `feedback_init`
+    and `angle`; `vector-graph` reads sizes as [inputs, units, outputs] (the last `outputs` units are the output)."""
+    if cfg.model == "vector-graph":
+        n_in, n_units, n_out = cfg.sizes
+        return directed_graph(n_units, n_in, n_out, activation=cfg.activation, dt=cfg.dt, physics="vector-field",
+                              name="vector-graph")
+    if cfg.model in ("prototypical-asym", "vector-field"):
+        return layered_asym(tuple(cfg.sizes), cfg.activation, True, cfg.dt,
+                            "prototypical" if cfg.model == "prototypical-asym" else "vector-field",
+                            feedback_init=cfg.feedback_init, angle=cfg.angle)
+    return layered(cfg.model, tuple(cfg.sizes), cfg.activation, cfg.dt)
+
+
+BUILDERS = {name: _from_settings for name in MODELS}  # nodes/models.py's registry

@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 
 from nodes.graph import SIGNAL
-from nodes.hamiltonian import READOUTS, ce_mean, loss_and_cotangent, onsite_force, onsite_grads, readout_step_grads
+from nodes.potentials import READOUTS, ce_mean, loss_and_cotangent, onsite_force, onsite_grads, readout_step_grads
 from nodes.rules import NodeRule, PhaseRule
 
 

@@ -24,7 +24,7 @@ states are `ep-symmetric`'s. AEP's estimate -(d_theta f(x0))^T delta then has a 
 (`displacement`); Dyadic EP is not built on energy nets.
 
 Explicit Euler with the model's dt, every node from the old state of all: the centralised reference
-cluster/nonconservative.py computes the same sums as one (B, n, n) Jacobian. A self-connection (W_SS on one node)
+cluster/truth/nonconservative.py computes the same sums as one (B, n, n) Jacobian. A self-connection (W_SS on one node)
 is the node's own share of the transposed product, computed in place.
 """
 from __future__ import annotations

@@ -12,7 +12,7 @@ sys.path.insert(0, ROOT)
 @pytest.fixture(scope="session")
 def ray_session():
     import ray
-    from cluster.runtime import _loopback_only
+    from cluster.runtime.ray_setup import _loopback_only
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     _loopback_only()  # as a local run: Ray's servers on 127.0.0.1 only
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,

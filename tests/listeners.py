@@ -1,4 +1,4 @@
-"""Prints, as JSON, the TCP addresses the processes of a local Ray (cluster.runtime.init_ray) listen on; run in its own
+"""Prints, as JSON, the TCP addresses the processes of a local Ray (cluster.runtime.ray_setup.init_ray) listen on; run in its own
 process by tests/test_cluster.py."""
 import json
 import os
@@ -11,7 +11,7 @@ def main() -> int:
     import ray
     import psutil  # noqa: I001 (the copy ray ships in ray/thirdparty_files, on sys.path once ray is imported)
 
-    from cluster.runtime import init_ray
+    from cluster.runtime.ray_setup import init_ray
     init_ray(num_cpus=1)
     try:
         ray.get(ray.remote(lambda: 0).remote())  # a worker too

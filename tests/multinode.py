@@ -5,7 +5,7 @@ the in-process engine; run in its own process by tests/test_cluster.py (the test
 
 Each node declares 2 CPUs and the run takes ray_config.yaml's fabric section (one CPU per host actor, pack): the
 four host actors of a [6, 5, 4, 3] layer fabric cannot fit on one node, so the placement group puts two
-neighbouring layers on each. The cluster is loopback-only (as a local run is: cluster/runtime.py).
+neighbouring layers on each. The cluster is loopback-only (as a local run is: cluster/launch.py).
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def batches(model, seed=0):
 
 def train(cfg, seed):
     """Parameters after BATCHES batches from the seeded initial weights, on the engine cfg names."""
-    from cluster.runtime import DTYPES, make_engine, model_from
+    from cluster.launch import DTYPES, make_engine, model_from
     model = model_from(cfg)
     engine = make_engine(cfg, model)
     try:

@@ -1,14 +1,14 @@
 """The node protocols `aep`, `aep-symmetric` and `dyadic` (nodes/nonreciprocal.py, ALGORITHMS.md §9): each node's
-estimate equals the centralised reference's (cluster/nonconservative.py) on §13's toy and on layered vector fields,
+estimate equals the centralised reference's (cluster/truth/nonconservative.py) on §13's toy and on layered vector fields,
 feed-forward included; fabrics equal the in-process engine with the extra kinds listed per edge and no violation;
 the orders in beta hold against implicit differentiation; the gate reads d; bad input is refused by name."""
 import pytest
 import torch
 
 from cluster.audit import compare
-from cluster.coordinator import FabricEngine
-from cluster.nonconservative import estimate, t1_toy
-from cluster.reference import ReferenceEngine
+from cluster.runtime.coordinator import FabricEngine
+from cluster.truth.nonconservative import estimate, t1_toy
+from cluster.inprocess import ReferenceEngine
 from nodes.layered import layered_asym
 from tests.conftest import estimate_once
 from tests.test_hep import gap
@@ -94,7 +94,7 @@ def test_tied_weights_aep_symmetric_is_second_order_and_dyadic_exact_where_vf_pl
 
 
 def test_aep_on_a_feed_forward_net_is_backprop():
-    from cluster.bptt import bptt_grad
+    from cluster.truth.bptt import bptt_grad
     model, params, x, y = tied(False)
     truth = bptt_grad(model, params, x, y, 400)  # 400 Euler steps of dt 0.2: the free state to rounding
     assert compare(nodes_estimate((model, params, x, y), "aep-symmetric", 1e-3, 400, 400), truth)["total"][
@@ -137,8 +137,8 @@ def get_protocol_program(name):
 
 
 def test_a_tied_vector_field_is_one_symmetric_parameter_with_the_untied_nets_draws():
-    from cluster.bptt import bptt_grad
-    from cluster.runtime import model_from
+    from cluster.truth.bptt import bptt_grad
+    from cluster.launch import model_from
     from experiments.config import ConfigError, load_config
     cfg = load_config("compare-nonconservative", overrides={"sizes": [4, 6, 3], "feedback_init": "tied", "dt": 0.2,
                                                                     "protocol": "ep-symmetric"})
@@ -158,9 +158,9 @@ def test_a_tied_vector_field_is_one_symmetric_parameter_with_the_untied_nets_dra
 
 
 def test_a_message_of_a_kind_the_phase_does_not_carry_is_refused():
-    from cluster.message_log import MessageLog
+    from cluster.runtime.message_log import MessageLog
     from cluster.messages import Dropped
-    from cluster.ports import NodeInbox
+    from cluster.runtime.ports import NodeInbox
     import numpy as np
     model = TOY[0]
     spec = model.node_specs(model.partition("layer"), ("r", "t"))["S"]
@@ -249,7 +249,7 @@ def phase_states(model, params, x, y, protocol, beta, T, where=None, tamper=None
 def test_on_energy_the_anchor_vanishes_so_aep_nudges_as_ep_symmetric_and_the_estimates_part_as_beta_squared():
     """The anchor is computed from each end's own copy of W: it vanishes because the copies agree, not because the
     code skips it (a replica made to differ by 1e-3 moves the nudged states off ep-symmetric's)."""
-    from cluster.bptt import bptt_grad
+    from cluster.truth.bptt import bptt_grad
     model, params, x, y = energy_case()
     T = 400
     aep, g_aep = phase_states(model, params, x, y, "aep-symmetric", 0.1, T)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cluster.captured import StaticLoop
-from cluster.reference import ReferenceEngine, relax
+from cluster.inprocess import ReferenceEngine, relax
 from nodes.layered import layered
 from protocols.base import Phase
 from tests.conftest import batch, lrs, scaled_params

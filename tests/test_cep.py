@@ -3,8 +3,8 @@ implementation of the pinned per-step update, in the pinned order; bad settings 
 import pytest
 import torch
 
-from cluster.coordinator import FabricEngine, lrs_by_param
-from cluster.reference import ReferenceEngine
+from cluster.runtime.coordinator import FabricEngine, lrs_by_param
+from cluster.inprocess import ReferenceEngine
 from experiments.config import ConfigError, load_config
 from nodes.activations import ACTIVATIONS
 from nodes.layered import layered

@@ -11,8 +11,8 @@ import sys
 import pytest
 import yaml
 
-from cluster.placement import PlacementError, bundle, host_order
-from cluster.transport import resolve_wire
+from cluster.runtime.placement import PlacementError, bundle, host_order
+from cluster.runtime.transport import resolve_wire
 from experiments.config import RAY_CONFIG, ConfigError, cluster_fabric, load_config
 from tests.conftest import ROOT, run_cli
 
@@ -99,7 +99,7 @@ def test_host_order_puts_graph_neighbours_next_to_each_other():
 def test_host_actors_sit_in_a_placement_group_removed_on_close(ray_session):
     from ray.util import placement_group_table
 
-    from cluster.coordinator import FabricEngine
+    from cluster.runtime.coordinator import FabricEngine
     from tests.test_fabric import MODEL, settings
     for placement in ("pack", "spread"):
         eng = FabricEngine(MODEL, "ep-symmetric", settings(granularity="neuron", hosts=2, placement=placement))
@@ -118,7 +118,7 @@ def test_host_actors_sit_in_a_placement_group_removed_on_close(ray_session):
 
 
 def test_a_fabric_the_cluster_cannot_hold_is_refused_naming_the_key(ray_session):
-    from cluster.coordinator import FabricEngine
+    from cluster.runtime.coordinator import FabricEngine
     from tests.test_fabric import MODEL, settings
     with pytest.raises(PlacementError, match="fabric.actor_cpus: 2 host actors need 3 CPU"):
         FabricEngine(MODEL, "ep-symmetric", settings(actor_cpus=1.5))

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from cluster.reference import relax
+from cluster.inprocess import relax
 from nodes.activations import ACTIVATIONS
 from nodes.graph import assemble
 from nodes.layered import layered

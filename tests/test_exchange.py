@@ -1,4 +1,4 @@
-"""Frames (cluster/exchange.py): many logical nodes per host, one frame per host pair per step.
+"""Frames (cluster/runtime/exchange.py): many logical nodes per host, one frame per host pair per step.
 
 The frames data plane must compute exactly what the per-message one computes (bitwise, float64, the locality log
 included), equal the in-process engine, and drop whatever fails a check by name, counted against the connection
@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.coordinator import FabricEngine
-from cluster.exchange import FRAME, Exchange
+from cluster.runtime.coordinator import FabricEngine
+from cluster.runtime.exchange import FRAME, Exchange
 from cluster.locality import locality_report
-from cluster.message_log import COORDINATOR, MessageLog
-from cluster.admission import Drops
+from cluster.runtime.message_log import COORDINATOR, MessageLog
+from cluster.runtime.admission import Drops
 from cluster.messages import encode_control, encode_header
-from cluster.reference import ReferenceEngine
-from cluster.transport import new_token
+from cluster.inprocess import ReferenceEngine
+from cluster.runtime.transport import new_token
 from nodes.layered import layered, layered_asym
 from protocols import get_protocol
 from protocols.base import Phase
@@ -253,7 +253,7 @@ def test_a_fuzzed_frame_that_is_accepted_would_be_caught(reason):
 
 def test_a_host_whose_peer_sends_no_frame_times_out_naming_host_phase_step_and_peer():
     """H1 computes but sends nothing: H0 waits for H1's step-0 frame and fails with a named timeout, not a hang."""
-    from cluster.fabric import FabricError
+    from cluster.runtime.fabric import FabricError
     f = hosted("frames", timeout_s=1.0)
     try:
         f.set_params(scaled_params(NET))

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.coordinator import FabricEngine
-from cluster.fabric import FabricError, place
+from cluster.runtime.coordinator import FabricEngine
+from cluster.runtime.fabric import FabricError, place
 from cluster.nodeset import PhaseError
-from cluster.reference import ReferenceEngine
+from cluster.inprocess import ReferenceEngine
 from nodes.layered import layered, layered_asym
 from protocols import PROTOCOLS, get_protocol
 from protocols.base import Phase
@@ -26,7 +26,7 @@ def settings(**kw):
 
 
 def reference(protocol="ep-symmetric", params=None, model=MODEL):
-    from cluster.coordinator import lrs_by_param
+    from cluster.runtime.coordinator import lrs_by_param
     e = ReferenceEngine(model, protocol, torch.float64, lrs_by_param(model, LR))
     e.set_params(params or scaled_params(model))
     return e
@@ -221,7 +221,7 @@ def test_a_stuck_host_is_caught_by_its_missing_heartbeat(ray_session):
 def test_a_curve_data_plane_trains_as_the_in_process_engine(ray_session):
     """fabric.curve=true: every connection encrypted and authenticated by its issued key; the same updates."""
     from cluster.locality import locality_report
-    from cluster.runtime import make_engine
+    from cluster.launch import make_engine
     from experiments.config import load_config
     sets = ["sizes=[64,8,10]", "dtype=float64", "granularity=neuron", "fabric.hosts=2", "fabric.curve=true"]
     engines = [make_engine(load_config("train", sets)), make_engine(load_config("train", sets + ["engine=reference"]))]

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.coordinator import FabricEngine
+from cluster.runtime.coordinator import FabricEngine
 from cluster.locality import locality_report
-from cluster.message_log import COORDINATOR
+from cluster.runtime.message_log import COORDINATOR
 from cluster.messages import encode_control, encode_header
-from cluster.transport import new_token
+from cluster.runtime.transport import new_token
 from nodes.layered import layered
 from protocols import get_protocol
 from protocols.base import Phase

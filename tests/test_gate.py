@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from cluster.coordinator import FabricEngine
-from cluster.reference import ReferenceEngine
+from cluster.runtime.coordinator import FabricEngine
+from cluster.inprocess import ReferenceEngine
 from experiments.sweep import run_sweep
 from protocols import get_protocol
 from protocols.hep import HolomorphicEP

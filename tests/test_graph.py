@@ -83,8 +83,8 @@ def test_bad_declarations_are_named():
 def test_a_masked_directed_graph_relaxes_alike_in_process_and_on_a_neuron_fabric():
     """The ring of test_a_masked_directed_graph_has_ports_only_where_the_mask_has_weights, run: a node's inbox
     leaves zeros where the mask has no neighbour, on both runners (the fabric's hosts as threads here)."""
-    from cluster.coordinator import FabricEngine
-    from cluster.reference import ReferenceEngine
+    from cluster.runtime.coordinator import FabricEngine
+    from cluster.inprocess import ReferenceEngine
     from protocols.base import Phase
     mask = [[0, 0, 0, 1], [1, 1, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]]
     m = directed_graph(4, 2, 1, mask=mask, dt=0.2)

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from cluster.audit import compare
-from cluster.bptt import bptt_grad
-from cluster.coordinator import FabricEngine
-from cluster.reference import ReferenceEngine
+from cluster.truth.bptt import bptt_grad
+from cluster.runtime.coordinator import FabricEngine
+from cluster.inprocess import ReferenceEngine
 from experiments.audit import audit_batch
 from experiments.config import ConfigError, load_config
 from experiments.sweep import run_sweep
@@ -20,7 +20,7 @@ CFG = load_config("hep-toy")
 
 
 def toy():
-    from cluster.runtime import model_from
+    from cluster.launch import model_from
     model = model_from(CFG)
     x, y, params = audit_batch(CFG, model)
     return model, x, y, params
@@ -145,14 +145,14 @@ def test_a_trained_oscillation_is_evaluated_by_free_inference():
                         lrs={k: 0.05 for k in PARAMS})
     e.set_params(PARAMS)
     e.train_batch(X, Y, 0.4, 300, 30)
-    from cluster.reference import relax
+    from cluster.inprocess import relax
     assert float((e.infer(X, 40) - relax(MODEL, e.get_params(), X, 40)[-1]).abs().max()) <= 1e-12
 
 
 def test_the_oscillation_predicts_the_free_state_to_order_beta_to_the_n():
     """The prediction is the mean of the last period's segment-end states (their zeroth Fourier coefficient): the free
     state up to O(|beta|^N), so halving |beta| divides its error by about 2^N."""
-    from cluster.reference import relax
+    from cluster.inprocess import relax
     free = relax(MODEL, PARAMS, X, 300)[-1]
     errs = []
     for b in (0.1, 0.2):

@@ -1,4 +1,4 @@
-"""Two-point Lagrangian EP on the two-mass system (cluster/lagrangian.py, docs/glep.md), float64, no Ray.
+"""Two-point Lagrangian EP on the two-mass system (cluster/truth/lagrangian.py, docs/glep.md), float64, no Ray.
 
 Tolerances from rounding: the Hessian M of the action has condition number ~ 400 / 4.5e-3 ~ 1e5, so a solve loses
 ~1e-11 relative; the symmetric "linear"-nudge estimate divides a difference of O(0.1) numbers by 2 beta, hence

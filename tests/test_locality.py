@@ -10,12 +10,12 @@ import json
 import pytest
 import torch
 
-from cluster.coordinator import FabricEngine
-from cluster.fabric import FabricError
+from cluster.runtime.coordinator import FabricEngine
+from cluster.runtime.fabric import FabricError
 from cluster.locality import locality_report
 from cluster.messages import array_bytes, encode_control, encode_header
-from cluster.reference import ReferenceEngine
-from cluster.transport import TransportError, ZmqTransport, new_token
+from cluster.inprocess import ReferenceEngine
+from cluster.runtime.transport import TransportError, ZmqTransport, new_token
 from nodes.layered import layered
 from nodes.rules import LocalityError, NodeRule, PhaseRule
 from protocols import get_protocol

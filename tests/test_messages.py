@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.message_log import MessageLog
+from cluster.runtime.message_log import MessageLog
 from cluster.messages import (Dropped, MessageError, array_bytes, array_from, decode_header, encode_header,
                               pack_arrays, unpack_arrays)
-from cluster.ports import MAX_AHEAD, NodeInbox
-from cluster.transport import LocalTransport, TransportError, ZmqTransport, new_token
+from cluster.runtime.ports import MAX_AHEAD, NodeInbox
+from cluster.runtime.transport import LocalTransport, TransportError, ZmqTransport, new_token
 from nodes.layered import layered
 
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.bptt import bptt_grad
-from cluster.coordinator import FabricEngine
-from cluster.reference import ReferenceEngine, relax
+from cluster.truth.bptt import bptt_grad
+from cluster.runtime.coordinator import FabricEngine
+from cluster.inprocess import ReferenceEngine, relax
 from experiments.config import ConfigError, load_config
 from nodes.dynamics import cost
 from nodes.noise import normals

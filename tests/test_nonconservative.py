@@ -1,4 +1,4 @@
-"""The centralised non-conservative estimators (cluster/nonconservative.py, ALGORITHMS.md §9) on §13's toy T1 and on
+"""The centralised non-conservative estimators (cluster/truth/nonconservative.py, ALGORITHMS.md §9) on §13's toy T1 and on
 layered vector fields: the field is the nodes' own Euler step, its Jacobian the autograd one; VF keeps its plateau,
 AEP's bias is O(beta) one-sided and O(beta^2) symmetric, Dyadic EP is exact at every beta, and on a feed-forward net
 AEP gives backprop's gradient."""
@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from cluster.audit import compare
-from cluster.bptt import bptt_grad
-from cluster.implicit import implicit_grad
-from cluster.nonconservative import Field, estimate, t1_toy
-from cluster.reference import relax
+from cluster.truth.bptt import bptt_grad
+from cluster.truth.implicit import implicit_grad
+from cluster.truth.nonconservative import Field, estimate, t1_toy
+from cluster.inprocess import relax
 from nodes.layered import layered_asym
 
 TOY = t1_toy()
@@ -151,7 +151,7 @@ def test_the_toy_script_writes_its_table_and_slopes(tmp_path):
 def test_the_vf_protocol_on_the_toys_directed_graph_is_the_centralised_vf(toy_truth):
     """The nodes' `vf` (in-process engine, layer granularity: one node per group S and Y) at §13's full length equals
     the centralised estimate; on the directed graph `granularity=layer` means one node per unit group."""
-    from cluster.reference import ReferenceEngine
+    from cluster.inprocess import ReferenceEngine
     from tests.conftest import estimate_once
     from tests.test_hep import gap
     model, params, x, y = TOY
@@ -165,8 +165,8 @@ def test_the_vf_protocol_on_the_toys_directed_graph_is_the_centralised_vf(toy_tr
 @pytest.mark.parametrize("where", [dict(granularity="neuron", hosts=2), dict(granularity="layer")],
                          ids=["neuron-hosts2", "layer"])
 def test_fabrics_run_vf_on_the_toy_as_the_in_process_engine(where, ray_session):
-    from cluster.coordinator import FabricEngine
-    from cluster.reference import ReferenceEngine
+    from cluster.runtime.coordinator import FabricEngine
+    from cluster.inprocess import ReferenceEngine
     from tests.conftest import estimate_once
     from tests.test_hep import gap
     model, params, x, y = TOY

@@ -7,9 +7,9 @@ import cmath
 import pytest
 import torch
 
-from cluster.bptt import bptt_grad
-from cluster.coordinator import FabricEngine, lrs_by_param
-from cluster.reference import ReferenceEngine
+from cluster.truth.bptt import bptt_grad
+from cluster.runtime.coordinator import FabricEngine, lrs_by_param
+from cluster.inprocess import ReferenceEngine
 from nodes.layered import layered
 from protocols import PROTOCOLS, get_protocol
 from protocols.base import Phase, Protocol, add

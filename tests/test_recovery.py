@@ -81,7 +81,7 @@ def test_ten_killed_actors_leave_the_weights_bit_identical(granularity, tmp_path
 def test_more_faults_than_max_faults_stop_the_run_and_write_metrics(tmp_path, ray_session):
     cfg = load_config("train", SMALL + ["max_faults=1"])
     killer = Killer(2, 12, seed=1)
-    from cluster.fabric import HostLost
+    from cluster.runtime.fabric import HostLost
     with pytest.raises(HostLost, match="more than max_faults = 1"):
         run_train(cfg, str(tmp_path / "r"), progress=False, on_batch=killer)
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())
@@ -122,9 +122,9 @@ def test_a_killed_driver_resumes_to_the_uninterrupted_weights(tmp_path, ray_sess
 
 
 def test_each_node_is_sent_its_own_checkpoint_logged_as_control_checkpoint(ray_session):
-    from cluster.fabric import FabricError
+    from cluster.runtime.fabric import FabricError
     from cluster.locality import locality_report
-    from cluster.runtime import make_engine
+    from cluster.launch import make_engine
     cfg = load_config("train", ["sizes=[64,16,10]", "dtype=float64", "granularity=neuron", "fabric.hosts=2"])
     engine = make_engine(cfg)
     try:
@@ -145,7 +145,7 @@ def test_each_node_is_sent_its_own_checkpoint_logged_as_control_checkpoint(ray_s
 def test_a_fault_between_an_epochs_row_and_its_checkpoint_adds_no_second_row(tmp_path):
     """The host is lost while the epoch-end checkpoint is gathered (the row is already in metrics): the rollback
     restores the checkpoint's metrics as they were taken, so the replayed epoch is reported once."""
-    from cluster.fabric import HostLost
+    from cluster.runtime.fabric import HostLost
     sets = ["sizes=[64,8,10]", "epochs=1", "T1=5", "T2=2", "batch=128", "dtype=float64", "checkpoint_every=0",
             "engine=reference"]
     full = run_train(load_config("train", sets), str(tmp_path / "full"), progress=False)

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.echo import bptt_grad, bptt_saved_bytes, central_difference, echo_state
-from cluster.reference import ReferenceEngine
+from cluster.truth.echo import bptt_grad, bptt_saved_bytes, central_difference, echo_state
+from cluster.inprocess import ReferenceEngine
 from experiments.config import load_config
 from experiments.echo import echo_error
-from experiments.sequences import load_sequences, model_of
+from experiments.sequences import load_sequences
+from nodes.models import build as model_of
 from nodes.hamiltonian import linhru_toy, logcosh_toy
 from protocols import get_protocol
 from tests.conftest import run_cli
@@ -219,7 +220,7 @@ def test_bad_input_is_named(tmp_path):
 def test_neuron_fabric_equals_in_process_and_bptt(ray_session):
     """The 16-mass chain on a neuron fabric over ZeroMQ (4 host actors): trajectories equal the in-process engine's,
     estimates equal BPTT for eps in {1e-4, 1e-2, 1}, no locality violation, two phase calls per node."""
-    from cluster.coordinator import FabricEngine
+    from cluster.runtime.coordinator import FabricEngine
     from cluster.locality import locality_report
     cfg, model, x, y, params = setup("rhel-two-mass", *CHAIN[:3], "dt=0.1", "T=250", "batch=2")
     truth = bptt_grad(model, params, x, y, cfg.T)
@@ -252,7 +253,7 @@ def test_neuron_fabric_equals_in_process_and_bptt(ray_session):
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("masses,hosts", [(2, 0), (64, 4)])
 def test_two_phase_calls_whatever_the_size(ray_session, masses, hosts):
-    from cluster.coordinator import FabricEngine
+    from cluster.runtime.coordinator import FabricEngine
     from cluster.locality import locality_report
     sets = ("rhel-two-mass", "T=10") if masses == 2 else ("rhel-two-mass", "model=chain", f"sizes=[1,{masses}]",
                                                           "dataset=teacher", "T=10", "dt=0.1", "batch=1")
@@ -275,7 +276,7 @@ def test_two_phase_calls_whatever_the_size(ray_session, masses, hosts):
 def test_t3_on_the_fabric(ray_session, fabric, eps_list):
     """§13 T3 on a neuron fabric (a node per mass, an actor each) and a hosted layer fabric: the trajectories equal the
     in-process engine's to 1e-12, the estimate equals BPTT to 1e-9 for every eps."""
-    from cluster.coordinator import FabricEngine
+    from cluster.runtime.coordinator import FabricEngine
     cfg, model, x, y, params = setup()
     truth = bptt_grad(model, params, x, y, cfg.T)
     ref = ReferenceEngine(model, get_protocol("rhel"))
@@ -315,7 +316,7 @@ def test_stacked_layers_pipelined_equal_bptt():
 
 @pytest.mark.timeout(300)
 def test_stack_on_a_layer_fabric(ray_session):
-    from cluster.coordinator import FabricEngine
+    from cluster.runtime.coordinator import FabricEngine
     from cluster.locality import locality_report
     cfg, model, x, y, params = setup("rhel-two-mass", "model=hru-stack-linear", "sizes=[3,6,5,4]",
                                      "dataset=synthetic-motion", "T=40", "dt=0.5", "batch=4", "granularity=layer")

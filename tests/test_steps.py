@@ -102,7 +102,7 @@ def test_a_non_finite_estimate_is_an_error_naming_node_and_tensor():
         def estimate(self, mem, held):
             return {k: v * float("inf") for k, v in super().estimate(mem, held).items()}
 
-    from cluster.reference import ReferenceEngine
+    from cluster.inprocess import ReferenceEngine
     net = layered("prototypical", (4, 5, 3), "sigmoid")
     e = ReferenceEngine(net, Broken())
     e.set_params(scaled_params(net))

@@ -1,14 +1,14 @@
 """The `vector-field` model (ALGORITHMS.md §1: dx/dt = -x + W rho(x_prev) + b + B rho(x_next), Euler dt) and the
-implicit-differentiation truth at the free fixed point (cluster/implicit.py, §9): implicit equals BPTT where the free
+implicit-differentiation truth at the free fixed point (cluster/truth/implicit.py, §9): implicit equals BPTT where the free
 phase has settled, `vf` on the model is exactly the pinned VF formula, and VF's bias does not vanish with beta."""
 import pytest
 import torch
 
 from cluster.audit import compare
-from cluster.bptt import bptt_grad
-from cluster.coordinator import FabricEngine
-from cluster.implicit import implicit_grad
-from cluster.reference import ReferenceEngine, relax
+from cluster.truth.bptt import bptt_grad
+from cluster.runtime.coordinator import FabricEngine
+from cluster.truth.implicit import implicit_grad
+from cluster.inprocess import ReferenceEngine, relax
 from nodes.layered import layered, layered_asym
 from tests.conftest import estimate_once, run_cli
 from tests.test_hep import gap

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.bptt import bptt_grad
-from cluster.coordinator import FabricEngine, lrs_by_param
-from cluster.reference import ReferenceEngine
-from cluster.runtime import model_from, protocol_from
+from cluster.truth.bptt import bptt_grad
+from cluster.runtime.coordinator import FabricEngine, lrs_by_param
+from cluster.inprocess import ReferenceEngine
+from cluster.launch import model_from, protocol_from
 from experiments.config import ConfigError, load_config
 from nodes.layered import layered, layered_asym
 from tests.conftest import batch, rel, scaled_params

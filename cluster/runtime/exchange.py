@@ -18,8 +18,8 @@ Checks. A node's own outbox (our code) is checked for non-neighbour targets, dty
 raised. A frame from the wire is checked once against its connection and its sender's fixed table: the host it
 claims must be the connection's authenticated user (`forged`) and one whose nodes feed a node here
 (`not_a_port`), the destination this host (`not_here`), then the window, phase, dtype, shape (rows, the table's
-width) and bytes, exactly as cluster/ports.py checks a message; a frame that fails is dropped and counted against
-the connection (cluster/admission.py), never raised. Every column of an accepted frame is then an entry of a
+width) and bytes, exactly as cluster/runtime/ports.py checks a message; a frame that fails is dropped and counted against
+the connection (cluster/runtime/admission.py), never raised. Every column of an accepted frame is then an entry of a
 sender that the connection's host runs (placement) and that is an in-port of a node here, of the declared width:
 the per-port checks of a message hold for all of them at once. Log: every logical edge gets one delivery per
 step whose frame (or whose host's own send) was consumed, added in bulk to its destination's counters when the
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from cluster.messages import ITEMSIZE, Dropped, MessageError, dtype_name, encode_header, ndarray_from
-from cluster.ports import COMPLEX, MAX_AHEAD, check_window
+from cluster.runtime.ports import COMPLEX, MAX_AHEAD, check_window
 from nodes.graph import SIGNAL, carried
 from nodes.rules import Guarded, LocalityError
 

@@ -1,7 +1,7 @@
 """Building and tearing down the fabric on Ray: logical nodes placed on host actors, connected to the hosts of their
 graph neighbours only, with one credential per directed connection.
 
-`Host` (cluster/host.py) is a plain class wrapped here with `ray.remote`. `fabric.hosts = K` places the logical
+`Host` (cluster/runtime/host.py) is a plain class wrapped here with `ray.remote`. `fabric.hosts = K` places the logical
 nodes round-robin on K hosts (NEST's way of spreading neurons over virtual processes); 0 gives each node a host of
 its own. On ZeroMQ a host runs one call at a time, on its main thread, and an abort reaches it as a message from the
 coordinator on its socket. (A threaded Ray actor runs calls on a pool thread while its main thread wakes every
@@ -22,12 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import ray
 
-from cluster.host import Host
-from cluster.message_log import COORDINATOR
+from cluster.runtime.host import Host
+from cluster.runtime.message_log import COORDINATOR
 from cluster.messages import MessageError, decode_header, encode_control
 from cluster.nodeset import PhaseError
-from cluster.placement import host_order, place_hosts
-from cluster.transport import TransportError, ZmqTransport, new_token
+from cluster.runtime.placement import host_order, place_hosts
+from cluster.runtime.transport import TransportError, ZmqTransport, new_token
 
 GRACE_S = 30.0
 
@@ -56,7 +56,7 @@ def _cause(err) -> str:
 
 def exchange_of(settings: dict) -> str:
     """`fabric.exchange`: "messages" (one per port per step) or "frames" (one per host pair per step,
-    cluster/exchange.py); "auto": frames where hosts run many nodes (`fabric.hosts` >= 1)."""
+    cluster/runtime/exchange.py); "auto": frames where hosts run many nodes (`fabric.hosts` >= 1)."""
     ex = settings.get("exchange", "auto")
     if ex == "auto":
         return "frames" if int(settings.get("hosts", 0)) > 0 else "messages"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from cluster.engine import Engine
-from cluster.fabric import Fabric
+from cluster.runtime.fabric import Fabric
 from cluster.messages import pack_arrays, unpack_arrays
 from cluster.nodeset import per_sample_max
 from nodes.graph import slice_params, target_of
@@ -34,7 +34,7 @@ class FabricEngine(Engine):
         super().__init__(model, proto, specs)
         hs = dict(settings, lrs=lrs_by_param(model, settings["lr"]))
         if not local:
-            from cluster.runtime import ship_by_value
+            from cluster.runtime.ray_setup import ship_by_value
             ship_by_value(self.protocol, *(r for r in (model.rule, self.protocol.rule) if r))
         self.fabric = Fabric(specs, self.protocol, hs, local)
         self.batch = 0

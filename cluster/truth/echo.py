@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from nodes.hamiltonian import ce_mean
+from nodes.potentials import ce_mean
 
 
 class System:

@@ -4,7 +4,7 @@ Every logical node of the partition (the layer partition unless told otherwise) 
 (owner rows, replica columns), optimiser and phase state (cluster/nodeset.py), exactly as on a fabric host; what
 differs is only the routing: a node's inbox is built from its neighbours' outboxes directly, with no copies,
 checks or log. `relax` runs the same rules with the parameters as shared views of one dict, so autograd through it
-is BPTT (cluster/bptt.py). Phases that record nothing run on fixed buffers (cluster/captured.py: a CUDA graph per
+is BPTT (cluster/truth/bptt.py). Phases that record nothing run on fixed buffers (cluster/captured.py: a CUDA graph per
 phase signature on a GPU, the same body eagerly elsewhere).
 """
 from __future__ import annotations

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from cluster.reference import relax
+from cluster.inprocess import relax
 from nodes.dynamics import cost
 
 EULER = ("energy", "vector-field")  # physics whose step is s + dt f(s): the field's Jacobian is (dPhi/ds - I) / dt

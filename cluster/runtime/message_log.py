@@ -1,5 +1,5 @@
 """What a receiver saw: every delivered message (src, dst, kind, phase, step, bytes), or counters per
-(src, dst, kind, phase); the messages it dropped, counted per (connection, reason) (cluster/admission.py).
+(src, dst, kind, phase); the messages it dropped, counted per (connection, reason) (cluster/runtime/admission.py).
 
 Data-plane kinds are the port kinds (`a`, ...); what the coordinator delivers is logged with src "coordinator"
 and kind `control` (a call: phase trigger, set_params, update, ...), `boundary` (x, y) or `global` (beta, the
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from cluster.admission import Drops
+from cluster.runtime.admission import Drops
 
 COORDINATOR = "coordinator"
 COORDINATOR_KINDS = ("control", "boundary", "global")
@@ -35,7 +35,7 @@ class MessageLog:
             self.records.append((src, dst, kind, phase, step, nbytes))
 
     def count(self, src: str, dst: str, kind: str, phase: str, n: int, nbytes: int) -> None:
-        """n deliveries at once (cluster/exchange.py logs a phase's steps per edge in bulk; `full` mode keeps its
+        """n deliveries at once (cluster/runtime/exchange.py logs a phase's steps per edge in bulk; `full` mode keeps its
         records per step there)."""
         c = self.counters[(src, dst, kind, phase)]
         c[0] += n

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from cluster.reference import relax
+from cluster.inprocess import relax
 from nodes.dynamics import cost
 
 

@@ -1,19 +1,19 @@
 """A host: the logical nodes placed on one process (a Ray actor, or a thread in tests) and their data plane.
 
-`Host` is a plain class (cluster/fabric.py wraps it in a Ray actor at build time). In a phase it runs every local
+`Host` is a plain class (cluster/runtime/fabric.py wraps it in a Ray actor at build time). In a phase it runs every local
 node in lockstep: at step t each node's outbox is sent on its out-ports (to a node on the same host through that
 node's in-ports, checks and log, exactly as if it had crossed the wire; to another host over the transport), then
 each node waits for its own in-ports' messages tagged t and its rule computes step t+1 (nodes/rules.py). A node's
 rule is called with its own inbox only. That is `fabric.exchange = messages` (one message per port per step, the
 default with a host per node); with `frames` (the default on `fabric.hosts` >= 1) the host's nodes write their
 outboxes into one step buffer, one frame per peer host carries what its nodes need, and each node's inbox is
-gathered from that buffer by its own in-ports (cluster/exchange.py): the same routing, checks and per-edge log.
+gathered from that buffer by its own in-ports (cluster/runtime/exchange.py): the same routing, checks and per-edge log.
 
 What arrives on the wire is checked before it touches a node, and whatever fails a check is dropped and counted
-against the connection it came on (cluster/admission.py), never raised: one bad packet does not end a run, and the
+against the connection it came on (cluster/runtime/admission.py), never raised: one bad packet does not end a run, and the
 step goes on when the legitimate message arrives. The connection's authenticated user (a host, or the coordinator)
 must be the host that runs the node the header claims as sender, the destination must be on this host, only the
-coordinator may abort, and the destination's in-ports check the rest (cluster/ports.py). A delivery between nodes
+coordinator may abort, and the destination's in-ports check the rest (cluster/runtime/ports.py). A delivery between nodes
 of this host is our own code: a failed check there is raised. Everything the coordinator sends is logged at every
 node that receives it, by kind (control, boundary, global), from the call's own structure.
 """
@@ -26,14 +26,14 @@ import time
 import torch
 import zmq
 
-from cluster.admission import Drops
-from cluster.exchange import FRAME, Exchange
-from cluster.message_log import COORDINATOR, MessageLog
+from cluster.runtime.admission import Drops
+from cluster.runtime.exchange import FRAME, Exchange
+from cluster.runtime.message_log import COORDINATOR, MessageLog
 from cluster.messages import (Dropped, array_bytes, decode_header, dtype_name, encode_control, header_prefix,
                               header_suffix, pack_arrays, unpack_arrays)
 from cluster.nodeset import Aborted, NodeSet, PhaseError, per_sample_max
-from cluster.ports import _NAMES, MAX_AHEAD, MAX_BYTES, NodeInbox, as_payload
-from cluster.transport import TransportError, make_transport, present, split_endpoint
+from cluster.runtime.ports import _NAMES, MAX_AHEAD, MAX_BYTES, NodeInbox, as_payload
+from cluster.runtime.transport import TransportError, make_transport, present, split_endpoint
 from nodes.graph import carried
 from nodes.rules import LocalityError, step_series
 from protocols.base import rows
