@@ -1,4 +1,4 @@
-"""Gradient-audit metrics and the audit bundle (ALGORITHMS.md §1 "Audit bundle", §5.2, §12)."""
+"""Gradient-audit metrics and the audit bundle (docs/algorithms.md §1 "Audit bundle", §5.2, §12)."""
 from __future__ import annotations
 
 import json

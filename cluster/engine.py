@@ -83,7 +83,7 @@ class Engine:
         return self._run_batch(x, y, self.program(beta, T1, T2), draw)[0]
 
     def gated_batch(self, x, y, beta, T1: int, T2: int, draw, residual_tol: float) -> tuple:
-        """train_batch behind the convergence gate (ALGORITHMS.md §7 "Safety"): the program runs without its update;
+        """train_batch behind the convergence gate (docs/algorithms.md §7 "Safety"): the program runs without its update;
         if a complex phase diverged in any sample (residual inf), the batch runs again on the protocol's fallback
         program (hep: N = 2, real runs only); the samples whose residual exceeds residual_tol in any phase are
         dropped, and the update is applied from the kept ones alone, by running them again (the coordinator feeds

@@ -1,6 +1,6 @@
 """`audit`: freeze the weights and a batch, run the protocol on the engine, compare with BPTT (§12).
 
-Writes `audit.npz` (the pinned bundle, ALGORITHMS.md §1), `audit.json` (total and per-tensor cosine, rel_l2,
+Writes `audit.npz` (the pinned bundle, docs/algorithms.md §1), `audit.json` (total and per-tensor cosine, rel_l2,
 norm_ratio, sign_agreement; angles per layer, in total and for feedback weights; the residual of every phase and, with
 `residual_tol`, the convergence gate's counts (`gate`); `implicit` (noiseless runs): implicit differentiation at the free
 fixed point (cluster/truth/implicit.py), its gap to BPTT (above 1e-8: the free phase had not settled), the fixed point's
@@ -87,7 +87,7 @@ class NotConverged(PhaseError):
 
 
 def gate_report(phases: dict, tol: float) -> dict:
-    """The convergence gate (ALGORITHMS.md §12.5): per phase, the samples whose residual max |s_T - s_(T-1)| exceeds
+    """The convergence gate (docs/algorithms.md §12.5): per phase, the samples whose residual max |s_T - s_(T-1)| exceeds
     tol (inf: diverged in a nudged phase); `runs_nonconverged` counts the phases with any."""
     over = {k: int(sum(not r <= tol for r in v["residuals"])) for k, v in phases.items()}
     bad = {k: n for k, n in over.items() if n}
@@ -114,7 +114,7 @@ def noise_of(cfg):
 
 
 def step_series(cfg, model, proto, program, phases, params, x, y) -> tuple:
-    """The GDU series (ALGORITHMS.md §5.2; neurons as the README's "Step-wise audit" pins them): the fabric's
+    """The GDU series (docs/algorithms.md §5.2; neurons as the README's "Step-wise audit" pins them): the fabric's
     estimate_steps (parameters from the nodes' G's, neurons `s{n}` = (s^beta_{t+1} - s^beta_t)/beta from the
     recorded states), BPTT's bptt_steps (parameters per transition, neurons -dl/ds_{T1-t} per sample), and the
     factor c of the neurons' relation per group (dt for `energy`, rho'(h*) for `prototypical`)."""

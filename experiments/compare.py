@@ -1,5 +1,5 @@
 """`compare CONFIG`: settings trained side by side, per seed, with each run's update-BPTT alignment at its initial
-weights (the holomorphic-EP tables `hep-noise` and `hep-depth`; ALGORITHMS.md §7).
+weights (the holomorphic-EP tables `hep-noise` and `hep-depth`; docs/algorithms.md §7).
 
 The config's `compare` section lists `settings` (each a `label` and the keys it `set`s) and a `grid` ({key: values},
 crossed with every setting, e.g. noise and dataset); every point is trained once per seed of `seeds` with the rest

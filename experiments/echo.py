@@ -1,4 +1,4 @@
-"""Audit and training of Hamiltonian models under `rhel` / `heb` (ALGORITHMS.md §10; nodes/leapfrog.py), and the
+"""Audit and training of Hamiltonian models under `rhel` / `heb` (docs/algorithms.md §10; nodes/leapfrog.py), and the
 experiments `two-mass`, `chain` and `hru-sequence`.
 
 `audit` (run_echo_audit): the program on the engine from the seeded parameters on the first `batch` sequences;

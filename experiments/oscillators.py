@@ -1,4 +1,4 @@
-"""The Hamiltonian echo experiments (ALGORITHMS.md §10; experiments/echo.py trains and audits):
+"""The Hamiltonian echo experiments (docs/algorithms.md §10; experiments/echo.py trains and audits):
 
   two-mass       §13 T3's system learns k12 from a teacher with k12* = 1.5 (phi_2 of the same system from the same
                  initial state), starting at 0.7: the loss and k12 per epoch; plots of phi_2 against the target

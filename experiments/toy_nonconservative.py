@@ -48,7 +48,7 @@ def run(out: str, steps: int = 20000, betas=(0.5, 0.2, 0.1, 0.05, 0.02, 0.01)) -
 
 
 def write_bundle_t1(path: str, steps: int = 20000, beta: float = 0.1) -> None:
-    """The toy as a replay bundle (ALGORITHMS.md §1 format) for config `toy-nonconservative`: meta (model
+    """The toy as a replay bundle (docs/algorithms.md §1 format) for config `toy-nonconservative`: meta (model
     vector-graph, sizes [5, 12, 3], vf at beta, T1 = T2 = steps), x, y, param/*, estimate/* the centralised VF
     (cluster/nonconservative), bptt/* BPTT through the free phase (cluster/bptt), implicit/* the implicit truth."""
     from cluster.audit import write_bundle
@@ -58,7 +58,7 @@ def write_bundle_t1(path: str, steps: int = 20000, beta: float = 0.1) -> None:
     vf = estimate("vf", model, params, x, y, beta, steps, steps, S0=truth["free"])
     meta = {"model": "vector-graph", "sizes": [5, 12, 3], "activation": "tanh", "protocol": "vf", "beta": beta,
             "T1": steps, "T2": steps, "dt": 0.05, "N": 2, "seed": 1, "granularity": "layer", "transport": "zmq",
-            "source": "ALGORITHMS.md §13 T1 (NumPy default_rng(1): W, U, b, x, y); estimate: centralised VF "
+            "source": "docs/algorithms.md §13 T1 (NumPy default_rng(1): W, U, b, x, y); estimate: centralised VF "
                       "(cluster/truth/nonconservative.py)"}
     write_bundle(path, meta, x, y, params, vf["grad"], bptt_grad(model, params, x, y, steps), implicit=truth["grad"])
 

@@ -1,5 +1,5 @@
 """`tradeoff CONFIG`: how close the updates follow BPTT against how well the net trains (Ernoult et al. 2020,
-Fig. 5(a); ALGORITHMS.md §6).
+Fig. 5(a); docs/algorithms.md §6).
 
 Every point of the config's `tradeoff` section is one setting: `cep` at each learning rate of `cep_lr` (the
 per-step eta, model `prototypical`) and `cvf` at each feedback angle psi of `cvf_angle` (model

@@ -1,4 +1,4 @@
-"""Activation functions rho and their derivatives (ALGORITHMS.md §1, "Activations").
+"""Activation functions rho and their derivatives (docs/algorithms.md §1, "Activations").
 
 Each entry is (rho, rho_prime). Names are the config values of `activation`.
 """

@@ -1,4 +1,4 @@
-"""The physics a node runs on its own block (ALGORITHMS.md §1): one class per model kind, registered by name.
+"""The physics a node runs on its own block (docs/algorithms.md §1): one class per model kind, registered by name.
 
 A physics maps a node's state s (B, width) and its drive u (the sum of the partials of the interactions that
 touch its units, nodes/graph.Term) to the next state, and gives the signal a(s) it sends its neighbours:
@@ -78,7 +78,7 @@ class Prototypical(Physics):
 
 
 class VectorField(Physics):
-    """dx/dt = f(x) = -x + h(x), h = W_{n-1} rho(x_{n-1}) + b_{n-1} + B_n rho(x_{n+1}) (ALGORITHMS.md §1): a field
+    """dx/dt = f(x) = -x + h(x), h = W_{n-1} rho(x_{n-1}) + b_{n-1} + B_n rho(x_{n+1}) (docs/algorithms.md §1): a field
     with no energy unless B_n = W_n^T and rho' is uniform; the nudge -beta (x_N - y) joins f_N."""
 
     name = "vector-field"

@@ -1,4 +1,4 @@
-"""Hamiltonian models (ALGORITHMS.md §10): units with a position phi and a momentum pi, unit masses,
+"""Hamiltonian models (docs/algorithms.md §10): units with a position phi and a momentum pi, unit masses,
 
     H(phi, pi; theta, u_t) = sum_i pi_i^2 / 2 + V(phi; theta, u_t),
 

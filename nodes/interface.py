@@ -152,7 +152,7 @@ class Slot:
 
 @dataclass(frozen=True)
 class Grad:
-    """G of a held tensor at a state (ALGORITHMS.md §1): rows: -a_own^T a_slot / B; cols: -a_slot^T a_own / B;
+    """G of a held tensor at a state (docs/algorithms.md §1): rows: -a_own^T a_slot / B; cols: -a_slot^T a_own / B;
     bias: -mean a_own; clamped: -a_own^T x / B; none: a block the mask leaves without a source (its G is zero,
     left out). `mask` (rows, cols) keeps structural zeros at zero."""
 

@@ -2,7 +2,7 @@
 
 `layered("energy" | "prototypical", sizes, activation, dt)`: layers 0..N, layer 0 the clamped input x, layer N
 the output; `W{n}` (d_{n+1}, d_n) and `b{n}` (d_{n+1},) connect layer n to n+1 and are used both ways
-(ALGORITHMS.md §1, models `energy` and `prototypical`). `layered_asym(...)`: forward `W{n}`, `b{n}` owned by
+(docs/algorithms.md §1, models `energy` and `prototypical`). `layered_asym(...)`: forward `W{n}`, `b{n}` owned by
 layer n+1 and feedback `B{n}` (d_n, d_{n+1}), no bias, owned by layer n, for n = 1..N-1 (§1, "Asymmetric layered
 networks"); `feedback=False` or `feedback_init="none"` gives a feed-forward net; `feedback_init` "transpose" starts B{n} as W{n}^T,
 "independent" draws it like any weight, "tied" keeps B{n} = W{n}^T for good (symmetric interactions, model

@@ -1,4 +1,4 @@
-"""A Hamiltonian node's local rule (ALGORITHMS.md §10.2): position-Verlet leapfrog over its own (phi, pi), the
+"""A Hamiltonian node's local rule (docs/algorithms.md §10.2): position-Verlet leapfrog over its own (phi, pi), the
 forward pass, the momentum flip and the nudged echoes (nodes/hamiltonian.py declares the models).
 
 One step t of a phase, at every node at once (h = the model's dt, unit masses):

@@ -1,4 +1,4 @@
-"""Counter-based Gaussian noise on the pre-activations (config `noise`; ALGORITHMS.md §7, noisy_fwd).
+"""Counter-based Gaussian noise on the pre-activations (config `noise`; docs/algorithms.md §7, noisy_fwd).
 
 At every step t of a phase each unit's pre-activation h gets xi * noise, xi ~ N(0, 1), before the activation
 (energy: the drive u = h; prototypical: u = k h + c, so u gains k xi noise). xi is a pure function of

@@ -1,4 +1,4 @@
-"""Learning-phase dynamics of AEP's anchor and Dyadic EP's adjoint (ALGORITHMS.md §9), as one node's local rule.
+"""Learning-phase dynamics of AEP's anchor and Dyadic EP's adjoint (docs/algorithms.md §9), as one node's local rule.
 
 On a `vector-field` model (directed Dense terms), f_i = -x_i + sum_j W_ij rho(x_j) + b_i (+ U x), so
 J_ij = -delta_ij + W_ij rho'(x_j); a phase's extra message kinds (protocols/base.Phase.kinds; the ports are

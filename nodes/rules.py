@@ -154,7 +154,7 @@ class NodeRule:
 
     def G(self, a_own, inbox, boundary, scale=1.0) -> "GSum":
         """scale * G of every held tensor at the state whose signal is a_own, with the neighbours' signals in inbox
-        (ALGORITHMS.md §1: dE/dW = -rho(s_post) rho(s_pre)^T, batch mean), as a GSum: a mapping whose tensors are
+        (docs/algorithms.md §1: dE/dW = -rho(s_post) rho(s_pre)^T, batch mean), as a GSum: a mapping whose tensors are
         computed when read, so that sums of G's over phases cost one product per tensor."""
         return self.outer(scale, a_own, self.pre(inbox), boundary)
 
@@ -231,7 +231,7 @@ class GSum(Mapping):
 
 
 def step_series(Gs: list, beta) -> dict:
-    """The GDU series (ALGORITHMS.md §5.2) from G at s_0 .. s_T: {tensor: (G(s_{t+1}) - G(s_t)) / beta, t < T}."""
+    """The GDU series (docs/algorithms.md §5.2) from G at s_0 .. s_T: {tensor: (G(s_{t+1}) - G(s_t)) / beta, t < T}."""
     return {k: (torch.stack([g[k] for g in Gs[1:]]) - torch.stack([g[k] for g in Gs[:-1]])) / beta for k in Gs[0]}
 
 

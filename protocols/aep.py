@@ -1,4 +1,4 @@
-"""`aep`, one-sided AEP (Scurria et al. 2026; ALGORITHMS.md §9, the Jacobian variant): free phase -> x0; one
+"""`aep`, one-sided AEP (Scurria et al. 2026; docs/algorithms.md §9, the Jacobian variant): free phase -> x0; one
 learning phase at beta from x0 whose dynamics carry the anchor term,
 
     dx/dt = f(x) - beta dC/dx - 2A (x - x0),   A = (J - J^T)/2 at x0      (nodes/nonreciprocal.py, kinds r and t)

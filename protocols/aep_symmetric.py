@@ -1,4 +1,4 @@
-"""`aep-symmetric`, AEP with +-beta (ALGORITHMS.md §9): free phase -> x0; two anchored learning phases from x0, at
+"""`aep-symmetric`, AEP with +-beta (docs/algorithms.md §9): free phase -> x0; two anchored learning phases from x0, at
 +beta and -beta (nodes/nonreciprocal.py), then every node pairs its own symmetric difference with the pre-synaptic
 free signals, g_hat = -(d_theta f(x0))^T (x^+ - x^-)/(2 beta):
 

@@ -8,7 +8,7 @@ receive `G(scale)`, which computes scale * G(s) of the node's own held tensors a
 `G.signals()` and `G.outer(scale, post, pre)` beside it (nodes/rules.py), and `mem`, the node's own accumulators:
 nothing else is in reach, so a protocol cannot read a non-neighbour.
 
-The default rule is the linear EP estimator g_hat = sum_k coef_k G(s_k) (ALGORITHMS.md §1), accumulated at the exit
+The default rule is the linear EP estimator g_hat = sum_k coef_k G(s_k) (docs/algorithms.md §1), accumulated at the exit
 of every phase with a non-zero `coef`. A protocol lives in one file of protocols/ and is found by discovery (the
 module's `PROTOCOL`); a protocol object defined anywhere else (a test, a notebook) runs the same way through the
 Python API (experiments/api.py).
@@ -103,7 +103,7 @@ class Protocol:
         return beta
 
     def gdu_phase(self, program) -> Phase:
-        """The phase whose step-wise updates form the GDU series (ALGORITHMS.md §5.2): the first nudged one."""
+        """The phase whose step-wise updates form the GDU series (docs/algorithms.md §5.2): the first nudged one."""
         return next(p for p in program if p.beta != 0)
 
     # ---- the local learning rule (runs inside every node) -------------------------------------------------

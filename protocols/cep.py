@@ -1,4 +1,4 @@
-"""`cep`, continual EP (Ernoult et al. 2020; ALGORITHMS.md §6): free phase at fixed theta -> s0; nudged at beta from
+"""`cep`, continual EP (Ernoult et al. 2020; docs/algorithms.md §6): free phase at fixed theta -> s0; nudged at beta from
 s0, and at every nudged step every node changes the tensors it holds:
 
     theta_{t+1} = theta_t - lr (G(s_{t+1}) - G(s_t)) / beta

@@ -1,4 +1,4 @@
-"""`cvf`, continual VF (Ernoult et al. 2020; ALGORITHMS.md §6): `vf`'s pairing at every nudged step, so that no
+"""`cvf`, continual VF (Ernoult et al. 2020; docs/algorithms.md §6): `vf`'s pairing at every nudged step, so that no
 free state is kept: at step t+1 every node changes what it holds by its own post-synaptic change times the
 pre-synaptic signals of step t,
 

@@ -1,4 +1,4 @@
-"""`dyadic`, Dyadic EP (Scurria et al. 2026; ALGORITHMS.md §9, the (m, d) form): free phase -> x0; one learning
+"""`dyadic`, Dyadic EP (Scurria et al. 2026; docs/algorithms.md §9, the (m, d) form): free phase -> x0; one learning
 phase from (m, d) = (x0, 0) in which every node relaxes its midpoint on the field and its difference on the adjoint,
 
     dm/dt = f(m),   dd/dt = J(m)^T d - beta dC/dm                 (nodes/nonreciprocal.py, kind t: W_ji d_j backwards)

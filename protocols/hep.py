@@ -1,4 +1,4 @@
-"""`hep`, holomorphic EP with N points (Laborieux & Zenke 2022; ALGORITHMS.md §1 and §7): free phase -> s0; then N
+"""`hep`, holomorphic EP with N points (Laborieux & Zenke 2022; docs/algorithms.md §1 and §7): free phase -> s0; then N
 nudged phases, each from s0 at beta_k = |beta| exp(2 pi i k / N), k = 0..N-1, in complex arithmetic (the real
 points +-|beta| in real arithmetic):
     g_hat = Re( (1/N) sum_k G(s_{beta_k}) / beta_k )

@@ -1,4 +1,4 @@
-"""`hep-fast`, holomorphic EP with the conjugate runs folded (ALGORITHMS.md §7 "Fast variant"): with real parameters
+"""`hep-fast`, holomorphic EP with the conjugate runs folded (docs/algorithms.md §7 "Fast variant"): with real parameters
 and inputs, G(s_{conj beta}) = conj G(s_beta), so of the N points only the real ones (+|beta|, and -|beta| for even
 N) run, in real arithmetic, and the complex ones k = 1 .. ceil(N/2) - 1 run once each, counted twice:
     g_hat = Re( (1/N) [ sum_{real beta_k} G(s_{beta_k}) / beta_k + 2 sum_{k=1}^{ceil(N/2)-1} G(s_{beta_k}) / beta_k ] )

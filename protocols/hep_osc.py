@@ -1,5 +1,5 @@
 """`hep-osc`, holomorphic EP with a continuously oscillating teaching signal (Laborieux & Zenke 2022's oscEP;
-ALGORITHMS.md §7 "Continuous oscillation"): no separate free phase. One phase from zero in complex arithmetic,
+docs/algorithms.md §7 "Continuous oscillation"): no separate free phase. One phase from zero in complex arithmetic,
 `periods` periods of N segments of T2 steps; in segment j every node nudges (only the output node has y) at
     beta_k = |beta| exp(2 pi i k / N),  k = j mod N,
 derived from the phase's |beta|, the carried N and its own step counter (a clock, not a message), the state

@@ -1,4 +1,4 @@
-"""`rhel`, Recurrent Hamiltonian Echo Learning (Pourcel & Ernoult 2025; ALGORITHMS.md §10) on a Hamiltonian model
+"""`rhel`, Recurrent Hamiltonian Echo Learning (Pourcel & Ernoult 2025; docs/algorithms.md §10) on a Hamiltonian model
 (nodes/hamiltonian.py, nodes/leapfrog.py): two phases, whatever the size of the system,
 
     forward   T steps from the initial state with the input u_1..u_T; the output node accumulates the loss

@@ -1,4 +1,4 @@
-"""`vf`, the vector-field rule (Scellier et al. 2018; ALGORITHMS.md §1 "VF rule"), for nets whose feedback
+"""`vf`, the vector-field rule (Scellier et al. 2018; docs/algorithms.md §1 "VF rule"), for nets whose feedback
 weights are their own parameters (`prototypical-asym`): free phase -> s0; nudged at beta from s0 -> s_beta; then
 every node pairs its own post-synaptic change with the pre-synaptic free signals it received:
 

@@ -1,4 +1,4 @@
-"""The node protocols `aep`, `aep-symmetric` and `dyadic` (nodes/nonreciprocal.py, ALGORITHMS.md §9): each node's
+"""The node protocols `aep`, `aep-symmetric` and `dyadic` (nodes/nonreciprocal.py, docs/algorithms.md §9): each node's
 estimate equals the centralised reference's (cluster/truth/nonconservative.py) on §13's toy and on layered vector fields,
 feed-forward included; fabrics equal the in-process engine with the extra kinds listed per edge and no violation;
 the orders in beta hold against implicit differentiation; the gate reads d; bad input is refused by name."""

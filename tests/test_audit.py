@@ -19,7 +19,7 @@ def load_bundle(path):
 
 
 def independent_check(meta, x, y, params):
-    """ALGORITHMS.md §1 written out again, independently of the project's code: the `energy` model's
+    """docs/algorithms.md §1 written out again, independently of the project's code: the `energy` model's
     Euler steps, BPTT by autograd through T1 steps, and the ep-symmetric estimator."""
     assert meta["model"] == "energy" and meta["activation"] == "sigmoid"
     rho = torch.sigmoid

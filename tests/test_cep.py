@@ -1,4 +1,4 @@
-"""`cep` (continual EP, ALGORITHMS.md §6): at lr = 0 it is `ep`; with lr > 0 every engine follows an independent
+"""`cep` (continual EP, docs/algorithms.md §6): at lr = 0 it is `ep`; with lr > 0 every engine follows an independent
 implementation of the pinned per-step update, in the pinned order; bad settings are refused by name."""
 import pytest
 import torch
@@ -57,7 +57,7 @@ def test_cep_at_lr_zero_is_ep(where, ray_session):
 
 
 def independent_cep(params, x, y, beta, T1, T2, lr, rho):
-    """C-EP on `prototypical` from ALGORITHMS.md §1 and §6, in plain torch: s_n <- rho(W_{n-1} s_{n-1} + b_{n-1} +
+    """C-EP on `prototypical` from docs/algorithms.md §1 and §6, in plain torch: s_n <- rho(W_{n-1} s_{n-1} + b_{n-1} +
     W_n^T s_{n+1}) (output: - beta (s_N - y) inside rho), all layers from the old state; then, in the nudged phase,
     after each transition t -> t+1: W_n += (lr/beta)(s_{n+1}^{t+1} s_n^{t+1 T} - s_{n+1}^t s_n^{t T}) / B,
     b_n += (lr/beta)(s_{n+1}^{t+1} - s_{n+1}^t) / B, with s_0 = x; the next transition uses the new weights."""

@@ -1,4 +1,4 @@
-"""The explicit step and estimator formulas equal autograd of the pinned energies (ALGORITHMS.md §1)."""
+"""The explicit step and estimator formulas equal autograd of the pinned energies (docs/algorithms.md §1)."""
 import pytest
 import torch
 

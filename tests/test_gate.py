@@ -1,4 +1,4 @@
-"""The convergence gate (`residual_tol`; ALGORITHMS.md §7 "Safety", §12.5) on `hep-toy` (energy 5-8-6-3): per-sample
+"""The convergence gate (`residual_tol`; docs/algorithms.md §7 "Safety", §12.5) on `hep-toy` (energy 5-8-6-3): per-sample
 residuals of every phase, non-converged samples dropped from the update, a diverging complex run falling back to
 N = 2, the audit's and sweep's counts per |beta|."""
 import json

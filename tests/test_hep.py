@@ -1,4 +1,4 @@
-"""Holomorphic EP (`hep`, `hep-fast`; ALGORITHMS.md §1 and §7) on the `hep-toy` config: N = 2 is `ep-symmetric`,
+"""Holomorphic EP (`hep`, `hep-fast`; docs/algorithms.md §1 and §7) on the `hep-toy` config: N = 2 is `ep-symmetric`,
 the fast variant is the plain one, the error to BPTT falls as |beta|^N, and a single non-holomorphic operation
 turns that into a bias that does not vanish."""
 import numpy as np

@@ -1,4 +1,4 @@
-"""The centralised non-conservative estimators (cluster/truth/nonconservative.py, ALGORITHMS.md §9) on §13's toy T1 and on
+"""The centralised non-conservative estimators (cluster/truth/nonconservative.py, docs/algorithms.md §9) on §13's toy T1 and on
 layered vector fields: the field is the nodes' own Euler step, its Jacobian the autograd one; VF keeps its plateau,
 AEP's bias is O(beta) one-sided and O(beta^2) symmetric, Dyadic EP is exact at every beta, and on a feed-forward net
 AEP gives backprop's gradient."""

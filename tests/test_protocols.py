@@ -36,7 +36,7 @@ class Stepwise(Protocol):
 
 class Holomorphic(Protocol):
     """N complex nudged phases at beta_k = |beta| e^{2 pi i k / N} from the free state, each accumulating
-    G(s_k) / (N beta_k); the estimate is the real part (ALGORITHMS.md §7)."""
+    G(s_k) / (N beta_k); the estimate is the real part (docs/algorithms.md §7)."""
 
     name = "test-holomorphic"
     keys = ("N",)

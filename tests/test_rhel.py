@@ -1,4 +1,4 @@
-"""Hamiltonian echo learning (ALGORITHMS.md §10, §13 T3-T5): rhel and heb on leapfrog (phi, pi) models, against BPTT
+"""Hamiltonian echo learning (docs/algorithms.md §10, §13 T3-T5): rhel and heb on leapfrog (phi, pi) models, against BPTT
 through the same integrator steps (float64).
 
 Bounds: a quadratic H with the kicks' cotangent at the copies' reference (the unnudged echo, exactly) gives an
@@ -20,7 +20,7 @@ from nodes.hamiltonian import linhru_toy, logcosh_toy
 from protocols import get_protocol
 from tests.conftest import run_cli
 
-T3_DLDK12 = -0.2383601  # ALGORITHMS.md §13 T3, central differences
+T3_DLDK12 = -0.2383601  # docs/algorithms.md §13 T3, central differences
 
 
 def total_rel(est, truth):

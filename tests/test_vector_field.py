@@ -1,4 +1,4 @@
-"""The `vector-field` model (ALGORITHMS.md §1: dx/dt = -x + W rho(x_prev) + b + B rho(x_next), Euler dt) and the
+"""The `vector-field` model (docs/algorithms.md §1: dx/dt = -x + W rho(x_prev) + b + B rho(x_next), Euler dt) and the
 implicit-differentiation truth at the free fixed point (cluster/truth/implicit.py, §9): implicit equals BPTT where the free
 phase has settled, `vf` on the model is exactly the pinned VF formula, and VF's bias does not vanish with beta."""
 import pytest

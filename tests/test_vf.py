@@ -1,4 +1,4 @@
-"""`vf` and `cvf` on `prototypical-asym` (ALGORITHMS.md §1 "Asymmetric layered networks", §6): the model with
+"""`vf` and `cvf` on `prototypical-asym` (docs/algorithms.md §1 "Asymmetric layered networks", §6): the model with
 B = W^T is `prototypical`; both rules approach BPTT as O(beta); cvf parts from vf by O(beta); flipped feedback turns
 the hidden layer's update away from BPTT; both engines compute the same; bad settings are refused by name."""
 import math

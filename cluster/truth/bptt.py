@@ -1,4 +1,4 @@
-"""Ground truth: BPTT through the same T1 discrete free steps (ALGORITHMS.md §1 "Reference", §5.2).
+"""Ground truth: BPTT through the same T1 discrete free steps (docs/algorithms.md §1 "Reference", §5.2).
 
 L = batch mean of 1/2 ||s_N(T1) - y||^2, states from zero, differentiated by autograd through `relax`. With
 `noise` = (std, seed, draw) the free trajectory carries the nodes' very pre-activation noise (nodes/noise.py), so the

@@ -3,7 +3,7 @@ process, written from the declaration with full matrices (not from the nodes' ru
 
     simulate(model, params, x, y, T)   phi_half = phi + (h/2) pi;  pi += h F(phi_half, u_t);  phi = phi_half + (h/2) pi
                                        F = -dV/dphi of the whole system: springs (D^T W D form per Dense), onsite
-                                       parts, the drives W u_t + b; returns the loss L (batch mean, ALGORITHMS
+                                       parts, the drives W u_t + b; returns the loss L (batch mean, the
                                        conventions of nodes/hamiltonian.py) and, if asked, the states
     bptt_grad(...)                     dL/dtheta by autograd through those T steps (float64): the audit's truth
     central_difference(...)            (L(theta + d e) - L(theta - d e)) / (2 d) for one entry (tests)

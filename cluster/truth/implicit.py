@@ -1,4 +1,4 @@
-"""Ground truth by implicit differentiation at the free stationary state (ALGORITHMS.md §9, §12.1 "RBP").
+"""Ground truth by implicit differentiation at the free stationary state (docs/algorithms.md §9, §12.1 "RBP").
 
 The nodes' free dynamics is a step map s_{t+1} = Phi(s_t; theta) (`relax` one step: the very arithmetic the nodes
 run). At its fixed point s* = Phi(s*):

@@ -1,4 +1,4 @@
-"""Lagrangian EP, two-point case (fixed initial and final positions), on the two-mass system (ALGORITHMS.md §10.7, §13
+"""Lagrangian EP, two-point case (fixed initial and final positions), on the two-mass system (docs/algorithms.md §10.7, §13
 T3; docs/glep.md). In-process, float64, audited against autograd through the solve (BPTT).
 
 System: unit masses, V(phi) = 1/2 k1 phi1^2 + 1/2 k12 (phi2 - phi1)^2 + 1/2 k2 phi2^2 = 1/2 phi^T K(theta) phi,
@@ -214,7 +214,7 @@ def ivp_boundary_check(theta, beta=1e-2, T=T_STEPS, h=H):
 
 def _verlet(theta, y, z, steps, h, collect=False):
     """Position Verlet: y_half = y + h/2 z; z <- z - h K y_half; y <- y_half + h/2 z. Collects
-    G = sum h dV/dtheta(y_half) when asked (the half-step positions, ALGORITHMS.md §10.3)."""
+    G = sum h dV/dtheta(y_half) when asked (the half-step positions, docs/algorithms.md §10.3)."""
     K, G = stiffness(theta), torch.zeros(3, dtype=DTYPE)
     for _ in range(steps):
         yh = y + 0.5 * h * z

@@ -1,4 +1,4 @@
-"""Centralised reference of the non-conservative estimators on a `vector-field` model (ALGORITHMS.md §9, §13 T1).
+"""Centralised reference of the non-conservative estimators on a `vector-field` model (docs/algorithms.md §9, §13 T1).
 
 The field comes from the model declaration alone (nodes/graph.Dense terms), on the flat state S (B, n) of the
 dynamic groups in partition order:
@@ -139,7 +139,7 @@ def estimate(method: str, model, params: dict, x, y, beta: float, T1: int, T2: i
 
 
 def t1_toy():
-    """ALGORITHMS.md §13 T1: 12 units (the last 3 the output), 5 inputs, f = -s + W tanh(s) + U x + b, dt 0.05; W
+    """docs/algorithms.md §13 T1: 12 units (the last 3 the output), 5 inputs, f = -s + W tanh(s) + U x + b, dt 0.05; W
     ~ N(0,1) 0.35/sqrt(12), U ~ N(0,1) 0.8, b ~ N(0,1) 0.1, x ~ N(0,1), y ~ N(0,1) 0.5, drawn from NumPy
     default_rng(1) in the order W, U, b, x, y (§13's order: it reproduces §13's digits; x first does not).
     Returns (model, params, x (1, 5), y (1, 3)); W is split into the model's blocks W_{dst}{src} of groups S (units
