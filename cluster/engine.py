@@ -85,7 +85,7 @@ class Engine:
     def gated_batch(self, x, y, beta, T1: int, T2: int, draw, residual_tol: float) -> tuple:
         """train_batch behind the convergence gate (docs/algorithms.md §7 "Safety"): the program runs without its update;
         if a complex phase diverged in any sample (residual inf), the batch runs again on the protocol's fallback
-        program (hep: N = 2, real runs only); the samples whose residual exceeds residual_tol in any phase are
+        program (Protocol.fallback, e.g. holomorphic EP's N = 2); the samples whose residual exceeds residual_tol in any phase are
         dropped, and the update is applied from the kept ones alone, by running them again (the coordinator feeds
         the boundary; nodes never see a mask). Returns (prediction, samples dropped, whether it fell back)."""
         program = self.program(beta, T1, T2)

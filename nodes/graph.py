@@ -78,6 +78,7 @@ class Model:
     init: object = field(default=None, compare=False)  # (params, generator) -> params after the seeded init
     local: tuple = ()      # Local parameters (no interaction), held by their group's blocks
     echo: object = field(default=None, compare=False)  # a Hamiltonian model's declaration (nodes/hamiltonian.Echo)
+    frozen: tuple = ()     # parameters that never learn (their learning rate is 0 whatever the run's lr)
 
     def __post_init__(self):
         names = [g.name for g in self.groups]

@@ -88,7 +88,8 @@ def two_mass(k12: float = 0.7, dt: float = 1e-3, integrator: str = "leapfrog", d
     return Model("two-mass", "leapfrog", "identity", groups,
                  (Dense("m1", "m2", "k12"), Dense("u", "m1", "g", symmetric=False)), dt=dt,
                  local=(Local("m1", "k1"), Local("m2", "k2")),
-                 rule=LeapfrogRule, init=_set({"k12": k12, "k1": 1.0, "k2": 1.3, "g": 0.0}), echo=echo)
+                 rule=LeapfrogRule, init=_set({"k12": k12, "k1": 1.0, "k2": 1.3, "g": 0.0}),
+                 echo=echo, frozen=echo.frozen)
 
 
 def chain(n: int = 16, dt: float = 0.05, k: float = 1.0, wall: float = 1.0, spread: float = 0.0,
@@ -128,7 +129,8 @@ def chain(n: int = 16, dt: float = 0.05, k: float = 1.0, wall: float = 1.0, spre
     echo = Echo(potential={"chain": potential, "end": potential}, roles=roles, loss=loss, frozen=tuple(frozen),
                 integrator=integrator, damping=damping)
     return Model("chain" if potential == "quadratic" else "chain-logcosh", "leapfrog", "identity", groups,
-                 interactions, dt=dt, local=tuple(local), rule=LeapfrogRule, init=_set(values), echo=echo)
+                 interactions, dt=dt, local=tuple(local), rule=LeapfrogRule, init=_set(values),
+                 echo=echo, frozen=echo.frozen)
 
 
 def hru(d_in: int, width: int, n_out: int, potential: str = "quadratic", dt: float = 0.5, loss: str = "ce-mean",
@@ -160,7 +162,7 @@ def hru(d_in: int, width: int, n_out: int, potential: str = "quadratic", dt: flo
                 damping=damping)
     return Model(f"hru-{'linear' if potential == 'quadratic' else 'logcosh'}", "leapfrog", "identity", groups,
                  (Dense("u", "h", "B", "b", symmetric=False),), dt=dt, local=tuple(local), rule=LeapfrogRule, init=_set(values),
-                 echo=echo)
+                 echo=echo, frozen=echo.frozen)
 
 
 def hru_stack(d_in: int, widths: tuple, n_out: int, potential: str = "quadratic", dt: float = 0.5,
@@ -196,7 +198,7 @@ def hru_stack(d_in: int, widths: tuple, n_out: int, potential: str = "quadratic"
         readout = {"C": "C", "d": "d"}
     echo = Echo(potential=pot, roles=roles, loss=loss, readout=readout, integrator=integrator, damping=damping)
     return Model(f"hru-stack-{'linear' if potential == 'quadratic' else 'logcosh'}", "leapfrog", "identity", tuple(groups), tuple(interactions), dt=dt,
-                 local=tuple(local), rule=LeapfrogRule, init=_set(values), echo=echo)
+                 local=tuple(local), rule=LeapfrogRule, init=_set(values), echo=echo, frozen=echo.frozen)
 
 
 def logcosh_toy(h: float = 0.1, integrator: str = "leapfrog") -> Model:
@@ -208,7 +210,8 @@ def logcosh_toy(h: float = 0.1, integrator: str = "leapfrog") -> Model:
     echo = Echo(potential={"h": "logcosh"}, roles={"h": {"a": "A", "w": "w", "c": "c"}}, loss="sin-sum",
                 frozen=("B", "A", "c"), integrator=integrator)
     return Model("logcosh-toy", "leapfrog", "identity", groups, (Dense("u", "h", "B", symmetric=False),), dt=h,
-                 local=(Local("h", "A"), Local("h", "w"), Local("h", "c")), rule=LeapfrogRule, init=_set(values), echo=echo)
+                 local=(Local("h", "A"), Local("h", "w"), Local("h", "c")), rule=LeapfrogRule, init=_set(values),
+                 echo=echo, frozen=echo.frozen)
 
 
 def linhru_toy(h: float = 0.1, collect: str = "half", seed: int = 3) -> tuple:
@@ -224,7 +227,8 @@ def linhru_toy(h: float = 0.1, collect: str = "half", seed: int = 3) -> tuple:
                 frozen=("c",), collect=collect)
     model = Model("linhru-toy", "leapfrog", "identity", groups, (Dense("u", "h", "B", symmetric=False),), dt=h,
                   local=(Local("h", "A"), Local("h", "c", (1, 3))),
-                  rule=LeapfrogRule, init=_set({"A": [0.5, 1.0, 2.0], "B": B, "c": c[None]}), echo=echo)
+                  rule=LeapfrogRule, init=_set({"A": [0.5, 1.0, 2.0], "B": B, "c": c[None]}),
+                  echo=echo, frozen=echo.frozen)
     return model, u
 
 

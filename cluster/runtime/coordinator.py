@@ -18,9 +18,9 @@ from protocols import get_protocol
 
 
 def lrs_by_param(model, lr: list) -> dict:
-    """{parameter: learning rate}: lr[i] for the parameters of layer pair i (model.lr_index); 0 for a Hamiltonian
-    model's frozen parameters (nodes/hamiltonian.Echo.frozen)."""
-    frozen = set(model.echo.frozen) if model.echo is not None else set()
+    """{parameter: learning rate}: lr[i] for the parameters of layer pair i (model.lr_index); 0 for the model's
+    frozen parameters (Model.frozen)."""
+    frozen = set(model.frozen)
     return {p: 0.0 if p in frozen else float(lr[model.lr_index.get(p, 0)]) for p in model.param_shapes()}
 
 

@@ -193,7 +193,7 @@ class Host(NodeSet):
         return {i: pack_arrays({"s": self.saved(i, name)}) for i in self.ids if self.specs[i].is_output}
 
     def saved_states(self, name: str) -> dict:
-        """Every node's saved state of phase `name` (audits: the echo's return; a Hamiltonian node's (B, 2, w))."""
+        """Every node's saved state of phase `name` (audits; a node whose layout has two fields, (B, 2, w))."""
         self._control("saved_states")
         return {i: pack_arrays({"s": self.saved(i, name)}) for i in self.ids}
 
