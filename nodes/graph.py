@@ -12,39 +12,27 @@ the rest of the project derives everything it needs:
     to it, and the G tensors of its local updates,
   * the legal edges of the locality audit (`legal_edges`) and the routing of boundary signals (`routes`).
 
-A Dense interaction contributes a(dst) . (W a(src) + b) to the energy (or primitive); its partial with respect to
-the destination's signal, W a_src + b, drives the destination; if it is symmetric, its partial with respect to the
-source's signal, W^T a_dst, drives the source too (the source's node then holds a replica of W's columns). A
-directed interaction drives its destination only: feedback weights `B{n}` are directed Dense terms from layer n+1
-to layer n, owned by layer n. The vocabulary (Group, Dense, Local) and the NodeSpec's parts live in
-nodes/interface.py (re-exported here). Nothing here knows the runtime: no sockets, no Ray.
+Each interaction knows its own physics (nodes/interface.Interaction): its parameters and their seeded values, and
+what each logical node holds of it, how that drives the node's units and how G of each held tensor is computed;
+this module asks it and never looks at its kind. Dense (nodes/dense.py) is the interaction of every shipped model.
+The message kinds "t" and "g" (nodes/interface.EXTRA_KINDS) are still derived for Dense terms only. The vocabulary
+(Group, Local, Interaction) and the NodeSpec's parts live in nodes/interface.py (re-exported here). Nothing here
+knows the runtime: no sockets, no Ray.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 
 import torch
 
-from nodes.interface import (EXTRA_KINDS, ROLES, SIGNAL, Block, Dense, Grad, Group, Held, Local, NodeSpec, Port,
-                             Slot, Term, assemble, carried, slice_params, target_of)
+from nodes.dense import Dense, connected as _connected, replica_name as _replica_name
+from nodes.interface import (EXTRA_KINDS, INTERACTIONS, ROLES, SIGNAL, Block, Grad, Group, Held, Interaction, Local,
+                             NodeSpec, Port, Slot, Term, assemble, carried, slice_params, target_of)
 
-__all__ = ["Model", "EXTRA_KINDS", "ROLES", "SIGNAL", "Block", "Dense", "Grad", "Group", "Held", "Local", "NodeSpec",
-           "Port", "Slot", "Term", "assemble", "carried", "slice_params", "target_of"]  # the vocabulary, re-exported
-
-
-def _block_mask(mask, rows, cols):
-    """The (rows, cols) sub-block of a structural mask as a tensor, or None when dense."""
-    if mask is None:
-        return None
-    return torch.tensor([row[cols[0]:cols[1]] for row in mask[rows[0]:rows[1]]], dtype=torch.float64)
-
-
-def _replica_name(it: Dense, group: str) -> str:
-    """The local name of the replica of a symmetric term's W held by a block of its source group (suffixed when the
-    block's group is the destination too, where it also owns rows of W)."""
-    return it.W if it.dst != group else f"{it.W}.replica"
+__all__ = ["Model", "EXTRA_KINDS", "INTERACTIONS", "ROLES", "SIGNAL", "Block", "Dense", "Grad", "Group", "Held",
+           "Interaction", "Local", "NodeSpec", "Port", "Slot", "Term", "assemble", "carried", "slice_params",
+           "target_of"]  # the vocabulary, re-exported
 
 
 def _per_sender(spec: "NodeSpec", kind: str, senders, **fields) -> "NodeSpec":
@@ -56,10 +44,6 @@ def _per_sender(spec: "NodeSpec", kind: str, senders, **fields) -> "NodeSpec":
     ports = spec.in_ports + tuple(Port(c, spec.id, kind, w) for c in senders)
     return dataclasses.replace(spec, slots=slots, in_ports=tuple(sorted(ports, key=lambda p: (p.src, p.kind))),
                                **fields)
-
-
-def _connected(mask, rows, cols) -> bool:
-    return mask is None or any(any(row[cols[0]:cols[1]]) for row in mask[rows[0]:rows[1]])
 
 
 @dataclass(frozen=True)
@@ -90,12 +74,10 @@ class Model:
         for it in self.interactions:
             for end in (it.src, it.dst):
                 if end not in names:
-                    raise ValueError(f"model {self.name}: interaction {it.W} names unknown group {end!r}")
+                    raise ValueError(f"model {self.name}: interaction {it} names unknown group {end!r}")
             if self.group(it.dst).role == "input":
-                raise ValueError(f"model {self.name}: interaction {it.W} drives the clamped input {it.dst}")
-            if it.mask is not None and (len(it.mask) != self.group(it.dst).size
-                                        or any(len(r) != self.group(it.src).size for r in it.mask)):
-                raise ValueError(f"model {self.name}: mask of {it.W} is not ({it.dst} size, {it.src} size)")
+                raise ValueError(f"model {self.name}: interaction {it} drives the clamped input {it.dst}")
+            it.validate(self)
 
     # ---- declaration queries ---------------------------------------------------------------------------------
     def group(self, name: str) -> Group:
@@ -116,26 +98,19 @@ class Model:
     def param_shapes(self) -> dict:
         shapes = {}
         for it in self.interactions:
-            shapes[it.W] = (self.group(it.dst).size, self.group(it.src).size)
-            if it.b:
-                shapes[it.b] = (self.group(it.dst).size,)
+            shapes.update(it.shapes(self))
         for lp in self.local:
             shapes[lp.name] = lp.shape(self.group(lp.group).size)
         return shapes
 
     def init_params(self, seed: int, dtype=torch.float64, scale: float = 1.0) -> dict:
-        """U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for W and b (torch.nn.Linear's default), seeded, times `scale`;
-        structural zeros of a mask stay zero; then the model's `init` (e.g. feedback weights from forward ones)."""
+        """Each interaction's seeded draws in declaration order (its `init`, e.g. Dense's U(-1/sqrt(fan_in),
+        1/sqrt(fan_in)) times `scale`), from one generator; then the model's `init` (e.g. feedback weights from
+        forward ones)."""
         gen = torch.Generator().manual_seed(int(seed))
         params = {}
         for it in self.interactions:
-            bound = 1.0 / math.sqrt(self.group(it.src).size)
-            for name in (it.W, it.b) if it.b else (it.W,):
-                shape = self.param_shapes()[name]
-                t = (torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1) * bound * scale
-                if name == it.W and it.mask is not None:
-                    t = t * torch.tensor(it.mask, dtype=torch.float64)
-                params[name] = t
+            params.update(it.init(self, gen, scale))
         for lp in self.local:  # no seeded draw: zeros, set by the model's init
             params[lp.name] = torch.zeros(lp.shape(self.group(lp.group).size), dtype=torch.float64)
         if self.init is not None:
@@ -184,44 +159,22 @@ class Model:
                 for i, s in specs.items()}
 
     def _spec(self, b: Block, by_group: dict) -> NodeSpec:
+        """Block b's interface: every interaction's share of it (Interaction.share), its Local parameters, the
+        slots and in-ports of the signals its terms read, and its boundary keys."""
         held, terms, grads, needed, boundary = {}, [], {}, {}, set()
-        own = (b.lo, b.hi)
+
+        def need(group, mask=None, rows=None, cols=None):
+            return self._need(needed, group, by_group, b, mask, rows, cols)
+
         for it in self.interactions:
-            src = self.group(it.src)
-            if it.dst == b.group:  # this block owns W[rows, :] and b[rows]
-                held[it.W] = Held(it.W, own, None, "primary")
-                mask = _block_mask(it.mask, own, (0, src.size))
-                if src.role == "input":
-                    if _connected(it.mask, own, (0, src.size)):
-                        terms.append(Term("clamped", it.W, "x"))
-                        grads[it.W] = Grad("clamped", "x", mask)
-                        boundary.add("x")
-                    else:  # the mask leaves this block no input: its rows are structural zeros, x is not routed here
-                        grads[it.W] = Grad("none")
-                else:
-                    slot = self._need(needed, it.src, by_group, b, it.mask, rows=own)
-                    if slot is None:  # the mask leaves this block no source: its rows are structural zeros
-                        grads[it.W] = Grad("none")
-                    else:
-                        terms.append(Term("fwd", it.W, slot))
-                        grads[it.W] = Grad("rows", slot, mask)
-                if it.b:
-                    held[it.b] = Held(it.b, own, None, "primary")
-                    terms.append(Term("bias", it.b))
-                    grads[it.b] = Grad("bias")
-            if it.symmetric and it.src == b.group and src.role != "input":  # replica of W[:, cols]
-                local = _replica_name(it, b.group)
-                held[local] = Held(it.W, None, own, "replica")
-                mask = _block_mask(it.mask, (0, self.group(it.dst).size), own)
-                slot = self._need(needed, it.dst, by_group, b, it.mask, cols=own)
-                if slot is None:
-                    grads[local] = Grad("none")
-                else:
-                    terms.append(Term("bwd", local, slot))
-                    grads[local] = Grad("cols", slot, mask)
+            h, t, g, keys = it.share(self, b, need)
+            held.update(h)
+            terms.extend(t)
+            grads.update(g)
+            boundary |= set(keys)
         for lp in self.local:
             if lp.group == b.group:
-                held[lp.name] = Held(lp.name, None if lp.whole else own, None, "primary")
+                held[lp.name] = Held(lp.name, None if lp.whole else (b.lo, b.hi), None, "primary")
         if self.group(b.group).role == "output":
             boundary.add("y")
         slots, in_ports = {}, set()

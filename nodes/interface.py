@@ -1,6 +1,6 @@
 """A model's vocabulary and a logical node's interface: the plain data that nodes/graph.py declares and derives.
 
-Groups, Dense interactions and Local parameters make a declaration (nodes/graph.Model); Blocks, Ports, Held tensors,
+Groups, interactions (Interaction subclasses: nodes/dense.py's Dense) and Local parameters make a declaration (nodes/graph.Model); Blocks, Ports, Held tensors,
 drive Terms, inbox Slots and G recipes make each logical node's NodeSpec. The functions at the end move tensors
 between a node's share and the full parameters (slice_params, assemble) and cut a target to the node (target_of).
 Nothing here knows the runtime: no sockets, no Ray.
@@ -44,21 +44,32 @@ class Group:
     layout: tuple = ("s",)
 
 
-@dataclass(frozen=True)
-class Dense:
-    """E (or Phi) contains a(dst) . (W a(src) + b); W has shape (dst size, src size).
+class Interaction:
+    """A term of the energy (or primitive) between two unit groups, which knows its own physics. A subclass (one class
+    in one file; nodes/dense.py is the model) declares, as a frozen dataclass with at least `src` and `dst` (group
+    names):
 
-    symmetric: the source is driven by W^T a(dst) as well (both ends hold W: the destination its rows, the source
-    a replica of its columns). mask: structural zeros, a tuple of dst-size tuples of 0/1 (None: dense); blocks
-    with no non-zero entry between them are not neighbours through this interaction.
-    """
+      shapes(model)               {parameter: shape} of the parameters it owns
+      init(model, gen, scale)     {parameter: seeded initial value}, drawn from `gen` in a fixed order
+      validate(model)             raise ValueError naming the model and the parameter for a bad declaration
+      share(model, block, need)   what one logical node holds of it: (held {local: Held}, drive terms, G recipes
+                                  {local: Grad}, boundary keys); `need(group, rows=..., cols=...)` records that the
+                                  node reads `group`'s signal on its in-ports and returns the slot's name (None when
+                                  the node is connected to none of it)
 
-    src: str
-    dst: str
-    W: str
-    b: str | None = None
-    symmetric: bool = True
-    mask: tuple | None = None
+    Its terms (Term subclasses) say how it drives a node's units, and its Grads how G of each held tensor is
+    computed from the node's own signal and what it read: no other module switches on what kind it is. Subclasses
+    register themselves (INTERACTIONS, by class name) when they are defined, in nodes/ or anywhere else."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        INTERACTIONS[cls.__name__] = cls
+
+    def validate(self, model) -> None:
+        pass
+
+
+INTERACTIONS: dict = {}  # class name -> Interaction subclass, filled as they are defined
 
 
 @dataclass(frozen=True)
@@ -115,17 +126,28 @@ class Held:
 
 @dataclass(frozen=True)
 class Term:
-    """One contribution to a node's drive u.
+    """One contribution of an interaction to a node's drive u, with the held tensor `weight` and, for a per-step
+    term, the inbox slot it reads. A subclass says which kind it is by what it implements:
 
-    fwd:     u += a_slot W^T   (W the node's rows of a Dense, (width, d_slot))
-    bwd:     u += a_slot W     (W the node's replica columns of a symmetric Dense, (d_slot, width))
-    clamped: u += x W^T        (x the boundary signal of an input group; constant within a batch)
-    bias:    u += b
-    """
+      per step (constant False):  u += k a_slot M, with M = operand(W) for W = the held tensor in the run's dtype
+      constant (constant True):   u = add_const(u, W, boundary, dtype), once per phase (the clamped part of the drive:
+                                  boundary signals and biases); `order` sorts them (lower first)
+
+    `kind` names the term within its interaction (e.g. Dense's fwd, bwd, clamped, bias)."""
 
     kind: str
     weight: str
     slot: str | None = None
+
+    constant = False
+    order = 0
+    reads = ()          # the boundary keys a constant term reads (routed to the node)
+
+    def operand(self, W):
+        raise NotImplementedError(f"term {self.kind} of {self.weight}: no per-step operand")
+
+    def add_const(self, u, W, boundary, dtype):
+        raise NotImplementedError(f"term {self.kind} of {self.weight}: not a constant term")
 
 
 @dataclass(frozen=True)
@@ -152,13 +174,30 @@ class Slot:
 
 @dataclass(frozen=True)
 class Grad:
-    """G of a held tensor at a state (docs/algorithms.md §1): rows: -a_own^T a_slot / B; cols: -a_slot^T a_own / B;
-    bias: -mean a_own; clamped: -a_own^T x / B; none: a block the mask leaves without a source (its G is zero,
-    left out). `mask` (rows, cols) keeps structural zeros at zero."""
+    """How G (docs/algorithms.md §1: dE/dtheta at a state, batch mean) of one held tensor is computed. `value(terms)`
+    returns sum_k c_k G_k over the terms of a sum (nodes/rules.Products: c_k = -scale_k / B, the node's own signal,
+    the inbox slots it read, x), before the structural `mask` (rows, cols) is applied; a subclass implements it.
+    `slot`: the inbox slot it reads (`reads_inbox`), or the boundary key; `active` False: a held tensor with no G
+    (a block the mask leaves without a source: zero, left out)."""
 
     kind: str
     slot: str | None = None
     mask: torch.Tensor | None = None
+
+    active = True
+    reads_inbox = False     # the G reads a neighbour's signal from the inbox slot `slot`
+    reads_x = False         # the G reads the boundary's clamped input x
+
+    def value(self, terms):
+        raise NotImplementedError(f"G of kind {self.kind}")
+
+
+@dataclass(frozen=True)
+class NoGrad(Grad):
+    """A held tensor with no G (structural zeros only)."""
+
+    kind: str = "none"
+    active = False
 
 
 @dataclass(frozen=True)

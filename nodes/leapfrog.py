@@ -70,12 +70,12 @@ class LeapfrogRule(NodeRule):
             raise ValueError(f"model: {model.name} declares no Hamiltonian (node {self.id})")
         self.echo, self.h, self.kind = echo, float(model.dt), echo.potential[group]
         self.roles = dict(echo.roles.get(group, {}))
-        dense = {it.W: it for it in model.interactions}
-        directed = {w for _, w, _ in self.step_terms if not dense[spec.held[w].param].symmetric}
-        self.springs = tuple((fwd, w, slot, spec.grads[w].mask) for fwd, w, slot in self.step_terms
-                             if w not in directed)
+        dense = {it.W: it for it in model.interactions}  # a Hamiltonian model's interactions are Dense terms
+        terms = tuple((t.kind == "fwd", t.weight, t.slot) for t in self.step_terms)
+        directed = {w for _, w, _ in terms if not dense[spec.held[w].param].symmetric}
+        self.springs = tuple((fwd, w, slot, spec.grads[w].mask) for fwd, w, slot in terms if w not in directed)
         # a directed term from a dynamic group drives this layer by W phi_half of the layer below (a stack)
-        self.stacked = tuple((w, slot, spec.grads[w].mask) for fwd, w, slot in self.step_terms if w in directed)
+        self.stacked = tuple((w, slot, spec.grads[w].mask) for fwd, w, slot in terms if w in directed)
         self.back = spec.backward  # kind g: (source node, W, lo, hi): the input gradient to the layer below
         self.g_slots = tuple(sl.name for sl in spec.slots.values() if sl.kind == "g")
         if self.g_slots and self.springs:  # its kicks land after its per-copy positions went to its spring neighbours

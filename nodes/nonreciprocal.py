@@ -59,7 +59,7 @@ class NonreciprocalRule(NodeRule):
             sends.setdefault(dst, []).append((w, lo, hi, rows))
         self.t_self = tuple(sends.pop("self", ()))
         self.t_out = tuple(sends.items())
-        self.r_slots = {slot: slot[: -len(SIGNAL)] + "r" for _, _, slot in self.step_terms}
+        self.r_slots = {t.slot: t.slot[: -len(SIGNAL)] + "r" for t in self.step_terms}
         self.t_slots = tuple(s.name for s in spec.slots.values() if s.kind == "t")
 
     def phase(self, ph) -> PhaseRule:
@@ -148,7 +148,7 @@ class AnchorPhase(PhaseRule):
             if not n.gradient:
                 return state["dx"].clone(), None
             return state["r"].clone(), {g.slot: inbox[n.r_slots[g.slot]].clone() for _, g in n.grads
-                                        if g.kind in ("rows", "cols")}
+                                        if g.reads_inbox}
 
         G.displacement = displacement
         return G

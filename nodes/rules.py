@@ -69,13 +69,13 @@ class NodeRule:
         self.id = spec.id
         self.phys = physics_of(spec.model)
         self.k = self.phys.k
-        self.const_terms = tuple(t for t in spec.terms if t.kind in ("clamped", "bias"))
+        self.const_terms = tuple(sorted((t for t in spec.terms if t.constant), key=lambda t: t.order))
         self.const_weights = frozenset(t.weight for t in self.const_terms)
-        self.clamped = any(t.kind == "clamped" for t in self.const_terms)
+        self.clamped = any("x" in t.reads for t in self.const_terms)
         self.const_cache = None  # (inputs, their versions, dtype, device), value: `const` between phases of a batch
-        self.step_terms = tuple((t.kind == "fwd", t.weight, t.slot) for t in spec.terms if t.kind in ("fwd", "bwd"))
+        self.step_terms = tuple(t for t in spec.terms if not t.constant)
         self.is_output = spec.is_output
-        self.grads = tuple((k, g) for k, g in spec.grads.items() if g.kind != "none")
+        self.grads = tuple((k, g) for k, g in spec.grads.items() if g.active)
         self.step_hook = bool(protocol.has_step_rule)
 
     def phase(self, ph) -> "PhaseRule":
@@ -112,13 +112,8 @@ class NodeRule:
 
     def _const_of(self, params, boundary, dtype):
         u = None
-        for t in sorted(self.const_terms, key=lambda t: t.kind != "bias"):  # biases first: addmm folds them in
-            W = params[t.weight].to(dtype)
-            if t.kind == "clamped":
-                x = boundary["x"].to(dtype)
-                u = torch.mm(x, W.T) if u is None else torch.addmm(u, x, W.T)
-            else:
-                u = W.clone() if u is None else u.add_(W)
+        for t in self.const_terms:  # in their order (biases first: addmm folds them in)
+            u = t.add_const(u, params[t.weight].to(dtype), boundary, dtype)
         if u is None:
             u = torch.zeros(self.spec.width, dtype=dtype, device=boundary["device"])
         if self.k != 1.0:
@@ -128,14 +123,15 @@ class NodeRule:
         return u
 
     def drive(self, const, inbox, params, batch: int, dtype):
-        """u = const + k (sum of W a_slot over the node's per-step terms). Always a new tensor."""
+        """u = const + k (sum of a_slot M over the node's per-step terms, M = term.operand(W)). Always a new
+        tensor."""
         u, k = None, self.k
-        for fwd, w, slot in self.step_terms:
-            W = params[w]
+        for t in self.step_terms:
+            W = params[t.weight]
             if W.dtype != dtype:
                 W = W.to(dtype)
-            W = W.T if fwd else W
-            u = torch.addmm(const, inbox[slot], W, alpha=k) if u is None else u.addmm_(inbox[slot], W, alpha=k)
+            M = t.operand(W)
+            u = torch.addmm(const, inbox[t.slot], M, alpha=k) if u is None else u.addmm_(inbox[t.slot], M, alpha=k)
         return const.expand(batch, self.spec.width).clone() if u is None else u
 
     def noise(self, boundary, run: str, steps: int, t0: int = 0):
@@ -161,45 +157,51 @@ class NodeRule:
     def pre(self, inbox) -> dict:
         """Copies of the neighbours' signals that the node's gradients read (inbox buffers are reused by later
         steps)."""
-        return {g.slot: inbox[g.slot].clone() for _, g in self.grads if g.kind in ("rows", "cols")}
+        return {g.slot: inbox[g.slot].clone() for _, g in self.grads if g.reads_inbox}
 
     def outer(self, scale, post, pre: dict, boundary, synapses: bool = False) -> "GSum":
         """The products of G with `post` as the node's own signal and `pre` as its neighbours' (VF-style rules pair
         a change of one side with a state of the other): -scale/B sum over the batch of post x pre. `synapses`: the
         products between dynamic units only (no bias, no clamped input), e.g. the pre-synaptic term of a
         gradient field's -(d_theta f)^T delta."""
-        x = boundary["x"] if any(g.kind == "clamped" for _, g in self.grads) else None
+        x = boundary["x"] if any(g.reads_x for _, g in self.grads) else None
         return GSum(self, ((-scale / post.shape[0], post, pre, x, not synapses),))
 
     def products(self, terms) -> dict:
         """sum_k c_k G_k for terms (c_k = -scale_k / B, a_own, neighbours' signals, x), one product per tensor over
-        the terms' states stacked along the batch. The factor multiplies the post-synaptic signal at both ends of an
-        edge (the owner's own, the replica's neighbour's), so on one partition the owner and the replica compute
-        the very same product."""
-        def cat(ts):
-            return ts[0] if len(ts) == 1 else torch.cat(ts)
-        own = None
+        the terms' states stacked along the batch (each held tensor's Grad.value over a Products), its structural
+        mask applied."""
+        p = Products(terms)
         out = {}
-        full = tuple(k for k in terms if k[4])  # the terms with a share in the bias and the clamped input
         for local, g in self.grads:
-            if g.kind == "cols":
-                t = torch.mm(cat([sl[g.slot] * c for c, _, sl, _, _ in terms]).T, cat([k[1] for k in terms]))
-            else:
-                if own is None:
-                    own = cat([a * c for c, a, *_ in terms])
-                part = own if len(full) == len(terms) else cat([a * c for c, a, *_ in full]) if full else None
-                if g.kind == "rows":
-                    t = torch.mm(own.T, cat([sl[g.slot] for _, _, sl, _, _ in terms]))
-                elif part is None:  # synaptic terms only
-                    t = own.new_zeros((own.shape[1], terms[0][3].shape[1]) if g.kind == "clamped" else own.shape[1])
-                elif g.kind == "clamped":  # every term of a batch reads the same x: sum the post side first
-                    B = terms[0][1].shape[0]
-                    post = part if len(full) == 1 else part.reshape(len(full), B, -1).sum(0)
-                    t = torch.mm(post.T, full[0][3].to(own.dtype))
-                else:
-                    t = part.sum(0)
+            t = g.value(p)
             out[local] = t if g.mask is None else t * g.mask.to(device=t.device, dtype=t.dtype)
         return out
+
+
+class Products:
+    """The terms of a sum of G's, as the Grads read them: `terms` ((c_k, a_own, slots, x, full), ...), `own()` the
+    own signals times c_k stacked along the batch, `full` the terms with a share in the bias and the clamped input
+    (not `synapses` only) and `part()` their own signals times c_k (None when there are none). Computed once."""
+
+    def __init__(self, terms):
+        self.terms = terms
+        self.full = tuple(k for k in terms if k[4])
+        self._own = self._part = None
+
+    @staticmethod
+    def cat(ts):
+        return ts[0] if len(ts) == 1 else torch.cat(ts)
+
+    def own(self):
+        if self._own is None:
+            self._own = self.cat([a * c for c, a, *_ in self.terms])
+        return self._own
+
+    def part(self):
+        if self._part is None and self.full:
+            self._part = self.own() if len(self.full) == len(self.terms) else self.cat([a * c for c, a, *_ in self.full])
+        return self._part
 
 
 class GSum(Mapping):

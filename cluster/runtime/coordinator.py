@@ -35,7 +35,8 @@ class FabricEngine(Engine):
         hs = dict(settings, lrs=lrs_by_param(model, settings["lr"]))
         if not local:
             from cluster.runtime.ray_setup import ship_by_value
-            ship_by_value(self.protocol, *(r for r in (model.rule, self.protocol.rule) if r))
+            ship_by_value(self.protocol, *(r for r in (model.rule, self.protocol.rule) if r),
+                          *{type(it) for it in model.interactions})  # an interaction defined outside nodes/
         self.fabric = Fabric(specs, self.protocol, hs, local)
         self.batch = 0
 

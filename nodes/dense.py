@@ -1,0 +1,211 @@
+"""The Dense interaction: a weight matrix between two unit groups, with its physics in one place.
+
+E (or the primitive Phi) contains a(dst) . (W a(src) + b), W of shape (dst size, src size). Its partials drive
+
+    the destination:  u_dst += W a_src + b          (every Dense term)
+    the source:       u_src += W^T a_dst            (a symmetric term only: the source then holds a replica of W's
+                                                     columns, the destination owns its rows)
+
+and G of its parameters (docs/algorithms.md §1: dE/dtheta at a state, batch mean) is, per logical node,
+
+    rows     (owner of W[rows, :]):       G = -a_own^T a_src / B
+    cols     (replica of W[:, cols]):     G = -a_dst^T a_own / B
+    clamped  (owner, the source is x):    G = -a_own^T x / B
+    bias     (owner of b[rows]):          G = -mean a_own
+
+A structural `mask` (0/1, (dst size, src size)) keeps its zeros at zero and decides which blocks are neighbours
+through this term. Directed terms (`symmetric=False`) drive their destination only: feedback weights `B{n}` are
+directed Dense terms from layer n+1 to layer n, owned by layer n.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from nodes.interface import Grad, Held, Interaction, NoGrad, Term
+
+
+def _block_mask(mask, rows, cols):
+    """The (rows, cols) sub-block of a structural mask as a tensor, or None when dense."""
+    if mask is None:
+        return None
+    return torch.tensor([row[cols[0]:cols[1]] for row in mask[rows[0]:rows[1]]], dtype=torch.float64)
+
+
+def connected(mask, rows, cols) -> bool:
+    """Whether the mask leaves any non-zero entry in the (rows, cols) block (True when dense)."""
+    return mask is None or any(any(row[cols[0]:cols[1]]) for row in mask[rows[0]:rows[1]])
+
+
+def replica_name(it: "Dense", group: str) -> str:
+    """The local name of the replica of a symmetric term's W held by a block of its source group (suffixed when the
+    block's group is the destination too, where it also owns rows of W)."""
+    return it.W if it.dst != group else f"{it.W}.replica"
+
+
+# ---- its drive terms -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Fwd(Term):
+    """u += a_slot W^T (W the node's rows of the term, (width, d_slot))."""
+
+    def operand(self, W):
+        return W.T
+
+
+@dataclass(frozen=True)
+class Bwd(Term):
+    """u += a_slot W (W the node's replica columns of a symmetric term, (d_slot, width))."""
+
+    def operand(self, W):
+        return W
+
+
+@dataclass(frozen=True)
+class Clamped(Term):
+    """u += x W^T (x the boundary signal of an input group; constant within a batch)."""
+
+    constant = True
+    order = 1
+    reads = ("x",)
+
+    def add_const(self, u, W, boundary, dtype):
+        x = boundary["x"].to(dtype)
+        return torch.mm(x, W.T) if u is None else torch.addmm(u, x, W.T)
+
+
+@dataclass(frozen=True)
+class Bias(Term):
+    """u += b (first among the constant terms: addmm folds it in)."""
+
+    constant = True
+    order = 0
+
+    def add_const(self, u, W, boundary, dtype):
+        return W.clone() if u is None else u.add_(W)
+
+
+# ---- its G recipes (over the terms of a sum: nodes/rules.Products) ---------------------------------------------
+@dataclass(frozen=True)
+class RowsGrad(Grad):
+    """-sum_k c_k a_own,k^T a_slot,k: the factor on the owner's own (post-synaptic) signal."""
+
+    reads_inbox = True
+
+    def value(self, p):
+        return torch.mm(p.own().T, p.cat([sl[self.slot] for _, _, sl, _, _ in p.terms]))
+
+
+@dataclass(frozen=True)
+class ColsGrad(Grad):
+    """-sum_k c_k a_slot,k^T a_own,k: the factor on the destination's (post-synaptic) signal, so that on one partition
+    the owner and the replica compute the very same product."""
+
+    reads_inbox = True
+
+    def value(self, p):
+        return torch.mm(p.cat([sl[self.slot] * c for c, _, sl, _, _ in p.terms]).T, p.cat([k[1] for k in p.terms]))
+
+
+@dataclass(frozen=True)
+class BiasGrad(Grad):
+    """-sum_k c_k sum_batch a_own,k over the terms with a share in the bias (zero for synaptic terms only)."""
+
+    def value(self, p):
+        part = p.part()
+        return p.own().new_zeros(p.own().shape[1]) if part is None else part.sum(0)
+
+
+@dataclass(frozen=True)
+class ClampedGrad(Grad):
+    """-sum_k c_k a_own,k^T x: every term of a batch reads the same x, so the post side is summed first."""
+
+    reads_x = True
+
+    def value(self, p):
+        part, own = p.part(), p.own()
+        if part is None:  # synaptic terms only
+            return own.new_zeros((own.shape[1], p.terms[0][3].shape[1]))
+        B = p.terms[0][1].shape[0]
+        post = part if len(p.full) == 1 else part.reshape(len(p.full), B, -1).sum(0)
+        return torch.mm(post.T, p.full[0][3].to(own.dtype))
+
+
+# ---- the interaction ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Dense(Interaction):
+    """E (or Phi) contains a(dst) . (W a(src) + b); W has shape (dst size, src size).
+
+    symmetric: the source is driven by W^T a(dst) as well (both ends hold W: the destination its rows, the source
+    a replica of its columns). mask: structural zeros, a tuple of dst-size tuples of 0/1 (None: dense); blocks
+    with no non-zero entry between them are not neighbours through this interaction.
+    """
+
+    src: str
+    dst: str
+    W: str
+    b: str | None = None
+    symmetric: bool = True
+    mask: tuple | None = None
+
+    def validate(self, model) -> None:
+        if self.mask is not None and (len(self.mask) != model.group(self.dst).size
+                                      or any(len(r) != model.group(self.src).size for r in self.mask)):
+            raise ValueError(f"model {model.name}: mask of {self.W} is not ({self.dst} size, {self.src} size)")
+
+    def shapes(self, model) -> dict:
+        out = {self.W: (model.group(self.dst).size, model.group(self.src).size)}
+        if self.b:
+            out[self.b] = (model.group(self.dst).size,)
+        return out
+
+    def init(self, model, gen, scale: float) -> dict:
+        """U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for W then b (torch.nn.Linear's default), times `scale`; a mask's
+        structural zeros stay zero."""
+        bound = 1.0 / math.sqrt(model.group(self.src).size)
+        shapes, out = self.shapes(model), {}
+        for name in (self.W, self.b) if self.b else (self.W,):
+            t = (torch.rand(shapes[name], generator=gen, dtype=torch.float64) * 2 - 1) * bound * scale
+            if name == self.W and self.mask is not None:
+                t = t * torch.tensor(self.mask, dtype=torch.float64)
+            out[name] = t
+        return out
+
+    def share(self, model, b, need) -> tuple:
+        """What block b holds of this term, the terms of its drive, its G recipes and the boundary keys it reads."""
+        held, terms, grads, boundary = {}, [], {}, set()
+        own = (b.lo, b.hi)
+        src = model.group(self.src)
+        if self.dst == b.group:  # this block owns W[rows, :] and b[rows]
+            held[self.W] = Held(self.W, own, None, "primary")
+            mask = _block_mask(self.mask, own, (0, src.size))
+            if src.role == "input":
+                if connected(self.mask, own, (0, src.size)):
+                    terms.append(Clamped("clamped", self.W, "x"))
+                    grads[self.W] = ClampedGrad("clamped", "x", mask)
+                    boundary.add("x")
+                else:  # the mask leaves this block no input: its rows are structural zeros, x is not routed here
+                    grads[self.W] = NoGrad()
+            else:
+                slot = need(self.src, self.mask, rows=own)
+                if slot is None:  # the mask leaves this block no source: its rows are structural zeros
+                    grads[self.W] = NoGrad()
+                else:
+                    terms.append(Fwd("fwd", self.W, slot))
+                    grads[self.W] = RowsGrad("rows", slot, mask)
+            if self.b:
+                held[self.b] = Held(self.b, own, None, "primary")
+                terms.append(Bias("bias", self.b))
+                grads[self.b] = BiasGrad("bias")
+        if self.symmetric and self.src == b.group and src.role != "input":  # replica of W[:, cols]
+            local = replica_name(self, b.group)
+            held[local] = Held(self.W, None, own, "replica")
+            mask = _block_mask(self.mask, (0, model.group(self.dst).size), own)
+            slot = need(self.dst, self.mask, cols=own)
+            if slot is None:
+                grads[local] = NoGrad()
+            else:
+                terms.append(Bwd("bwd", local, slot))
+                grads[local] = ColsGrad("cols", slot, mask)
+        return held, terms, grads, boundary
