@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from cluster.runtime.ray_setup import init_ray
+from cluster.runtime.settings import FabricSettings
 from nodes.models import build
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -40,10 +41,12 @@ def make_engine(cfg, model=None, protocol=None, local: bool = False):
     from cluster.runtime.coordinator import FabricEngine
     if not local:
         init_ray(cfg.address)
-    settings = dict(granularity=cfg.granularity, split=cfg.fabric.split, hosts=cfg.fabric.hosts,
-                    exchange=cfg.fabric.exchange, lr=cfg.lrs, dtype=cfg.dtype, optimizer=cfg.optimizer, momentum=cfg.momentum, transport=cfg.transport,
-                    host=cfg.fabric.host, wire=cfg.fabric.wire, curve=cfg.fabric.curve, log=cfg.fabric.log,
-                    timeout_s=cfg.fabric.timeout_s, actor_cpus=cfg.fabric.actor_cpus, placement=cfg.fabric.placement, resources=cfg.fabric.resources,
-                    ports=cfg.fabric.ports, forget_free=cfg.forget_free, noise=cfg.noise, seed=cfg.seed,
-                    residual_tol=cfg.residual_tol)
+    f = cfg.fabric
+    settings = FabricSettings(lr=tuple(cfg.lrs), dtype=cfg.dtype, granularity=cfg.granularity, split=f.split,
+                              hosts=f.hosts, exchange=f.exchange, transport=cfg.transport, host=f.host, wire=f.wire,
+                              curve=f.curve, ports=None if f.ports is None else tuple(f.ports), log=f.log,
+                              timeout_s=f.timeout_s, actor_cpus=f.actor_cpus, placement=f.placement,
+                              resources=dict(f.resources), optimizer=cfg.optimizer, momentum=cfg.momentum,
+                              forget_free=cfg.forget_free, noise=cfg.noise, seed=cfg.seed,
+                              residual_tol=cfg.residual_tol)
     return FabricEngine(model, protocol, settings, local=local)

@@ -7,6 +7,7 @@ validates everything before any actor starts.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import typing
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from cluster.runtime.settings import DEFAULTS as FABRIC
 from cluster.runtime.transport import LOOPBACK, WIRES
 from experiments.errors import ConfigError
 from nodes.activations import ACTIVATIONS
@@ -30,19 +32,20 @@ _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)$")
 
 @dataclass(frozen=True)
 class FabricSection:
-    split: int = 1                 # blocks per layer with granularity=layer
-    hosts: int = 0                 # Ray actors hosting the logical nodes (round-robin); 0: one per node
-    exchange: str = "auto"         # data plane: messages (one per port per step), frames (one per host pair per
-                                   # step, cluster/runtime/exchange.py), auto: frames when hosts >= 1
-    log: str = "counters"          # message log: "full" records or "counters"
-    timeout_s: float = 60.0        # every wait for a neighbour's message
-    actor_cpus: float = 0.0        # Ray CPUs reserved per node actor
-    host: str = "127.0.0.1"        # data-plane bind address (loopback by default; 0.0.0.0 on a cluster, see below)
-    curve: bool = False            # ZeroMQ CURVE on the data plane (encrypted, keys per connection) instead of PLAIN
-    wire: str = "auto"             # zmq socket kind: ipc (Unix socket), tcp, or auto (ipc when host is loopback)
-    placement: str = "pack"        # Ray placement group strategy for the host actors: pack or spread
+    """`fabric.*`: the runtime's keys; their defaults are the runtime's own (cluster/runtime/settings.py)."""
+    split: int = FABRIC.split                # blocks per layer with granularity=layer
+    hosts: int = FABRIC.hosts                # Ray actors hosting the logical nodes (round-robin); 0: one per node
+    exchange: str = FABRIC.exchange          # data plane: messages (one per port per step), frames (one per host
+                                             # pair per step, cluster/runtime/exchange.py), auto: frames when hosts >= 1
+    log: str = FABRIC.log                    # message log: "full" records or "counters"
+    timeout_s: float = FABRIC.timeout_s      # every wait for a neighbour's message
+    actor_cpus: float = FABRIC.actor_cpus    # Ray CPUs reserved per node actor
+    host: str = FABRIC.host                  # data-plane bind address (loopback by default; 0.0.0.0 on a cluster)
+    curve: bool = FABRIC.curve               # ZeroMQ CURVE on the data plane (encrypted, keys per connection)
+    wire: str = FABRIC.wire                  # zmq socket kind: ipc (Unix socket), tcp, or auto (ipc on loopback)
+    placement: str = FABRIC.placement        # Ray placement group strategy for the host actors: pack or spread
     resources: dict = field(default_factory=dict)  # custom Ray resources per host actor (e.g. {fabric_slot: 1})
-    ports: typing.Optional[list] = None  # [lo, hi]: the tcp data plane binds a port in this range (null: any)
+    ports: typing.Optional[list] = None      # [lo, hi]: the tcp data plane binds a port in this range (null: any)
 
 
 @dataclass(frozen=True)
@@ -85,30 +88,31 @@ class EchoSection:
 
 @dataclass(frozen=True)
 class Config:
-    model: str = "prototypical"
-    sizes: list = field(default_factory=lambda: [64, 64, 10])
-    activation: str = "sigmoid4"
-    protocol: str = "ep-symmetric"
-    beta: float = 0.1
-    T1: int = 30
-    T2: int = 10
-    dt: float = 1.0
-    N: int = 2
+    model: str = "prototypical"  # the model kind (nodes/models.py: every registered builder)
+    sizes: list = field(default_factory=lambda: [64, 64, 10])  # unit groups' sizes, input first (a chain: [1, masses,
+                                                               # 1]; vector-graph: [inputs, units, outputs])
+    activation: str = "sigmoid4"  # the units' activation rho (nodes/activations.py)
+    protocol: str = "ep-symmetric"  # the learning protocol (protocols/: every module defining PROTOCOL)
+    beta: float = 0.1          # the nudging strength (real; holomorphic EP's radius |beta|)
+    T1: int = 30               # steps of the free phase
+    T2: int = 10               # steps of each nudged phase
+    dt: float = 1.0            # the step of the discrete dynamics (an Euler step; the leapfrog's h)
+    N: int = 2                 # hep: points on the circle of complex beta
     periods: int = 3               # hep-osc: periods of the N-segment oscillation
-    batch: int = 32
-    seed: int = 0
-    granularity: str = "layer"
-    transport: str = "zmq"
-    engine: str = "fabric"
-    dtype: str = "float32"
+    batch: int = 32            # samples per minibatch (audit: the frozen batch)
+    seed: int = 0              # seeds the initial parameters, the data split, the batch order and the noise
+    granularity: str = FABRIC.granularity
+    transport: str = FABRIC.transport
+    engine: str = "fabric"     # fabric (nodes on Ray host actors) or reference (the same rules in-process)
+    dtype: str = FABRIC.dtype
     lr: typing.Any = 0.1           # one float, or one per layer pair (W0/b0, W1/b1, ...)
-    optimizer: str = "sgd"
-    momentum: float = 0.0
-    epochs: int = 10
-    dataset: str = "digits"
-    data_dir: typing.Optional[str] = None
-    data_path: typing.Optional[str] = None
-    test_fraction: float = 0.2
+    optimizer: str = FABRIC.optimizer
+    momentum: float = FABRIC.momentum
+    epochs: int = 10           # train: passes over the training set
+    dataset: str = "digits"    # the data: digits, mnist5k, random, npz, or a sequence set (experiments/datasets.py)
+    data_dir: typing.Optional[str] = None  # where a dataset's files are read from (null: the package's own copy)
+    data_path: typing.Optional[str] = None  # dataset=npz: the .npz file with x_train, y_train, x_test, y_test
+    test_fraction: float = 0.2  # held-out fraction of the stratified split
     init_scale: float = 1.0        # the seeded initial weights are multiplied by this
     feedback_init: str = "transpose"  # asymmetric nets: B{n} starts as W{n}^T, "independent", or "none" (feed-forward)
     angle: float = 0.0             # prototypical-asym: each B entry's sign flipped with probability (1 - cos psi) / 2
@@ -116,22 +120,23 @@ class Config:
     eps: float = 0.01              # rhel / heb: the echo's nudging strength (each copy's nudge is +-eps or 0)
     T: int = 100                   # Hamiltonian models: the sequence length, the number of forward (and echo) steps
     sided: str = "two"             # rhel / heb: echo copies nudged at +eps and -eps ("two") or at 0 and +eps ("one")
-    nudge: str = "reference"       # rhel / heb: the kicks' cotangent at the copies' reference state, or each copy's own
+    nudge: str = "reference"   # rhel / heb: the kicks' cotangent at the copies' reference state, or each copy's own
     integrator: str = "leapfrog"   # Hamiltonian models: leapfrog (position Verlet, force at the half step); the
                                    # ablations start-force and euler are not time-reversible (refused by rhel, heb)
     damping: float = 0.0           # Hamiltonian models: a friction -damping * pi (dissipative: refused by rhel, heb)
-    steps: bool = False
+    steps: bool = False        # audit: record the first nudged phase step by step against BPTT (the GDU series)
     noise: float = 0.0             # std of Gaussian noise on every pre-activation at every step (nodes/noise.py)
     residual_tol: typing.Optional[float] = None  # convergence gate: max |s_T - s_(T-1)| per sample and phase
     forget_free: bool = False      # audit only: the free-phase-memory test (NaN over s0 once the nudged phase moved)
-    replay: typing.Optional[str] = None
-    address: typing.Optional[str] = None
-    bptt_baseline: bool = False
+    replay: typing.Optional[str] = None  # audit: re-run another bundle's parameters, batch and settings (an audit.npz)
+    address: typing.Optional[str] = None  # Ray address (null: a new local instance on loopback; auto or HOST:PORT: a
+                                          # cluster)
+    bptt_baseline: bool = False  # train (Hamiltonian models): a paired BPTT run from the same start
     checkpoint_every: int = 20     # train: a consistent checkpoint every this many batches (0: at epoch ends only)
     max_faults: int = 10           # train: host-actor deaths recovered from by rollback and replay before giving up
-    eval_batch: int = 1000
-    quick: bool = False
-    device: str = "cpu"
+    eval_batch: int = 1000     # samples per inference call when accuracy is measured
+    quick: bool = False        # experiments: a short version of the run (fewer steps, seeds or data)
+    device: str = "cpu"        # torch device of the in-process engine (cpu or cuda)
     fabric: FabricSection = field(default_factory=FabricSection)
     bench: BenchSection = field(default_factory=BenchSection)
     tradeoff: TradeoffSection = field(default_factory=TradeoffSection)
@@ -199,7 +204,10 @@ def _build(cls, data: dict, prefix: str = ""):
     kwargs = {}
     for k, v in data.items():
         if k not in known:
-            raise ConfigError(prefix + str(k), f"unknown key (known: {', '.join(sorted(known))})")
+            close = difflib.get_close_matches(str(k), sorted(known), n=1)
+            hint = f"did you mean {prefix + close[0]!r}? " if close else ""
+            raise ConfigError(prefix + str(k), f"unknown key; {hint}(known: {', '.join(sorted(known))}; every key: "
+                                               f"docs/reference/config.md)")
         typ = hints[k]
         if dataclasses.is_dataclass(typ):
             kwargs[k] = _build(typ, v, prefix + k + ".")

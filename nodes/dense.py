@@ -209,3 +209,30 @@ class Dense(Interaction):
                 terms.append(Bwd("bwd", local, slot))
                 grads[local] = ColsGrad("cols", slot, mask)
         return held, terms, grads, boundary
+
+    def transposed_sends(self, model, by_group) -> list:
+        """Kind "t" (nodes/interface.EXTRA_KINDS): [(sender, (dst node or "self", held W, lo, hi, rows))]: each
+        destination block c sends each source block b it is connected to q @ W[c rows, b columns]; on a symmetric
+        term b, which holds a replica of W's columns, sends c q @ W[c rows, b columns]^T as well. None from an input."""
+        if model.group(self.src).role == "input":
+            return []
+        out = []
+        for c in by_group.get(self.dst, ()):
+            for b in by_group.get(self.src, ()):
+                if connected(self.mask, (c.lo, c.hi), (b.lo, b.hi)):
+                    out.append((c.node_id, ("self" if b.node_id == c.node_id else b.node_id, self.W, b.lo, b.hi,
+                                            False)))
+                    if self.symmetric:
+                        out.append((b.node_id, ("self" if b.node_id == c.node_id else c.node_id,
+                                                replica_name(self, b.group), c.lo, c.hi, True)))
+        return out
+
+    def backward_sends(self, model, by_group) -> list:
+        """Kind "g": [(sender, (dst node, held W, lo, hi))]: on a directed term between dynamic groups each destination
+        block c sends each other source block b it reads q @ W[c rows, b columns]."""
+        if self.symmetric or model.group(self.src).role == "input":
+            return []
+        return [(c.node_id, (b.node_id, self.W, b.lo, b.hi)) for c in by_group.get(self.dst, ())
+                for b in by_group.get(self.src, ())
+                if b.node_id != c.node_id and connected(self.mask, (c.lo, c.hi), (b.lo, b.hi))]
+

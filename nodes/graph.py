@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nodes.dense import Dense, connected as _connected, replica_name as _replica_name
+from nodes.dense import Dense, connected as _connected
 from nodes.interface import (EXTRA_KINDS, INTERACTIONS, ROLES, SIGNAL, Block, Grad, Group, Held, Interaction, Local,
                              NodeSpec, Port, Slot, Term, assemble, carried, slice_params, target_of)
 
@@ -203,38 +203,25 @@ class Model:
         return dataclasses.replace(spec, slots=slots, in_ports=tuple(sorted(ports, key=lambda p: (p.src, p.kind))))
 
     def _backward(self, specs: dict, by_group: dict) -> dict:
-        """Kind "g" on every directed Dense term between dynamic groups: each destination block c sends every source
-        block b it reads (its quantity q) @ W[c rows, b columns]; the receiver has one slot `g.<sender>`."""
+        """Kind "g": what each interaction sends back along itself (Interaction.backward_sends; Dense: every directed
+        term between dynamic groups, q @ W[c rows, b columns]); the receiver has one slot `g.<sender>`."""
         sends = {i: [] for i in specs}
         into = {i: set() for i in specs}
         for it in self.interactions:
-            if it.symmetric or self.group(it.src).role == "input":
-                continue
-            for c in by_group.get(it.dst, ()):
-                for b in by_group.get(it.src, ()):
-                    if b.node_id != c.node_id and _connected(it.mask, (c.lo, c.hi), (b.lo, b.hi)):
-                        sends[c.node_id].append((b.node_id, it.W, b.lo, b.hi))
-                        into[b.node_id].add(c.node_id)
+            for sender, entry in it.backward_sends(self, by_group):
+                sends[sender].append(entry)
+                into[entry[0]].add(sender)
         return {i: _per_sender(spec, "g", into[i], backward=tuple(sends[i])) for i, spec in specs.items()}
 
     def _transposed(self, specs: dict, by_group: dict) -> dict:
-        """Kind "t" on every Dense term between dynamic groups: each destination block c sends every source block b
-        it is connected to (its quantity q) @ W[c rows, b columns], summed over the interactions from b's group to
-        c's; on a symmetric term b, which holds a replica of W's columns, sends c q @ W[c rows, b columns]^T as
-        well. A receiver holds one slot `t.<sender>` per such neighbour and computes its own share ("self")
-        locally."""
+        """Kind "t": the transposed products each interaction sends (Interaction.transposed_sends; Dense: q @ W[c
+        rows, b columns] from each destination block c to each source block b it is connected to, and back from a
+        symmetric term's replica), summed by the receiver over the interactions; a receiver holds one slot
+        `t.<sender>` per such neighbour and computes its own share ("self") locally."""
         sends = {i: [] for i in specs}
         for it in self.interactions:
-            if self.group(it.src).role == "input":
-                continue
-            for c in by_group.get(it.dst, ()):
-                for b in by_group.get(it.src, ()):
-                    if _connected(it.mask, (c.lo, c.hi), (b.lo, b.hi)):
-                        sends[c.node_id].append(("self" if b.node_id == c.node_id else b.node_id, it.W, b.lo, b.hi,
-                                                 False))
-                        if it.symmetric:
-                            sends[b.node_id].append(("self" if b.node_id == c.node_id else c.node_id,
-                                                     _replica_name(it, b.group), c.lo, c.hi, True))
+            for sender, entry in it.transposed_sends(self, by_group):
+                sends[sender].append(entry)
         into = {i: set() for i in specs}
         for c, entries in sends.items():
             for dst, *_ in entries:

@@ -68,6 +68,14 @@ class Interaction:
     def validate(self, model) -> None:
         pass
 
+    def transposed_sends(self, model, by_group) -> list:
+        """Message kind "t" along this interaction (a protocol that asks for it, e.g. Dyadic EP); none by default."""
+        raise ValueError(f"interaction {type(self).__name__} sends no message of kind 't' (nodes/dense.py does)")
+
+    def backward_sends(self, model, by_group) -> list:
+        """Message kind "g" back along this interaction (stacked Hamiltonian layers); none by default."""
+        raise ValueError(f"interaction {type(self).__name__} sends no message of kind 'g' (nodes/dense.py does)")
+
 
 INTERACTIONS: dict = {}  # class name -> Interaction subclass, filled as they are defined
 

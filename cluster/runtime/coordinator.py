@@ -11,6 +11,7 @@ import torch
 
 from cluster.engine import Engine
 from cluster.runtime.fabric import Fabric
+from cluster.runtime.settings import FabricSettings
 from cluster.messages import pack_arrays, unpack_arrays
 from cluster.nodeset import per_sample_max
 from nodes.graph import slice_params, target_of
@@ -27,12 +28,14 @@ def lrs_by_param(model, lr: list) -> dict:
 class FabricEngine(Engine):
     name = "fabric"
 
-    def __init__(self, model, protocol, settings: dict, local: bool = False):
+    def __init__(self, model, protocol, settings, local: bool = False):
+        """settings: a FabricSettings (cluster/runtime/settings.py) or a mapping of its fields."""
         proto = get_protocol(protocol)
-        specs = model.node_specs(model.partition(settings.get("granularity", "layer"), settings.get("split", 1)),
+        settings = FabricSettings.of(settings)
+        specs = model.node_specs(model.partition(settings.granularity, settings.split),
                                  proto.ports)
         super().__init__(model, proto, specs)
-        hs = dict(settings, lrs=lrs_by_param(model, settings["lr"]))
+        hs = settings.replace(lrs=lrs_by_param(model, settings.lr))
         if not local:
             from cluster.runtime.ray_setup import ship_by_value
             ship_by_value(self.protocol, *(r for r in (model.rule, self.protocol.rule) if r),

@@ -26,6 +26,7 @@ from cluster.runtime.host import Host
 from cluster.runtime.message_log import COORDINATOR
 from cluster.messages import MessageError, decode_header, encode_control
 from cluster.nodeset import PhaseError
+from cluster.runtime.settings import FabricSettings
 from cluster.runtime.placement import host_order, place_hosts
 from cluster.runtime.transport import TransportError, ZmqTransport, new_token
 
@@ -54,15 +55,10 @@ def _cause(err) -> str:
     return text[-1] if text else repr(err)
 
 
-def exchange_of(settings: dict) -> str:
+def exchange_of(settings) -> str:
     """`fabric.exchange`: "messages" (one per port per step) or "frames" (one per host pair per step,
     cluster/runtime/exchange.py); "auto": frames where hosts run many nodes (`fabric.hosts` >= 1)."""
-    ex = settings.get("exchange", "auto")
-    if ex == "auto":
-        return "frames" if int(settings.get("hosts", 0)) > 0 else "messages"
-    if ex not in ("messages", "frames"):
-        raise ValueError(f"fabric.exchange: expected 'auto', 'messages' or 'frames', got {ex!r}")
-    return ex
+    return "frames" if FabricSettings.of(settings).frames else "messages"
 
 
 def place(node_ids, hosts: int) -> dict:
@@ -73,21 +69,21 @@ def place(node_ids, hosts: int) -> dict:
 
 
 class Fabric:
-    def __init__(self, specs: dict, protocol, settings: dict, local: bool = False):
+    def __init__(self, specs: dict, protocol, settings: FabricSettings, local: bool = False):
         """Start the hosts (Ray actors, or in-process objects run as threads when `local`), then connect each to
         the hosts of its nodes' neighbours, and every host to the coordinator (aborts and heartbeats)."""
         self.specs, self.settings, self.local = specs, settings, local
-        self.timeout_s = float(settings.get("timeout_s", 60.0))
-        self.placement = place(list(specs), int(settings.get("hosts", 0)))
+        self.timeout_s = float(settings.timeout_s)
+        self.placement = place(list(specs), int(settings.hosts))
         self.exchange = exchange_of(settings)
         self.by_host = {}
         for i, h in self.placement.items():
             self.by_host.setdefault(h, {})[i] = specs[i]
         self.serial = 0  # the highest phase serial issued: an abort stops every phase up to it
-        self.transport = settings.get("transport", "zmq")
-        self.beats = ZmqTransport(COORDINATOR, settings.get("host", "127.0.0.1"), settings.get("wire", "auto"),
+        self.transport = settings.transport
+        self.beats = ZmqTransport(COORDINATOR, settings.host, settings.wire,
                                   send_timeout_s=5.0,  # an abort to a host that is gone must not hold the caller
-                                  ports=settings.get("ports"), curve=bool(settings.get("curve")))
+                                  ports=settings.ports, curve=settings.curve)
         self.hosts, self.abort_tokens, self.addresses, self.lost, self.pg = {}, {}, {}, set(), None
         self.closed = False
         try:
@@ -98,7 +94,7 @@ class Fabric:
 
     def _start(self, protocol) -> None:
         t0 = time.perf_counter()
-        hs = dict(self.settings, transport="local" if self.local else self.transport, exchange=self.exchange)
+        hs = self.settings.replace(transport="local" if self.local else self.transport, exchange=self.exchange)
         links = self._links()
         if self.local:
             self.hosts = {h: Host(h, s, protocol, hs, threads=None) for h, s in self.by_host.items()}
@@ -112,7 +108,7 @@ class Fabric:
         addresses = self.call("endpoint", stall_s=max(120.0, 10.0 * len(self.hosts)))
         self.start_s = time.perf_counter() - t0
         self.addresses = {h: (self.hosts[h] if a is None else a) for h, a in addresses.items()}
-        curve = bool(self.settings.get("curve"))
+        curve = self.settings.curve
         tokens = {(a, b): new_token(curve) for a, b in links if a != b}
         coord = {h: new_token(curve) for h in self.hosts}   # the coordinator's credential at each host
         beat = {h: new_token(curve) for h in self.hosts}    # each host's credential at the coordinator

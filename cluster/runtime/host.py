@@ -32,7 +32,8 @@ from cluster.runtime.message_log import COORDINATOR, MessageLog
 from cluster.messages import (Dropped, array_bytes, decode_header, dtype_name, encode_control, header_prefix,
                               header_suffix, pack_arrays, unpack_arrays)
 from cluster.nodeset import Aborted, NodeSet, PhaseError, per_sample_max
-from cluster.runtime.ports import _NAMES, MAX_AHEAD, MAX_BYTES, NodeInbox, as_payload
+from cluster.runtime.ports import _NAMES, MAX_AHEAD, NodeInbox, as_payload
+from cluster.runtime.settings import FabricSettings
 from cluster.runtime.transport import TransportError, make_transport, present, split_endpoint
 from nodes.graph import carried
 from nodes.rules import LocalityError, step_series
@@ -73,33 +74,32 @@ class Heartbeat:
 class Host(NodeSet):
     POLL_S = 0.05
 
-    def __init__(self, host_id: str, specs: dict, protocol, settings: dict, threads: int | None = 1):
-        """specs: the logical nodes placed here; settings: dtype, lrs, optimizer, momentum, transport, host, wire,
-        log, timeout_s."""
+    def __init__(self, host_id: str, specs: dict, protocol, settings, threads: int | None = 1):
+        """specs: the logical nodes placed here; settings: the fabric's FabricSettings (cluster/runtime/settings.py;
+        a mapping of its fields is converted)."""
+        settings = FabricSettings.of(settings)
         if threads:
             torch.set_num_threads(threads)
         from cluster.messages import torch_dtype
-        super().__init__(specs, protocol, torch_dtype(settings["dtype"]), settings.get("lrs"),
-                         settings.get("optimizer", "sgd"), settings.get("momentum", 0.0),
-                         settings.get("diverge_limit", 1e6), forget_free=settings.get("forget_free", False),
-                         noise=settings.get("noise", 0.0), seed=settings.get("seed", 0),
-                         gate=settings.get("residual_tol") is not None)
+        super().__init__(specs, protocol, torch_dtype(settings.dtype), settings.lrs, settings.optimizer,
+                         settings.momentum, settings.diverge_limit, forget_free=settings.forget_free,
+                         noise=settings.noise, seed=settings.seed, gate=settings.residual_tol is not None)
         self.host_id = host_id
-        self.timeout_s = float(settings.get("timeout_s", 60.0))
-        self.logs = {i: MessageLog(settings.get("log", "counters")) for i in self.ids}
-        max_bytes = int(settings.get("max_message_bytes", MAX_BYTES))
-        self.inboxes = {i: NodeInbox(s, self.logs[i], settings["dtype"], max_bytes) for i, s in self.specs.items()}
+        self.timeout_s = float(settings.timeout_s)
+        self.logs = {i: MessageLog(settings.log) for i in self.ids}
+        max_bytes = int(settings.max_message_bytes)
+        self.inboxes = {i: NodeInbox(s, self.logs[i], settings.dtype, max_bytes) for i, s in self.specs.items()}
         self.prefixes = {(p.src, p.dst, p.kind): header_prefix(p.src, p.dst, p.kind)
                          for s in self.specs.values() for p in s.out_ports}
         ports = sum(len(s.in_ports) + len(s.out_ports) for s in self.specs.values())
-        self.transport = make_transport(settings.get("transport", "zmq"), host_id, settings.get("host", "127.0.0.1"),
-                                        settings.get("wire", "auto"), float(settings.get("timeout_s", 60.0)),
+        self.transport = make_transport(settings.transport, host_id, settings.host, settings.wire,
+                                        float(settings.timeout_s),
                                         hwm=(MAX_AHEAD + 2) * ports + 64, max_bytes=max_bytes,
-                                        ports=settings.get("ports"), curve=bool(settings.get("curve")))
+                                        ports=settings.ports, curve=settings.curve)
         self.placement = {i: host_id for i in self.ids}
         # frames (one per host pair per step): the Exchange's dtype and bound, built at `connect`, once the
         # placement of every node is known
-        self.frames = (settings["dtype"], max_bytes) if settings.get("exchange") == "frames" else None
+        self.frames = (settings.dtype, max_bytes) if settings.exchange == "frames" else None
         self.exchange = None
         self.aborted_upto = -1
         self.beat = None

@@ -15,6 +15,7 @@ from ray.util.placement_group import placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.nodeset import PhaseError
+from cluster.runtime.settings import FabricSettings
 
 MIN_CPUS = 0.001
 STRATEGIES = {"pack": "PACK", "spread": "SPREAD"}
@@ -48,17 +49,18 @@ def host_order(hosts: list, links) -> list:
     return order
 
 
-def bundle(settings: dict) -> dict:
+def bundle(settings) -> dict:
     """The resources of one host actor: its CPUs (at least MIN_CPUS) and fabric.resources."""
-    return {"CPU": max(float(settings.get("actor_cpus") or 0.0), MIN_CPUS), **(settings.get("resources") or {})}
+    settings = FabricSettings.of(settings)
+    return {"CPU": max(float(settings.actor_cpus or 0.0), MIN_CPUS), **(settings.resources or {})}
 
 
-def place_hosts(order: list, settings: dict, wait_s: float = 120.0):
+def place_hosts(order: list, settings, wait_s: float = 120.0):
     """Reserve one bundle per host (in `order`) and wait until Ray has placed the group; returns (group, {host:
     actor options}) with each actor asking for exactly its bundle. Raises PlacementError, naming the key, when the
     cluster's totals cannot hold the group, or when it is not placed within `wait_s`."""
     one = bundle(settings)
-    strategy = settings.get("placement", "pack")
+    strategy = FabricSettings.of(settings).placement
     if strategy not in STRATEGIES:
         raise PlacementError(f"fabric.placement: expected one of {list(STRATEGIES)}, got {strategy!r}")
     total = ray.cluster_resources()

@@ -1,0 +1,42 @@
+"""Typed settings: one default per key, an unknown key answered with the closest known one, and the generated key
+reference (docs/reference/config.md) current with the code."""
+import dataclasses
+
+import pytest
+
+from cluster.runtime.settings import DEFAULTS, FabricSettings
+from experiments import config_reference
+from experiments.config import Config, ConfigError, FabricSection, load_config
+
+
+def test_checked_in_reference_is_current():
+    with open(config_reference.OUT) as f:
+        on_disk = f.read()
+    assert on_disk == config_reference.render(), "stale: run python -m experiments.config_reference --write"
+
+
+def test_reference_lists_every_key_with_its_default_and_readers():
+    text = config_reference.render()
+    for f in dataclasses.fields(Config):
+        assert f"| `{f.name}` |" in text or f"### `{f.name}`" in text, f.name
+    assert "| `fabric.hosts` | int | `0` |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| `N` |"))
+    assert row.rstrip().endswith("| hep, hep-fast, hep-osc |")  # the protocols whose nodes get N
+
+
+@pytest.mark.parametrize("key, hint", [("betta=0.2", "'beta'"), ("fabric.hots=2", "'fabric.hosts'"),
+                                       ("sizez=[4, 3]", "'sizes'")])
+def test_unknown_key_names_the_closest(key, hint):
+    with pytest.raises(ConfigError, match=f"did you mean {hint}"):
+        load_config("train", [key])
+
+
+def test_runtime_settings_refuse_unknown_keys_and_share_defaults():
+    with pytest.raises(ValueError, match="did you mean 'hosts'"):
+        FabricSettings.of({"hots": 2})
+    for f in dataclasses.fields(FabricSection):  # the config's fabric keys take the runtime's defaults
+        if f.default is not dataclasses.MISSING and f.default is not None:
+            assert f.default == getattr(DEFAULTS, f.name), f.name
+    c = Config()
+    assert (c.dtype, c.transport, c.granularity, c.optimizer, c.momentum) == \
+        (DEFAULTS.dtype, DEFAULTS.transport, DEFAULTS.granularity, DEFAULTS.optimizer, DEFAULTS.momentum)
