@@ -26,10 +26,5 @@ class Contrastive(Coupled):
         """The clamp fraction of every batch: 1."""
         return 1.0
 
-    def program(self, beta, T1, T2):
-        if beta != 1:
-            raise ValueError(f"beta: protocol cl clamps the output at y, a clamp fraction of 1; got {beta!r}")
-        return super().program(1.0, T1, T2)
-
 
 PROTOCOL = Contrastive()

@@ -43,6 +43,7 @@ class Coupled(Protocol):
                              f"{self.name}'s clamped phase has no such relation (set steps=false)")
 
     def program(self, beta, T1, T2):
+        self.validate(beta)  # the Python API reaches here without a config
         eta = float(beta)
         return (Phase("free", T1, 0.0, "zero", coef=-1.0 / eta),
                 Phase("clamped", T2, eta, "free", coef=1.0 / eta))
