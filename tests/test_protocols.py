@@ -64,7 +64,7 @@ def test_discovery_finds_every_protocol_module():
     import protocols
     modules = {m.name for m in pkgutil.iter_modules(protocols.__path__)} - {"base"}
     assert set(PROTOCOLS) == {"ep", "ep-symmetric", "ep-random-sign", "cep", "vf", "cvf", "hep", "hep-fast",
-                              "hep-osc", "aep", "aep-symmetric", "dyadic", "rhel", "heb"} and len(modules) == len(PROTOCOLS)
+                              "hep-osc", "aep", "aep-symmetric", "dyadic", "rhel", "heb", "cl", "cpl"} and len(modules) == len(PROTOCOLS)
     assert get_protocol(Holomorphic(N=3)).settings == {"N": 3}  # an object passes through
     with pytest.raises(ValueError, match="protocol: unknown protocol 'no-such-rule'"):
         get_protocol("no-such-rule")
