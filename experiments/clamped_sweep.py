@@ -8,7 +8,7 @@ in-process engine:
   * lim = (CpL(eta0) + CpL(-eta0)) / 2, the centred difference (G(s_eta0) - G(s_-eta0)) / (2 eta0), error O(eta0^2),
   * for each eta of the sweep, the one-sided CpL(eta) and the centred (CpL(eta) + CpL(-eta)) / 2, their relative
     L2 errors against lim and the log-log slopes of the errors in eta (theory: 1 and 2),
-  * BPTT through the T1 free steps (cluster/bptt.py), EP's centred estimate at beta = eta0 (ep-symmetric), CL,
+  * BPTT through the T1 free steps (cluster/truth/bptt.py), EP's centred estimate at beta = eta0 (ep-symmetric), CL,
   * the theory's target for lim (protocols/coupled.py): the gradient of L_H = batch mean of
     1/2 (s_out - y)^T H (s_out - y) with H, the output block's Schur complement of E's Hessian, held fixed.
     H comes from the free state's response to the output bias b_out: on `prototypical` dE/ds_out carries -b_out,
@@ -23,8 +23,8 @@ import sys
 import numpy as np
 import torch
 
-from cluster.bptt import bptt_grad
-from cluster.reference import ReferenceEngine, relax
+from cluster.truth.bptt import bptt_grad
+from cluster.inprocess import ReferenceEngine, relax
 from nodes.activations import ACTIVATIONS
 from nodes.dynamics import physics_of
 
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    from cluster.runtime import model_from
+    from cluster.launch import model_from
     from experiments.audit import audit_batch
     from experiments.config import ConfigError, load_config
     try:

@@ -33,6 +33,7 @@ from experiments.results import prepare, pyplot, write_csv, write_json
 from experiments.sequences import load_sequences
 from nodes.optim import Optimizer
 from protocols.base import Phase
+from protocols.rhel import EchoPhase
 
 META_KEYS = ("model", "sizes", "protocol", "eps", "T", "dt", "sided", "nudge", "integrator", "seed", "dataset")
 REPLAY_KEYS = ("granularity", "transport", "engine", "fabric.log", "fabric.split", "fabric.hosts", "fabric.wire",
@@ -52,7 +53,7 @@ def echo_error(engine, T: int, start) -> float:
     """max |s - s_0| after forward, flip and the unnudged echo on the engine, momenta flipped back."""
     engine.begin()
     engine.run_phase(Phase("forward", T))
-    engine.run_phase(Phase("echo0", T, 0.0, "forward", flip=True, copies=(0.0,)))
+    engine.run_phase(EchoPhase("echo0", T, 0.0, "forward", copies=(0.0,)))
     back = torch.cat(engine.states("echo0"), -1)
     back = torch.stack((back[:, 0], -back[:, 1]), 1)
     return float((back - start).abs().max())

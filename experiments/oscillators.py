@@ -27,6 +27,7 @@ from experiments.echo import run_echo_audit, run_echo_train
 from experiments.results import prepare, pyplot, write_json
 from experiments.sequences import TEACHER_K12, load_sequences, teacher_of
 from protocols.base import Phase
+from protocols.rhel import EchoPhase
 
 
 def _trajectory(model, params, x, T):
@@ -60,7 +61,7 @@ def _plot_echo(path, model, params, x, y, T, eps, proto):
     fwd = torch.cat(eng.run_phase(Phase("forward", T), record_states=True)["states"], -1)[:, 0, 0]
     echoes = {}
     for name, copies in (("echo, eps = 0", (0.0,)), (f"echoes at +-{eps:g}", (1.0, -1.0))):
-        st = torch.cat(eng.run_phase(Phase("echo", T, eps, "forward", flip=True, copies=copies),
+        st = torch.cat(eng.run_phase(EchoPhase("echo", T, eps, "forward", copies=copies),
                                      record_states=True)["states"], -1)[:, :, 0]
         echoes[name] = st.flip(0)  # echo step k sits at forward time T - k
     h = model.dt

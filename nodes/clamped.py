@@ -47,7 +47,7 @@ class ClampedRule(NodeRule):
                              f"{spec.model.name} has directed ones (node {self.id})")
 
     def phase(self, ph) -> PhaseRule:
-        if ph.kinds or ph.complex or ph.copies:
+        if ph.kinds or ph.complex or ph.rows(1) != 1:
             raise ValueError(f"node {self.id}, phase {ph.name}: a clamped rule runs real phases with the signal "
                              f"alone (protocol {self.protocol.name})")
         if self.is_output and ph.beta != 0:

@@ -14,7 +14,7 @@ sequence x[:, t] in the forward phase and x[:, T-1-t] in the echo (played backwa
 Phases (protocols/rhel.py, protocols/heb.py):
   forward   T steps from the declared initial state; the output node accumulates its loss (and the gradients of
             its readout, which is no part of H) from the state after each step; only (phi_T, pi_T) is kept.
-  echo      `flip` on entry: from the node's own saved (phi_T, pi_T), copies side by side (Phase.copies, the rows
+  echo      `flip` on entry: from the node's own saved (phi_T, pi_T), copies side by side (the echo phase's copies, the rows
             copy-major), each with pi <- -pi; T steps with the input reversed, every node adding
             h dV/dtheta(phi_half, d_t) per copy at every step. The output node kicks copy c's momentum,
             pi <- pi + copies[c] eps g_n, on entry (n = T) and after echo step k (n = T - k - 1 >= 1; none after the
@@ -100,7 +100,7 @@ class LeapfrogRule(NodeRule):
         if set(ph.kinds) - {"g"}:
             raise ValueError(f"node {self.id}, phase {ph.name}: a Hamiltonian node carries positions and input "
                              f"gradients only, not kinds {tuple(ph.kinds)}")
-        return EchoPhase(self, ph) if ph.flip else ForwardPhase(self, ph)
+        return EchoPhase(self, ph) if getattr(ph, "flip", False) else ForwardPhase(self, ph)
 
     # ---- the physics -----------------------------------------------------------------------------------------
     def below(self, inbox, copies: tuple, batch: int) -> dict:
@@ -242,7 +242,7 @@ class EchoPhase(PhaseRule):
         B = boundary["batch"]
         x = boundary.get("x")
         _check_sequence(n, ph, x, "x")
-        copies = tuple(ph.copies) or (1.0,)
+        copies = tuple(getattr(ph, "copies", ())) or (1.0,)
         C = len(copies)
         s = state["saved"][ph.start].to(boundary["dtype"]).repeat(C, 1, 1)
         phi, pi = s[:, 0], -s[:, 1]  # the flip

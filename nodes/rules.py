@@ -290,7 +290,7 @@ class PhaseRule:
                     const = n.const(params, boundary, state["dtype"])
                     state["const"] = const
         beta = boundary["beta"]
-        if self.ph.period:
+        if self.ph.clocked:
             beta = self.proto.step_beta(self.ph, t, beta)
         y = boundary.get("y") if n.is_output else None
         if y is None and beta != 0 and n.is_output:

@@ -32,15 +32,20 @@ class Phase:
     start: str = "zero"
     complex: bool = False
     coef: complex = 0.0
-    period: int = 0          # > 0: beta is a clock, the protocol's step_beta(phase, t, beta) at step t
     kinds: tuple = ()        # message kinds the phase carries besides the signal `a` (the protocol's `ports`)
-    flip: bool = False       # Hamiltonian echo: every node negates its own momenta on entry (nodes/leapfrog.py)
-    copies: tuple = ()       # Hamiltonian echo: copies of the state run side by side, nudged at copies[c] * beta
+
+    # What one family needs beyond these is its own subclass (e.g. protocols/rhel.EchoPhase: a momentum flip and
+    # copies run side by side; protocols/hep_osc.ClockedPhase: beta as a clock), read by its own rule and hooks.
+    clocked = False          # True: beta is a clock, the protocol's step_beta(phase, t, beta) at every step
+
+    def rows(self, batch: int) -> int:
+        """The rows of the phase's states and messages (a subclass may run several copies of the batch)."""
+        return batch
 
 
 def rows(phase: Phase, batch: int) -> int:
-    """The rows of a phase's states and messages: the batch, times the copies an echo runs side by side."""
-    return batch * max(1, len(phase.copies))
+    """The rows of a phase's states and messages: Phase.rows."""
+    return phase.rows(batch)
 
 
 def add(acc, g):
@@ -99,7 +104,7 @@ class Protocol:
 
     def step_beta(self, phase: Phase, t: int, beta):
         """The nudging strength a node applies at step t of `phase`, from the phase's global beta and its own step
-        counter: constant unless the protocol runs a clock (phase.period > 0)."""
+        counter: constant unless the protocol runs a clock (phase.clocked)."""
         return beta
 
     def gdu_phase(self, program) -> Phase:

@@ -9,8 +9,22 @@ With segments long enough to converge it equals `hep` (same N, |beta|). The free
 own: it is the mean of the last period's segment-end states (their zeroth Fourier coefficient, s0 + O(|beta|^N)),
 each node's own.
 """
+from dataclasses import dataclass
+
 from protocols.base import Phase, add
 from protocols.hep import HolomorphicEP, point
+
+
+@dataclass(frozen=True)
+class ClockedPhase(Phase):
+    """A phase whose beta is a clock: every node asks the protocol's step_beta(phase, t, beta) at each of its steps,
+    segments of `period` steps."""
+
+    period: int = 0
+
+    @property
+    def clocked(self) -> bool:
+        return self.period > 0
 
 
 class HolomorphicOsc(HolomorphicEP):
@@ -28,7 +42,7 @@ class HolomorphicOsc(HolomorphicEP):
         return int(self.settings.get("periods", 3))
 
     def program(self, beta, T1, T2):
-        return (Phase("osc", self.N * self.periods * T2, abs(beta), "zero", complex=True, period=T2),)
+        return (ClockedPhase("osc", self.N * self.periods * T2, abs(beta), "zero", complex=True, period=T2),)
 
     def fallback(self, beta, T1, T2):
         """None: the nodes' clock carries N, so a diverged oscillation's samples are dropped, not re-run at N = 2."""
@@ -40,7 +54,7 @@ class HolomorphicOsc(HolomorphicEP):
     def on_step(self, phase, t, mem, G):
         """At a segment's end (t a multiple of T2, t > 0; the phase's exit for the last), acc += G / (N P beta_k).
         Nothing in a phase without the clock (inference's free phase)."""
-        if not phase.period or t == 0 or t % phase.period:
+        if not phase.clocked or t == 0 or t % phase.period:
             return mem, None
         b = self.step_beta(phase, t - 1, phase.beta)  # the segment that just ended
         mem = {**mem, "acc": add(mem.get("acc"), G(1.0 / (self.N * self.periods * b)))}

@@ -16,6 +16,8 @@ which the output node accumulated directly in the forward pass (a readout is no 
 the phase, eps and `sided` to every node and the input and target sequences at the batch's start; positions cross
 the springs (kind a), nothing else.
 """
+from dataclasses import dataclass
+
 from nodes.hamiltonian import HAMILTONIAN_MODELS
 from nodes.leapfrog import contrast
 from protocols.base import Phase, Protocol
@@ -23,6 +25,20 @@ from protocols.base import Phase, Protocol
 SIDED = {"two": (1.0, -1.0), "one": (0.0, 1.0)}
 NUDGES = ("reference", "own")
 STACK = ("g",)  # the echo's message kind besides the half-step positions: input gradients down a stack  # the kick's cotangent: at the copies' reference state, or at each copy's own
+
+
+
+@dataclass(frozen=True)
+class EchoPhase(Phase):
+    """The echo of a Hamiltonian model: every node negates its own momenta on entry (`flip`, nodes/leapfrog.py) and
+    runs `copies` of its state side by side, copy c nudged at copies[c] * beta (its rows: the batch times the
+    copies)."""
+
+    flip: bool = True
+    copies: tuple = ()
+
+    def rows(self, batch: int) -> int:
+        return batch * max(1, len(self.copies))
 
 
 class RHEL(Protocol):
@@ -59,7 +75,7 @@ class RHEL(Protocol):
     def program(self, eps, T1, T2=None):
         """(forward, echo): T1 = T steps each; the echo's copies from `sided`."""
         copies = SIDED[self.settings.get("sided", "two")]
-        return Phase("forward", T1), Phase("echo", T1, eps, "forward", flip=True, copies=copies, kinds=STACK)
+        return Phase("forward", T1), EchoPhase("echo", T1, eps, "forward", kinds=STACK, copies=copies)
 
     def gdu_phase(self, program):
         return program[-1]

@@ -6,8 +6,8 @@ of the H-weighted cost the theory predicts, not EP's gradient; bad settings are 
 import pytest
 import torch
 
-from cluster.coordinator import FabricEngine
-from cluster.reference import ReferenceEngine
+from cluster.runtime.coordinator import FabricEngine
+from cluster.inprocess import ReferenceEngine
 from experiments.clamped_sweep import sweep
 from nodes.layered import layered, layered_asym
 from tests.conftest import batch, scaled_params
