@@ -11,6 +11,7 @@
                                                      first nudged)
     estimate() -> g_hat (owners' copies); estimate_drift() / replica_drift(): primary vs replica, per tensor
     update(); train_batch(x, y, beta, T1, T2, draw=None) -> prediction; infer(x, steps) -> output; output(name)
+    run_batch(x, y, program, draw=None, apply=True) -> (prediction, {phase: residuals}): any program as one batch
     gated_batch(x, y, beta, T1, T2, draw, residual_tol) -> (prediction, dropped samples, fell back to N = 2)
     get_state() -> {node: bytes} / set_state(...); message_logs() -> {"nodes": {...}, "refused", "unknown"}; close()
     lineage() -> {node: [(batch serial, update hash)]}: every update a node applied in a batch given a draw
@@ -76,6 +77,11 @@ class Engine:
             self.update()
         return self.prediction(program), {k: torch.tensor(v["residuals"], dtype=torch.float64)
                                               for k, v in res.items()}
+
+    def run_batch(self, x, y, program, draw=None, apply: bool = True) -> tuple:
+        """set_batch, `program` (any phases: a family's own evaluation pass too), the update if `apply` (the fabric:
+        one control call per host): (the output's prediction, {phase: (B,) residuals})."""
+        return self._run_batch(x, y, program, draw, apply)
 
     def train_batch(self, x, y, beta, T1: int, T2: int, draw=None):
         """set_batch, the program, the update; returns the output's prediction (the protocol's: the first phase's

@@ -3,8 +3,8 @@ of the next epoch done, that epoch's running sums), the metrics so far, and the 
 
 Written atomically (temporary file, then rename) so a crash never leaves a half-written checkpoint. A checkpoint
 is taken between batches, when every node is at the same batch (a consistent cut). The data order and random signs
-of epoch e come from `default_rng([seed, e])` (experiments/train.epoch_plan), so a run's position is all the RNG
-state there is, and resuming or replaying from a checkpoint is exact.
+of epoch e are a pure function of (seed, e) (the family's plan, experiments/hooks.py), so a run's position is all the
+RNG state there is, and resuming or replaying from a checkpoint is exact.
 """
 from __future__ import annotations
 

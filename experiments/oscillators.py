@@ -1,4 +1,5 @@
-"""The Hamiltonian echo experiments (docs/algorithms.md §10; experiments/echo.py trains and audits):
+"""The Hamiltonian echo experiments (docs/algorithms.md §10; `train` trains, with checkpoints and recovery, and
+experiments/echo.py audits):
 
   two-mass       §13 T3's system learns k12 from a teacher with k12* = 1.5 (phi_2 of the same system from the same
                  initial state), starting at 0.7: the loss and k12 per epoch; plots of phi_2 against the target
@@ -15,6 +16,7 @@ folder.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 
@@ -23,11 +25,19 @@ import torch
 from cluster.truth.echo import System, simulate
 from cluster.inprocess import ReferenceEngine
 from cluster.launch import model_from, protocol_from
-from experiments.echo import run_echo_audit, run_echo_train
+from experiments.echo import run_echo_audit
 from experiments.results import prepare, pyplot, write_json
 from experiments.sequences import TEACHER_K12, load_sequences, teacher_of
+from experiments.train import run_train
 from protocols.base import Phase
 from protocols.rhel import EchoPhase
+
+
+def _train(cfg, out_dir: str) -> tuple:
+    """(what the training run's metrics.json holds, its final parameters)."""
+    final = run_train(cfg, out_dir, progress=True)["final_params"]
+    with open(os.path.join(out_dir, "metrics.json")) as f:
+        return json.load(f), final
 
 
 def _trajectory(model, params, x, T):
@@ -92,8 +102,7 @@ def run_two_mass(cfg, out_dir: str) -> dict:
     prepare(out_dir, cfg)
     model = model_from(cfg)
     data = load_sequences(cfg)
-    res = run_echo_train(cfg, os.path.join(out_dir, "train"), progress=True)
-    final = res.pop("_final")
+    res, final = _train(cfg, os.path.join(out_dir, "train"))
     p0 = model.init_params(cfg.seed)
     T, h = cfg.T, cfg.dt
     t = (-T * h + h * torch.arange(1, T + 1)).numpy()
@@ -118,8 +127,7 @@ def run_two_mass(cfg, out_dir: str) -> dict:
 def run_chain(cfg, out_dir: str) -> dict:
     prepare(out_dir, cfg)
     audit = run_echo_audit(cfg, os.path.join(out_dir, "audit"), quiet=False)
-    res = run_echo_train(cfg, os.path.join(out_dir, "train"), progress=True)
-    final = res.pop("_final")
+    res, final = _train(cfg, os.path.join(out_dir, "train"))
     model = model_from(cfg)
     data = load_sequences(cfg)
     p0 = model.init_params(cfg.seed)
@@ -149,8 +157,7 @@ def run_hru_sequence(cfg, out_dir: str) -> dict:
     runs = []
     for seed in cfg.echo.seeds:
         c = dataclasses.replace(cfg, seed=int(seed), bptt_baseline=True)
-        res = run_echo_train(c, os.path.join(out_dir, f"seed{seed}"), progress=True)
-        res.pop("_final")
+        res, _ = _train(c, os.path.join(out_dir, f"seed{seed}"))
         audit = run_echo_audit(dataclasses.replace(c, eps=cfg.echo.audit_eps, engine="reference"),
                                os.path.join(out_dir, f"seed{seed}", "audit"), quiet=True)
         runs.append({"seed": int(seed), "rhel_test_accuracy": res["test_accuracy"],

@@ -4,9 +4,9 @@ Every `checkpoint_every` batches and at every epoch's end the coordinator takes 
 batches, so every node is at the same batch; each node packs its own state) and writes it atomically, in the
 `--resume` format. When a host dies (Ray reports the actor dead: cluster/fabric.HostLost), the whole fabric is torn
 down, a new one is built (new actors, endpoints and credentials), each node is sent its own state from the last
-checkpoint, and the batches since then are replayed in their seeded order (experiments/train.epoch_plan). No
-update is lost or applied twice: the result is bit-identical to an uninterrupted run, which the nodes' lineages
-(batch serial, hash of the update; cluster/nodeset.update_hash) show batch by batch.
+checkpoint, and the batches since then are replayed in their seeded order (the family's plan,
+experiments/hooks.py). No update is lost or applied twice: the result is bit-identical to an uninterrupted run,
+which the nodes' lineages (batch serial, hash of the update; cluster/nodeset.update_hash) show batch by batch.
 """
 from __future__ import annotations
 
