@@ -155,6 +155,11 @@ RUNS = [
          "dt 0.5 so that 40 steps reach the last mass"),
     _run("audit-hru-sequence", "audit", "hru-sequence", ("T=20", "batch=4", "dataset=synthetic-motion"),
          "hamiltonian", "aeon's BasicMotions absent here: the synthetic stand-in"),
+    # ---- audits: clamped (contrastive and coupled learning) ----
+    _run("audit-cpl-digits", "audit", "cpl-digits", (*LAYERED, "T1=15", "T2=6"), "prototypical",
+         "coupled learning, eta = beta"),
+    _run("audit-cl-digits", "audit", "cl-digits", (*LAYERED, "T1=15", "T2=6", "engine=reference"), "prototypical",
+         "contrastive learning"),
     # ---- one short training epoch ----
     _run("train-train", "train", "train", ("epochs=1", "T1=10", "T2=4", "batch=64", "checkpoint_every=0"),
          "prototypical", "shipped float32"),

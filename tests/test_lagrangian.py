@@ -7,7 +7,7 @@ differences with step 1e-4: truncation O(step^2) ~ 1e-7 (measured 1.1e-7), round
 """
 import torch
 
-from cluster import lagrangian as lg
+from cluster.truth import lagrangian as lg
 
 TH = lg.params_tensor()
 
