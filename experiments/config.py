@@ -24,10 +24,16 @@ from nodes.layered import FEEDBACK_INITS
 from nodes.models import MODEL_NAMES
 from nodes.optim import OPTIMIZERS
 from protocols import PROTOCOLS
+from protocols.base import setting_default
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
 RAY_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ray_config.yaml")
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)$")
+
+
+def protocol_default(key: str):
+    """A carried protocol setting's default: the one its protocols' Settings declare (protocols/*.py)."""
+    return setting_default(key, PROTOCOLS.values())
 
 
 @dataclass(frozen=True)
@@ -97,8 +103,8 @@ class Config:
     T1: int = 30               # steps of the free phase
     T2: int = 10               # steps of each nudged phase
     dt: float = 1.0            # the step of the discrete dynamics (an Euler step; the leapfrog's h)
-    N: int = 2                 # hep: points on the circle of complex beta
-    periods: int = 3               # hep-osc: periods of the N-segment oscillation
+    N: int = protocol_default("N")  # hep: points on the circle of complex beta
+    periods: int = protocol_default("periods")  # hep-osc: periods of the N-segment oscillation
     batch: int = 32            # samples per minibatch (audit: the frozen batch)
     seed: int = 0              # seeds the initial parameters, the data split, the batch order and the noise
     granularity: str = FABRIC.granularity
@@ -116,11 +122,14 @@ class Config:
     init_scale: float = 1.0        # the seeded initial weights are multiplied by this
     feedback_init: str = "transpose"  # asymmetric nets: B{n} starts as W{n}^T, "independent", or "none" (feed-forward)
     angle: float = 0.0             # prototypical-asym: each B entry's sign flipped with probability (1 - cos psi) / 2
-    random_sign: bool = False      # vf / cvf: the sign of beta drawn per batch (as ep-random-sign does)
+    random_sign: bool = protocol_default("random_sign")  # vf / cvf: the sign of beta drawn per batch (as
+                                                         # ep-random-sign does)
     eps: float = 0.01              # rhel / heb: the echo's nudging strength (each copy's nudge is +-eps or 0)
     T: int = 100                   # Hamiltonian models: the sequence length, the number of forward (and echo) steps
-    sided: str = "two"             # rhel / heb: echo copies nudged at +eps and -eps ("two") or at 0 and +eps ("one")
-    nudge: str = "reference"   # rhel / heb: the kicks' cotangent at the copies' reference state, or each copy's own
+    sided: str = protocol_default("sided")  # rhel / heb: echo copies nudged at +eps and -eps ("two") or at 0 and +eps
+                                            # ("one")
+    nudge: str = protocol_default("nudge")  # rhel / heb: the kicks' cotangent at the copies' reference state, or each
+                                            # copy's own
     integrator: str = "leapfrog"   # Hamiltonian models: leapfrog (position Verlet, force at the half step); the
                                    # ablations start-force and euler are not time-reversible (refused by rhel, heb)
     damping: float = 0.0           # Hamiltonian models: a friction -damping * pi (dissipative: refused by rhel, heb)

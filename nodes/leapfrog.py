@@ -86,7 +86,7 @@ class LeapfrogRule(NodeRule):
         self.biases = tuple(t.weight for t in spec.terms if t.kind == "bias")
         self.readout = dict(echo.readout) if self.is_output else {}
         self.terminal = bool(getattr(protocol, "terminal", False))
-        self.nudge = protocol.settings.get("nudge", "reference")
+        self.nudge = protocol.settings["nudge"]
         if self.is_output and echo.loss in READOUTS and spec.width != model.group(group).size:
             raise ValueError(f"granularity: loss {echo.loss} reads the whole output group {group}; it runs on one "
                              f"node (layer granularity, split 1), not on node {self.id}")

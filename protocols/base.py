@@ -15,6 +15,7 @@ Python API (experiments/api.py).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,21 +67,40 @@ class Protocol:
     needs_beta = True        # beta = 0 is an invalid config
     has_step_rule = False    # on_step runs at every step (parameters may change inside a phase)
     updates_in_phases = False  # parameters change inside phases only: no optimiser step at the end of a batch
-    keys = ()                # config keys carried to the nodes, e.g. ("N",): their values are in self.settings
+    Settings = None          # its own settings: a frozen dataclass whose fields (with their one default each) are the
+                             # config keys carried to the nodes; their values are in self.settings
+    keys = ()                # the carried keys (the Settings' fields; a protocol without Settings may list them)
     checks = ()              # config keys that `validate` reads but the nodes do not get (e.g. the optimiser)
     models = ()              # the model names it runs on (empty: any)
     ports = ()               # extra message kinds its phases may carry (nodes/graph.EXTRA_KINDS): ports derived
     rule = None              # the nodes' rule class for it (a nodes.rules.NodeRule subclass; None: the model's)
     stationary = False       # its estimate reads stationary states: with residual_tol, an unsettled phase fails the audit
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("Settings") is not None:
+            cls.keys = tuple(f.name for f in dataclasses.fields(cls.Settings))
+
     def __init__(self, **settings):
-        self.settings = dict(settings)
+        self.settings = self._typed(settings)
+
+    def _typed(self, settings: dict) -> dict:
+        """The settings as the protocol's Settings declare them: every field, its default where not given; a key
+        it does not declare is a ValueError naming it."""
+        if self.Settings is None:
+            return dict(settings)
+        names = [f.name for f in dataclasses.fields(self.Settings)]
+        unknown = sorted(set(settings) - set(names))
+        if unknown:
+            raise ValueError(f"{unknown[0]}: protocol {self.name} has no setting {unknown[0]!r} (its settings: "
+                             f"{', '.join(names)})")
+        return dataclasses.asdict(self.Settings(**settings))
 
     def configured(self, **settings) -> "Protocol":
         """A copy of this protocol with its carried settings (the config keys named in `keys`)."""
         p = type(self).__new__(type(self))
         p.__dict__.update(self.__dict__)
-        p.settings = {**self.settings, **settings}
+        p.settings = self._typed({**self.settings, **settings})
         return p
 
     def validate(self, beta, **settings) -> None:
@@ -136,3 +156,13 @@ class Protocol:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {self.settings})"
+
+
+def setting_default(key: str, protocols) -> object:
+    """The one default of a carried setting, from the Settings of the protocols that declare it (they must agree)."""
+    found = {f.default for p in protocols if p.Settings is not None for f in dataclasses.fields(p.Settings)
+             if f.name == key}
+    if len(found) != 1:
+        raise RuntimeError(f"protocol setting {key!r}: {'no' if not found else 'disagreeing'} defaults {found}")
+    return found.pop()
+

@@ -11,11 +11,12 @@ gradients; at lr = 0 it differs from `vf`'s by O(beta). `random_sign` draws the 
 """
 from protocols.base import add
 from protocols.cep import ContinualEP
+from protocols.vf import SignSettings
 
 
 class ContinualVF(ContinualEP):
     name = "cvf"
-    keys = ("random_sign",)
+    Settings = SignSettings
     models = ("prototypical-asym",)
 
     def on_step(self, phase, t, mem, G):

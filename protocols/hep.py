@@ -9,6 +9,8 @@ Every operation on the complex states must be holomorphic: `validate` admits onl
 import cmath
 
 from nodes.activations import HOLOMORPHIC
+from dataclasses import dataclass
+
 from protocols.base import Phase, Protocol
 
 
@@ -25,9 +27,14 @@ def points(beta, N: int) -> list:
     return [point(beta, k, N) for k in range(N)]
 
 
+@dataclass(frozen=True)
+class HolomorphicSettings:
+    N: int = 2               # points on the circle of complex beta
+
+
 class HolomorphicEP(Protocol):
     name = "hep"
-    keys = ("N",)
+    Settings = HolomorphicSettings
     checks = ("activation",)
 
     def validate(self, beta, N=2, activation="sigmoid", **settings) -> None:
@@ -40,7 +47,7 @@ class HolomorphicEP(Protocol):
 
     @property
     def N(self) -> int:
-        return int(self.settings.get("N", 2))
+        return int(self.settings["N"])
 
     def fallback(self, beta, T1, T2):
         """N = 2 (real runs at +-|beta|, `ep-symmetric`'s estimate): no complex state left to diverge."""

@@ -27,9 +27,15 @@ class ClockedPhase(Phase):
         return self.period > 0
 
 
+@dataclass(frozen=True)
+class OscSettings:
+    N: int = 2               # points on the circle of complex beta
+    periods: int = 3         # periods of the N-segment oscillation
+
+
 class HolomorphicOsc(HolomorphicEP):
     name = "hep-osc"
-    keys = ("N", "periods")
+    Settings = OscSettings
     has_step_rule = True     # a segment-end accumulation at a step inside the phase (no parameter change)
 
     def validate(self, beta, N=2, activation="sigmoid", periods=3, **settings) -> None:
@@ -39,7 +45,7 @@ class HolomorphicOsc(HolomorphicEP):
 
     @property
     def periods(self) -> int:
-        return int(self.settings.get("periods", 3))
+        return int(self.settings["periods"])
 
     def program(self, beta, T1, T2):
         return (ClockedPhase("osc", self.N * self.periods * T2, abs(beta), "zero", complex=True, period=T2),)

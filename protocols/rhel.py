@@ -41,10 +41,16 @@ class EchoPhase(Phase):
         return batch * max(1, len(self.copies))
 
 
+@dataclass(frozen=True)
+class EchoSettings:
+    sided: str = "two"         # echo copies nudged at +eps and -eps ("two") or at 0 and +eps ("one")
+    nudge: str = "reference"   # the kicks' cotangent at the copies' reference state, or each copy's own
+
+
 class RHEL(Protocol):
     name = "rhel"
     needs_beta = False
-    keys = ("sided", "nudge")
+    Settings = EchoSettings
     checks = ("eps", "integrator", "damping", "noise", "residual_tol")
     models = HAMILTONIAN_MODELS
     ports = STACK     # a stacked layer's input gradient to the layer below (none in a model without a stack)
@@ -74,7 +80,7 @@ class RHEL(Protocol):
 
     def program(self, eps, T1, T2=None):
         """(forward, echo): T1 = T steps each; the echo's copies from `sided`."""
-        copies = SIDED[self.settings.get("sided", "two")]
+        copies = SIDED[self.settings["sided"]]
         return Phase("forward", T1), EchoPhase("echo", T1, eps, "forward", kinds=STACK, copies=copies)
 
     def gdu_phase(self, program):

@@ -9,12 +9,19 @@ every node pairs its own post-synaptic change with the pre-synaptic free signals
 The node keeps its own free state and its neighbours' free signals (what the last free exchange delivered) until
 the nudged phase ends. `random_sign` draws the sign of beta per batch.
 """
+from dataclasses import dataclass
+
 from protocols.base import Phase, Protocol
+
+
+@dataclass(frozen=True)
+class SignSettings:
+    random_sign: bool = False  # the sign of beta drawn per batch (as ep-random-sign does)
 
 
 class VectorField(Protocol):
     name = "vf"
-    keys = ("random_sign",)
+    Settings = SignSettings
     models = ("prototypical-asym", "vector-field", "vector-graph")
     stationary = True
 

@@ -40,3 +40,30 @@ def test_runtime_settings_refuse_unknown_keys_and_share_defaults():
     c = Config()
     assert (c.dtype, c.transport, c.granularity, c.optimizer, c.momentum) == \
         (DEFAULTS.dtype, DEFAULTS.transport, DEFAULTS.granularity, DEFAULTS.optimizer, DEFAULTS.momentum)
+
+
+def test_a_protocol_declares_its_own_settings_and_their_one_default():
+    from dataclasses import dataclass
+
+    from protocols import PROTOCOLS, get_protocol
+    from protocols.base import Protocol, setting_default
+    from protocols.hep import HolomorphicSettings
+    from protocols.rhel import EchoSettings
+    assert get_protocol("hep").keys == ("N",) and get_protocol("hep-fast").keys == ("N",)
+    assert get_protocol("hep-osc").keys == ("N", "periods") and get_protocol("heb").keys == ("sided", "nudge")
+    assert get_protocol("rhel").configured(sided="one").settings == {"sided": "one", "nudge": "reference"}
+    with pytest.raises(ValueError, match="protocol hep has no setting 'M'"):
+        get_protocol("hep").configured(M=3)
+    c = Config()  # the config's defaults are the protocols' own
+    assert (c.N, c.sided, c.nudge) == (HolomorphicSettings().N, EchoSettings().sided, EchoSettings().nudge)
+
+    @dataclass(frozen=True)
+    class Other:
+        N: int = 5
+
+    class Disagreeing(Protocol):
+        name = "disagreeing"
+        Settings = Other
+
+    with pytest.raises(RuntimeError, match="disagreeing defaults"):
+        setting_default("N", [*PROTOCOLS.values(), Disagreeing()])
