@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nodes.interface import Grad, Held, Interaction, NoGrad, Term
+from nodes.interface import Grad, Held, Interaction, NoGrad, Term, connected
 
 
 def _block_mask(mask, rows, cols):
@@ -32,11 +32,6 @@ def _block_mask(mask, rows, cols):
     if mask is None:
         return None
     return torch.tensor([row[cols[0]:cols[1]] for row in mask[rows[0]:rows[1]]], dtype=torch.float64)
-
-
-def connected(mask, rows, cols) -> bool:
-    """Whether the mask leaves any non-zero entry in the (rows, cols) block (True when dense)."""
-    return mask is None or any(any(row[cols[0]:cols[1]]) for row in mask[rows[0]:rows[1]])
 
 
 def replica_name(it: "Dense", group: str) -> str:

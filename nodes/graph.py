@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nodes.dense import Dense, connected as _connected
+from nodes.dense import Dense
 from nodes.interface import (EXTRA_KINDS, INTERACTIONS, ROLES, SIGNAL, Block, Grad, Group, Held, Interaction, Local,
-                             NodeSpec, Port, Slot, Term, assemble, carried, slice_params, target_of)
+                             NodeSpec, Port, Slot, Term, assemble, carried, connected as _connected, slice_params,
+                             target_of)
 
 __all__ = ["Model", "EXTRA_KINDS", "INTERACTIONS", "ROLES", "SIGNAL", "Block", "Dense", "Grad", "Group", "Held",
            "Interaction", "Local", "NodeSpec", "Port", "Slot", "Term", "assemble", "carried", "slice_params",

@@ -34,6 +34,12 @@ def carried(kinds) -> frozenset:
     return frozenset((SIGNAL, *kinds))
 
 
+def connected(mask, rows, cols) -> bool:
+    """Whether a structural mask (0/1 rows of the destination, None: dense) leaves any non-zero entry in the
+    (rows, cols) block: whether two blocks are neighbours through it."""
+    return mask is None or any(any(row[cols[0]:cols[1]]) for row in mask[rows[0]:rows[1]])
+
+
 @dataclass(frozen=True)
 class Group:
     """A unit group: `size` units with state fields `layout` (e.g. ("s",), ("m", "d"), ("phi", "pi"))."""
