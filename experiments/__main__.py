@@ -9,9 +9,12 @@ import argparse
 import sys
 import time
 
-COMMANDS = ("train", "audit", "bench", "sweep", "tradeoff", "compare", "two-mass", "chain", "hru-sequence")
-DEFAULT_CONFIG = {"train": "train", "audit": "audit", "bench": "bench", "sweep": "sweep", "tradeoff": "cep-tradeoff",
-                  "compare": "hep-noise", "two-mass": "two-mass", "chain": "chain", "hru-sequence": "hru-sequence"}
+from experiments.families import default_configs
+
+# the pipeline's commands and their default configs, then every experiment a family declares (experiments/families/)
+DEFAULT_CONFIG = {"train": "train", "audit": "audit", "bench": "bench", "sweep": "sweep", "compare": None,
+                  **default_configs()}
+COMMANDS = tuple(DEFAULT_CONFIG)
 
 
 def parse_args(argv):
@@ -36,7 +39,10 @@ def main(argv=None) -> int:
             from experiments.train import resume_config
             cfg, out = resume_config(args.resume, args.sets)
         else:
-            cfg = load_config(args.config or DEFAULT_CONFIG[args.command], args.sets)
+            name = args.config or DEFAULT_CONFIG[args.command]
+            if name is None:
+                raise ConfigError("CONFIG", f"command {args.command} has no default config: name one")
+            cfg = load_config(name, args.sets)
             out = args.out or f"results/{args.command}-{time.strftime('%Y%m%d-%H%M%S')}"
         from experiments.api import Simulator
         sim = Simulator(config=cfg)
@@ -46,14 +52,12 @@ def main(argv=None) -> int:
             sim.audit(out, quiet=False, sets=args.sets)
         elif args.command == "bench":
             sim.bench(out)
-        elif args.command == "tradeoff":
-            sim.tradeoff(out)
         elif args.command == "compare":
             sim.compare(out)
-        elif args.command in ("two-mass", "chain", "hru-sequence"):
-            sim.experiment(args.command, out)
-        else:
+        elif args.command == "sweep":
             sim.sweep(out, args.grid, sets=args.sets)
+        else:
+            sim.experiment(args.command, out)
         return 0
     except (ConfigError, DatasetError) as err:
         print(f"error: invalid {'config' if isinstance(err, ConfigError) else 'input'}: {err}", file=sys.stderr)

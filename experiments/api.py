@@ -21,6 +21,7 @@ import contextlib
 import time
 
 from experiments.config import Config, _build, _set_dotted, load_config, validate
+from experiments.families import commands, family_of
 from protocols import get_protocol
 from protocols.base import Protocol
 
@@ -33,11 +34,8 @@ def _config(base: Config | None, model, protocol, overrides: dict) -> Config:
         _set_dotted(data, f"fabric.{k}" if k in FABRIC_SHORT else k, v)
     if protocol is not None:
         data["protocol"] = get_protocol(protocol).name
-    if model is not None and model.echo is not None:  # a Hamiltonian model: its config sizes say how it was built
-        data["model"], data["dt"] = model.name, model.dt
-    elif model is not None:
-        data["sizes"] = [g.size for g in model.groups]
-        data["model"], data["activation"], data["dt"] = model.name, model.activation, model.dt
+    if model is not None:  # its family says which config keys describe how it was built
+        data.update(family_of(model).hook("describe")(model))
     return validate(_build(Config, data), model=model, protocol=protocol)
 
 
@@ -72,12 +70,6 @@ class Simulator:
         from experiments.sweep import run_sweep
         return run_sweep(self._with(overrides), out or _stamp("sweep"), grid, sets)
 
-    def tradeoff(self, out: str | None = None, **overrides) -> dict:
-        """cep at several learning rates and cvf at several feedback angles, trained per seed: final errors against
-        the update-BPTT angle, with their Spearman correlation; returns what metrics.json holds."""
-        from experiments.tradeoff import run_tradeoff
-        return run_tradeoff(self._with(overrides), out or _stamp("tradeoff"))
-
     def compare(self, out: str | None = None, **overrides) -> dict:
         """Every setting of the config's `compare` section at every grid point, trained per seed, with its
         update-BPTT alignment at the initial weights; returns what metrics.json holds."""
@@ -85,10 +77,13 @@ class Simulator:
         return run_compare(self._with(overrides), out or _stamp("compare"))
 
     def experiment(self, name: str, out: str | None = None, **overrides) -> dict:
-        """A Hamiltonian echo experiment (experiments/oscillators.py: two-mass, chain, hru-sequence); returns what
-        its metrics.json holds."""
-        from experiments.oscillators import EXPERIMENTS
-        return EXPERIMENTS[name](self._with(overrides), out or _stamp(name))
+        """An experiment a family declares (experiments/families/: its `commands`, e.g. the layered nets' tradeoff);
+        returns what its metrics.json holds."""
+        cmds = commands()
+        if name not in cmds:
+            raise ValueError(f"experiment {name!r}: the families declare {sorted(cmds)}")
+        from experiments.families import resolve
+        return resolve(cmds[name].run)(self._with(overrides), out or _stamp(name))
 
     def bench(self, out: str | None = None, **overrides) -> dict:
         from experiments.bench import run_bench

@@ -1,6 +1,6 @@
 """`audit`: the gradient and locality audit of a protocol on an engine against its truth, whatever the model.
 
-The model's family (experiments/families.py picks it: from the model object, else from the config's model name or a
+The model's family (experiments/families/ picks it: from the model object, else from the config's model name or a
 replayed bundle's) runs its own audit and writes out_dir: audit.npz (the pinned bundle, docs/algorithms.md §1),
 audit.json and its plots.
 """
@@ -19,4 +19,4 @@ def run_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=None, proto
     `sets`: the command line's --set items that may change a replayed bundle's settings."""
     name = (cfg.replay and bundle_model(cfg.replay)) or cfg.model
     fam = family_of(model) if model is not None else family_of(name=name)
-    return fam.audit(cfg, out_dir, sets, quiet, model, protocol)
+    return fam.hook("audit")(cfg, out_dir, sets, quiet, model, protocol)

@@ -7,7 +7,6 @@ under `shrunk`) but keeps every ratio key.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
@@ -135,7 +134,7 @@ class Products:
     a3@W2 (layer 2), a2@W2.T (layer 3), as the same torch.addmm calls nodes/dynamics.field makes."""
 
     def __init__(self, cfg, sizes, batch, dtype, device="cpu"):
-        model = model_from(dataclasses.replace(cfg, sizes=list(sizes)))
+        model = model_from(cfg.replace(sizes=list(sizes)))
         self.p = {k: v.to(device) for k, v in model.init_params(cfg.seed, dtype).items()}
         self.N, self.device = len(model.sizes) - 1, str(device)
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -193,7 +192,7 @@ def autograd_ep_batch(x, y, W, b, T1, T2, beta, rho, lrs):
 
 
 def explicit_vs_autograd(cfg, repeats) -> dict:
-    c = dataclasses.replace(cfg, engine="reference", **PUBLISHED)
+    c = cfg.replace(engine="reference", **PUBLISHED)
     dtype = DTYPES[c.dtype]
     model = model_from(c)
     params = model.init_params(c.seed, dtype)
@@ -239,7 +238,7 @@ def cuda_step(cfg, sizes, batch, steps, repeats) -> dict:
     """The in-process step on cfg.device (or cuda:0 when the config says cpu): replayed as CUDA graphs (the
     engine's default), launched kernel by kernel (capture=False), and its matrix products alone."""
     dtype, device = DTYPES[cfg.dtype], cfg.device if cfg.device.startswith("cuda") else "cuda"
-    model = model_from(dataclasses.replace(cfg, sizes=list(sizes)))
+    model = model_from(cfg.replace(sizes=list(sizes)))
     engines = {}
     for name, capture in (("graph", True), ("eager", False)):
         eng = engines[name] = ReferenceEngine(model, cfg.protocol, dtype, lrs_by_param(model, cfg.lrs), device=device,

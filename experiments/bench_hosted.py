@@ -103,9 +103,9 @@ def hosted(cfg) -> tuple:
     quick: a 64-24-10 net on 2 hosts, one timed batch, three sizes for the slope."""
     net = dict(PUBLISHED, lr=5e-4, optimizer="adam")
     if cfg.quick:
-        c = dataclasses.replace(cfg, **dict(net, sizes=[64, 24, 10], T1=5, T2=2))
+        c = cfg.replace(**dict(net, sizes=[64, 24, 10], T1=5, T2=2))
         return hosted_neuron(c, [2], 1), nodes_scaling(c, [6, 14, 30], 2, 3)
-    c = dataclasses.replace(cfg, **net)
+    c = cfg.replace(**net)
     return hosted_neuron(c, [1, 2, 4], 2), nodes_scaling(c, [6, 22, 54, 118, 246, 512], 2, 5)
 
 

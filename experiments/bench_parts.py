@@ -2,7 +2,6 @@
 the count of data-plane messages in a log, Ray's process budget, and the progress log on stderr."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import time
@@ -29,7 +28,7 @@ def _batch(cfg, sizes, batch, dtype):
 
 def _engine(cfg, **changes):
     """An engine with its parameters set; returns (cfg', engine)."""
-    c = dataclasses.replace(cfg, **changes)
+    c = cfg.replace(**changes)
     eng = make_engine(c)
     try:
         eng.set_params(model_from(c).init_params(c.seed, DTYPES[c.dtype]))

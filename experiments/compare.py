@@ -1,5 +1,5 @@
 """`compare CONFIG`: settings trained side by side, per seed, with each run's update-BPTT alignment at its initial
-weights (the holomorphic-EP tables `hep-noise` and `hep-depth`; docs/algorithms.md §7).
+weights (docs/algorithms.md §7; docs/guide.md lists the shipped comparison configs).
 
 The config's `compare` section lists `settings` (each a `label` and the keys it `set`s) and a `grid` ({key: values},
 crossed with every setting, e.g. noise and dataset); every point is trained once per seed of `seeds` with the rest
@@ -15,7 +15,6 @@ setting, one panel per grid point).
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 import os
@@ -30,10 +29,11 @@ from cluster.truth.bptt import bptt_grad
 from cluster.launch import make_engine, model_from, protocol_from
 from experiments.config import ConfigError, _build, _set_dotted, validate
 from experiments.datasets import load_dataset, one_hot
+from experiments.families import FAMILIES
 from experiments.results import prepare, pyplot, write_json
 from experiments.train import run_train
 
-GATE_KEYS = ("dropped_samples", "hep_fallbacks")
+GATE_KEYS = tuple(dict.fromkeys(k for fam in FAMILIES for k in fam.gate_keys))  # the families' gate metrics
 
 
 def points_of(cfg) -> list:
@@ -78,7 +78,7 @@ def initial_angles(cfg, batches: int, shuffled: bool = True) -> list:
     rng = np.random.default_rng(cfg.seed)
     n = len(ds.x_train)
     order = np.random.default_rng([cfg.seed, 0]).permutation(n) if shuffled else np.arange(n)
-    engine = make_engine(dataclasses.replace(cfg, dtype="float64"), model, proto)
+    engine = make_engine(cfg.replace(dtype="float64"), model, proto)
     out = []
     try:
         for k in range(batches):

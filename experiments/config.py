@@ -18,22 +18,15 @@ import yaml
 from cluster.runtime.settings import DEFAULTS as FABRIC
 from cluster.runtime.transport import LOOPBACK, WIRES
 from experiments.errors import ConfigError
+from experiments.families import FAMILIES, family_of
 from nodes.activations import ACTIVATIONS
-from nodes.hamiltonian import HAMILTONIAN_MODELS, INTEGRATORS
-from nodes.layered import FEEDBACK_INITS
 from nodes.models import MODEL_NAMES
 from nodes.optim import OPTIMIZERS
 from protocols import PROTOCOLS
-from protocols.base import setting_default
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
 RAY_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ray_config.yaml")
 _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)$")
-
-
-def protocol_default(key: str):
-    """A carried protocol setting's default: the one its protocols' Settings declare (protocols/*.py)."""
-    return setting_default(key, PROTOCOLS.values())
 
 
 @dataclass(frozen=True)
@@ -67,15 +60,6 @@ class BenchSection:
 
 
 @dataclass(frozen=True)
-class TradeoffSection:
-    """`tradeoff` (experiments/tradeoff.py): the settings trained and the seeds."""
-    cep_lr: list = field(default_factory=list)      # cep at each learning rate (a number or one per layer pair)
-    cvf_angle: list = field(default_factory=list)   # cvf at each feedback angle psi (degrees)
-    seeds: list = field(default_factory=lambda: [0, 1, 2])
-    angle_batches: int = 4                          # training batches the update-BPTT angle is averaged over
-
-
-@dataclass(frozen=True)
 class CompareSection:
     """`compare` (experiments/compare.py): every setting at every combination of the grid, trained per seed."""
     settings: list = field(default_factory=list)    # [{label: str, set: {key: value, ...}}, ...]
@@ -86,87 +70,184 @@ class CompareSection:
 
 
 @dataclass(frozen=True)
-class EchoSection:
-    """The Hamiltonian echo experiments (experiments/oscillators.py)."""
-    seeds: list = field(default_factory=lambda: [0, 1, 2])   # hru-sequence: one RHEL and one BPTT run per seed
-    audit_eps: float = 1e-4                                  # hru-sequence: eps of each seed's one-batch audit
+class RunSection:
+    """How and where a run goes: the engine, the partition, the arithmetic, the machine, the seed."""
+    engine: str = "fabric"     # fabric (nodes on Ray host actors) or reference (the same rules in-process)
+    granularity: str = FABRIC.granularity
+    transport: str = FABRIC.transport
+    dtype: str = FABRIC.dtype
+    device: str = "cpu"        # torch device of the in-process engine (cpu or cuda)
+    address: typing.Optional[str] = None  # Ray address (null: a new local instance on loopback; auto or HOST:PORT: a
+                                          # cluster)
+    seed: int = 0              # seeds the initial parameters, the data split, the batch order and the noise
+    quick: bool = False        # experiments: a short version of the run (fewer steps, seeds or data)
 
 
 @dataclass(frozen=True)
-class Config:
-    model: str = "prototypical"  # the model kind (nodes/models.py: every registered builder)
-    sizes: list = field(default_factory=lambda: [64, 64, 10])  # unit groups' sizes, input first (a chain: [1, masses,
-                                                               # 1]; vector-graph: [inputs, units, outputs])
-    activation: str = "sigmoid4"  # the units' activation rho (nodes/activations.py)
-    protocol: str = "ep-symmetric"  # the learning protocol (protocols/: every module defining PROTOCOL)
-    beta: float = 0.1          # the nudging strength (real; holomorphic EP's radius |beta|)
-    T1: int = 30               # steps of the free phase
-    T2: int = 10               # steps of each nudged phase
-    dt: float = 1.0            # the step of the discrete dynamics (an Euler step; the leapfrog's h)
-    N: int = protocol_default("N")  # hep: points on the circle of complex beta
-    periods: int = protocol_default("periods")  # hep-osc: periods of the N-segment oscillation
-    batch: int = 32            # samples per minibatch (audit: the frozen batch)
-    seed: int = 0              # seeds the initial parameters, the data split, the batch order and the noise
-    granularity: str = FABRIC.granularity
-    transport: str = FABRIC.transport
-    engine: str = "fabric"     # fabric (nodes on Ray host actors) or reference (the same rules in-process)
-    dtype: str = FABRIC.dtype
-    lr: typing.Any = 0.1           # one float, or one per layer pair (W0/b0, W1/b1, ...)
-    optimizer: str = FABRIC.optimizer
-    momentum: float = FABRIC.momentum
-    epochs: int = 10           # train: passes over the training set
+class DataSection:
+    """What the model learns from, and in what portions."""
     dataset: str = "digits"    # the data: digits, mnist5k, random, npz, or a sequence set (experiments/datasets.py)
     data_dir: typing.Optional[str] = None  # where a dataset's files are read from (null: the package's own copy)
     data_path: typing.Optional[str] = None  # dataset=npz: the .npz file with x_train, y_train, x_test, y_test
     test_fraction: float = 0.2  # held-out fraction of the stratified split
+    batch: int = 32            # samples per minibatch (audit: the frozen batch)
+    eval_batch: int = 1000     # samples per inference call when accuracy is measured
+
+
+@dataclass(frozen=True)
+class NetSection:
+    """The model: its kind, its groups' sizes, its units, its step, its initial parameters, its noise; each family
+    adds the keys its builders read (experiments/families/)."""
+    model: str = "prototypical"  # the model kind (nodes/models.py: every registered builder)
+    sizes: list = field(default_factory=lambda: [64, 64, 10])  # unit groups' sizes, input first (a chain: [1, masses,
+                                                               # 1]; vector-graph: [inputs, units, outputs])
+    activation: str = "sigmoid4"  # the units' activation rho (nodes/activations.py)
+    dt: float = 1.0            # the step of the discrete dynamics (an Euler step; a symplectic integrator's h)
     init_scale: float = 1.0        # the seeded initial weights are multiplied by this
-    feedback_init: str = "transpose"  # asymmetric nets: B{n} starts as W{n}^T, "independent", or "none" (feed-forward)
-    angle: float = 0.0             # prototypical-asym: each B entry's sign flipped with probability (1 - cos psi) / 2
-    random_sign: bool = protocol_default("random_sign")  # vf / cvf: the sign of beta drawn per batch (as
-                                                         # ep-random-sign does)
-    eps: float = 0.01              # rhel / heb: the echo's nudging strength (each copy's nudge is +-eps or 0)
-    T: int = 100                   # Hamiltonian models: the sequence length, the number of forward (and echo) steps
-    sided: str = protocol_default("sided")  # rhel / heb: echo copies nudged at +eps and -eps ("two") or at 0 and +eps
-                                            # ("one")
-    nudge: str = protocol_default("nudge")  # rhel / heb: the kicks' cotangent at the copies' reference state, or each
-                                            # copy's own
-    integrator: str = "leapfrog"   # Hamiltonian models: leapfrog (position Verlet, force at the half step); the
-                                   # ablations start-force and euler are not time-reversible (refused by rhel, heb)
-    damping: float = 0.0           # Hamiltonian models: a friction -damping * pi (dissipative: refused by rhel, heb)
-    steps: bool = False        # audit: record the first nudged phase step by step against BPTT (the GDU series)
     noise: float = 0.0             # std of Gaussian noise on every pre-activation at every step (nodes/noise.py)
+
+
+@dataclass(frozen=True)
+class LearnSection:
+    """The learning protocol, its phases, learning rates and optimiser; each protocol adds the settings it declares
+    (protocols/*.py: Protocol.Settings) and each family the keys its protocols check (experiments/families/)."""
+    protocol: str = "ep-symmetric"  # the learning protocol (protocols/: every module defining PROTOCOL)
+    beta: float = 0.1          # the nudging strength (real; a complex protocol's radius |beta|)
+    T1: int = 30               # steps of the free phase
+    T2: int = 10               # steps of each nudged phase
+    lr: typing.Any = 0.1           # one float, or one per layer pair (W0/b0, W1/b1, ...)
+    optimizer: str = FABRIC.optimizer
+    momentum: float = FABRIC.momentum
     residual_tol: typing.Optional[float] = None  # convergence gate: max |s_T - s_(T-1)| per sample and phase
-    forget_free: bool = False      # audit only: the free-phase-memory test (NaN over s0 once the nudged phase moved)
-    replay: typing.Optional[str] = None  # audit: re-run another bundle's parameters, batch and settings (an audit.npz)
-    address: typing.Optional[str] = None  # Ray address (null: a new local instance on loopback; auto or HOST:PORT: a
-                                          # cluster)
-    bptt_baseline: bool = False  # train (Hamiltonian models): a paired BPTT run from the same start
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    """`train`: the passes, the checkpoints, the faults recovered from, the paired baseline."""
+    epochs: int = 10           # train: passes over the training set
     checkpoint_every: int = 20     # train: a consistent checkpoint every this many batches (0: at epoch ends only)
     max_faults: int = 10           # train: host-actor deaths recovered from by rollback and replay before giving up
-    eval_batch: int = 1000     # samples per inference call when accuracy is measured
-    quick: bool = False        # experiments: a short version of the run (fewer steps, seeds or data)
-    device: str = "cpu"        # torch device of the in-process engine (cpu or cuda)
-    fabric: FabricSection = field(default_factory=FabricSection)
-    bench: BenchSection = field(default_factory=BenchSection)
-    tradeoff: TradeoffSection = field(default_factory=TradeoffSection)
-    compare: CompareSection = field(default_factory=CompareSection)
-    echo: EchoSection = field(default_factory=EchoSection)
+    bptt_baseline: bool = False  # train: a paired BPTT run from the same start (the same batches and optimiser)
+
+
+@dataclass(frozen=True)
+class AuditSection:
+    """`audit`: what the gradient audit records beyond its bundle."""
+    steps: bool = False        # audit: record the first nudged phase step by step against BPTT (the GDU series)
+    forget_free: bool = False      # audit only: the free-phase-memory test (NaN over s0 once the nudged phase moved)
+    replay: typing.Optional[str] = None  # audit: re-run another bundle's parameters, batch and settings (an audit.npz)
+
+
+def _fields_of(classes, where: str) -> list:
+    """(name, type, field) of every field of `classes`, once each; a key two of them declare must agree on its type
+    and default (its one default)."""
+    out, seen = [], {}
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            if f.name in seen:
+                if seen[f.name] != (hints[f.name], default):
+                    raise RuntimeError(f"{where}: key {f.name!r} declared twice with different types or defaults")
+                continue
+            seen[f.name] = (hints[f.name], default)
+            kw = {"default": f.default} if f.default_factory is dataclasses.MISSING else \
+                {"default_factory": f.default_factory}
+            out.append((f.name, hints[f.name], field(**kw)))
+    return out
+
+
+def _extended(base, extras, name: str):
+    """The section `base` with the keys its plug-ins declare (protocols' Settings, families' settings)."""
+    cls = dataclasses.make_dataclass(name, _fields_of((base, *extras), name), frozen=True)
+    cls.__doc__, cls.__module__ = base.__doc__, __name__
+    cls.declared_by = {f.name: c for c in reversed((base, *extras)) for f in dataclasses.fields(c)}
+    return cls
+
+
+def _plugged(section: str) -> list:
+    return [fam.settings[section] for fam in FAMILIES if section in fam.settings]
+
+
+# The sections whose keys are written at the top level of a YAML file or --set (`beta`; `learn.beta` works too),
+# each key in one section; then the nested ones (`fabric.hosts`), the families' own sections among them.
+NetSection = _extended(NetSection, _plugged("net"), "NetSection")
+LearnSection = _extended(LearnSection, [p.Settings for p in PROTOCOLS.values() if p.Settings is not None]
+                         + _plugged("learn"), "LearnSection")
+TrainSection = _extended(TrainSection, _plugged("train"), "TrainSection")
+FLAT_SECTIONS = {"run": RunSection, "data": DataSection, "net": NetSection, "learn": LearnSection,
+                 "train": TrainSection, "audit": AuditSection}
+NESTED_SECTIONS = {"fabric": FabricSection, "bench": BenchSection, "compare": CompareSection,
+                   **{name: cls for fam in FAMILIES for name, cls in fam.sections.items()}}
+
+
+def _flat_keys() -> dict:
+    """{top-level key: its section}; a key in two sections, or named like a section, is a declaration error."""
+    out = {}
+    for sec, cls in FLAT_SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            if f.name in out or f.name in FLAT_SECTIONS or f.name in NESTED_SECTIONS:
+                raise RuntimeError(f"config: key {f.name!r} of section {sec} is declared twice")
+            out[f.name] = sec
+    return out
+
+
+FLAT = _flat_keys()
+
+
+class _Sections:
+    """What every Config has beside its sections: the top-level keys read through (cfg.beta is cfg.learn.beta),
+    `replace`, and the flat form users write (`to_dict`)."""
+
+    def __getattr__(self, name):
+        section = FLAT.get(name)
+        if section is None:
+            raise AttributeError(f"config has no key {name!r}")
+        return getattr(getattr(self, section), name)
 
     @property
     def lrs(self) -> list:
         n = len(self.sizes) - 1
         return [float(self.lr)] * n if isinstance(self.lr, (int, float)) else [float(v) for v in self.lr]
 
+    def replace(self, **changes):
+        """A copy with `changes` (top-level keys or whole sections), not validated (as dataclasses.replace)."""
+        sections = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        by_section = {}
+        for k, v in changes.items():
+            if k in sections:
+                sections[k] = v
+            elif k in FLAT:
+                by_section.setdefault(FLAT[k], {})[k] = v
+            else:
+                raise ConfigError(k, "unknown key")
+        for sec, ch in by_section.items():
+            sections[sec] = dataclasses.replace(sections[sec], **ch)
+        return type(self)(**sections)
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The form a YAML file has: the top-level keys, then the nested sections."""
+        out = {}
+        for sec in FLAT_SECTIONS:
+            out.update(dataclasses.asdict(getattr(self, sec)))
+        for sec in NESTED_SECTIONS:
+            out[sec] = dataclasses.asdict(getattr(self, sec))
+        return out
+
+
+Config = dataclasses.make_dataclass(
+    "Config", [(name, cls, field(default_factory=cls)) for name, cls in {**FLAT_SECTIONS, **NESTED_SECTIONS}.items()],
+    bases=(_Sections,), frozen=True)
+Config.__module__ = __name__
+Config.__doc__ = ("A run's settings: typed sections of frozen dataclasses; the keys of the flat sections read through "
+                  "(cfg.beta is cfg.learn.beta).")
 
 
 CHOICES = {
-    "model": MODEL_NAMES, "integrator": INTEGRATORS, "activation": tuple(ACTIVATIONS), "protocol": tuple(PROTOCOLS),
+    "model": MODEL_NAMES, "activation": tuple(ACTIVATIONS), "protocol": tuple(PROTOCOLS),
     "granularity": ("layer", "neuron"), "transport": ("zmq", "ray"), "engine": ("fabric", "reference"),
     "dtype": ("float32", "float64"), "optimizer": OPTIMIZERS, "fabric.log": ("full", "counters"),
     "fabric.placement": ("pack", "spread"), "fabric.exchange": ("auto", "messages", "frames"),
-    "feedback_init": FEEDBACK_INITS,
 }
 
 
@@ -205,9 +286,47 @@ def _check_type(name: str, value, typ):
     return value
 
 
+def _grouped(data: dict) -> dict:
+    """A YAML mapping in the sections' form: top-level keys into their sections (`beta` -> learn.beta); a key given
+    both ways is an error naming it; an unknown key exits 2 with the closest known one."""
+    out = {}
+    for k, v in data.items():
+        if k in FLAT_SECTIONS or k in NESTED_SECTIONS:
+            if not isinstance(v, dict):
+                raise ConfigError(str(k), f"is a section: expected a mapping, got {v!r}")
+            for kk, vv in v.items():
+                if k in FLAT_SECTIONS and FLAT.get(kk) != k:
+                    home = FLAT.get(kk) or next((n for n, c in NESTED_SECTIONS.items()
+                                                 if kk in {f.name for f in dataclasses.fields(c)}), None)
+                    if home:
+                        raise ConfigError(f"{k}.{kk}", f"{kk} is a key of section {home}: write {home}.{kk}"
+                                                       + (f" or {kk}" if home in FLAT_SECTIONS else ""))
+                    _unknown(f"{k}.{kk}", [f"{k}.{n}" for n, sec in FLAT.items() if sec == k])
+                if k in FLAT_SECTIONS and kk in out.get(k, {}):
+                    raise ConfigError(f"{k}.{kk}", f"given twice (as {kk} and as {k}.{kk})")
+                out.setdefault(k, {})[kk] = vv
+        elif k in FLAT:
+            if k in out.get(FLAT[k], {}):
+                raise ConfigError(str(k), f"given twice (as {k} and as {FLAT[k]}.{k})")
+            out.setdefault(FLAT[k], {})[k] = v
+        else:
+            _unknown(str(k), sorted(FLAT) + sorted(NESTED_SECTIONS) + sorted(FLAT_SECTIONS))
+    return out
+
+
+def _unknown(key: str, known) -> None:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ConfigError(key, f"unknown key; {hint}(every key: docs/reference/config.md)")
+
+
 def _build(cls, data: dict, prefix: str = ""):
     if not isinstance(data, dict):
         raise ConfigError(prefix.rstrip(".") or "config", f"expected a mapping, got {data!r}")
+    if cls is Config:
+        grouped = _grouped(data)
+        return cls(**{k: _build(FLAT_SECTIONS.get(k) or NESTED_SECTIONS[k], v, "" if k in FLAT_SECTIONS else k + ".")
+                      for k, v in grouped.items()})
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -237,13 +356,9 @@ def validate(cfg: Config, model=None, protocol=None) -> Config:
             raise ConfigError(key, f"{value!r} is not one of {list(allowed)}")
     if len(cfg.sizes) < 2 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in cfg.sizes):
         raise ConfigError("sizes", f"need a list of at least two positive integers, got {cfg.sizes!r}")
-    hamiltonian = (model.echo is not None) if model is not None else cfg.model in HAMILTONIAN_MODELS
-    if hamiltonian:
-        from experiments.sequences import validate_sequences
-        validate_sequences(cfg, protocol)
-    if cfg.model == "vector-graph" and (len(cfg.sizes) != 3 or not cfg.sizes[2] < cfg.sizes[1]):
-        raise ConfigError("sizes", f"model vector-graph takes [inputs, units, outputs] with outputs < units, got "
-                          f"{cfg.sizes!r}")
+    fam = family_of(model, cfg.model)
+    if fam.validate:
+        fam.hook("validate")(cfg, protocol)
     for k in ("T1", "T2", "batch", "eval_batch"):
         if getattr(cfg, k) < 1:
             raise ConfigError(k, f"must be >= 1, got {getattr(cfg, k)}")
@@ -260,8 +375,6 @@ def validate(cfg: Config, model=None, protocol=None) -> Config:
     model_name = model.name if model is not None else cfg.model
     if proto.models and model_name not in proto.models:
         raise ConfigError("model", f"protocol {proto.name} runs on {' or '.join(proto.models)}, not {model_name}")
-    if not 0.0 <= cfg.angle <= 180.0:
-        raise ConfigError("angle", f"must be in [0, 180] degrees, got {cfg.angle}")
     if not cfg.init_scale > 0:
         raise ConfigError("init_scale", f"must be > 0, got {cfg.init_scale}")
     if not cfg.dt > 0:
@@ -369,7 +482,7 @@ def resolve_data_plane(cfg):
     if f.wire == "ipc":
         raise ConfigError("fabric.wire", f"address {cfg.address!r} joins a Ray cluster, but ipc reaches one machine "
                                          f"only: use fabric.wire=auto or tcp")
-    return dataclasses.replace(cfg, fabric=dataclasses.replace(f, host="0.0.0.0"))
+    return cfg.replace(fabric=dataclasses.replace(f, host="0.0.0.0"))
 
 
 def _check_bench(b) -> None:
@@ -395,7 +508,13 @@ def _check_bench(b) -> None:
 
 
 def _set_dotted(data: dict, key: str, value) -> None:
+    """Set `key` (a top-level key, `section.key` or deeper) in a YAML mapping; a top-level key is one place whichever
+    way it is written (`learn.beta` and `beta`), so an override replaces it either way."""
     parts = key.split(".")
+    if len(parts) == 2 and FLAT.get(parts[1]) == parts[0]:
+        parts = parts[1:]
+    if len(parts) == 1 and isinstance(data.get(FLAT.get(parts[0])), dict):
+        data[FLAT[parts[0]]].pop(parts[0], None)
     for p in parts[:-1]:
         sub = data.setdefault(p, {})
         if not isinstance(sub, dict):
@@ -427,7 +546,9 @@ def load_config(name: str, sets=(), overrides: dict | None = None) -> Config:
             raise ConfigError("--set", f"expected key=value, got {item!r}")
         k, v = item.split("=", 1)
         _set_dotted(data, k.strip(), parse_value(v))
-    if data.get("address") not in (None, "local"):  # a cluster run: the launcher file's fabric keys fill the gaps
+    run = data.get("run") if isinstance(data.get("run"), dict) else {}
+    if data.get("address", run.get("address")) not in (None, "local"):  # a cluster run: the launcher file's fabric
+                                                                         # keys fill the gaps
         fabric = data.setdefault("fabric", {})
         if isinstance(fabric, dict):
             for k, v in cluster_fabric().items():

@@ -13,7 +13,6 @@ Their training runs in the one training loop (experiments/train.py) with their f
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 
@@ -64,7 +63,7 @@ def run_echo_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=None, 
     bundle = None
     if cfg.replay:
         cfg, bundle = replayed(cfg, [a for a in sets if "=" in a], META_KEYS, REPLAY_KEYS)
-    cfg = dataclasses.replace(cfg, dtype="float64")
+    cfg = cfg.replace(dtype="float64")
     model = model or model_from(cfg)
     proto = protocol_from(cfg, protocol)
     if bundle is not None:

@@ -12,7 +12,6 @@ bundle's parameters, batch and settings. The same code runs on either engine (cl
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 
@@ -111,7 +110,7 @@ def run_layered_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=Non
     bundle = None
     if cfg.replay:
         cfg, bundle = replay_config(cfg, [a for a in sets if "=" in a])
-    cfg = dataclasses.replace(cfg, dtype="float64")
+    cfg = cfg.replace(dtype="float64")
     model = model or model_from(cfg)
     proto = protocol_from(cfg, protocol)
     if bundle is not None:

@@ -15,7 +15,6 @@ folder.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -156,9 +155,9 @@ def run_hru_sequence(cfg, out_dir: str) -> dict:
     prepare(out_dir, cfg)
     runs = []
     for seed in cfg.echo.seeds:
-        c = dataclasses.replace(cfg, seed=int(seed), bptt_baseline=True)
+        c = cfg.replace(seed=int(seed), bptt_baseline=True)
         res, _ = _train(c, os.path.join(out_dir, f"seed{seed}"))
-        audit = run_echo_audit(dataclasses.replace(c, eps=cfg.echo.audit_eps, engine="reference"),
+        audit = run_echo_audit(c.replace(eps=cfg.echo.audit_eps, engine="reference"),
                                os.path.join(out_dir, f"seed{seed}", "audit"), quiet=True)
         runs.append({"seed": int(seed), "rhel_test_accuracy": res["test_accuracy"],
                      "bptt_test_accuracy": res["bptt_test_accuracy"],

@@ -3,7 +3,6 @@ model it holds, and the settings a replay runs with (the bundle's meta, then the
 the model's family lets a replay change)."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
@@ -39,7 +38,7 @@ def bundle_model(replay: str):
 def replayed(cfg, sets, meta_keys, replay_keys):
     """(config, bundle): settings from a bundle's meta (its `meta_keys`), then the command line's --set on top
     (those of `replay_keys`: granularity, transport, ...)."""
-    cfg = dataclasses.replace(cfg, replay=bundle_path(cfg.replay))
+    cfg = cfg.replace(replay=bundle_path(cfg.replay))
     if not os.path.isfile(cfg.replay):
         raise ConfigError("replay", f"no bundle file {cfg.replay!r}")
     try:

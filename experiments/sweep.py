@@ -10,7 +10,6 @@ steps.png, each tensor's step-wise RMSE against the first grid key (e.g. the eta
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import os
 import sys
@@ -20,6 +19,7 @@ import numpy as np
 
 from experiments.audit import REPLAY_KEYS, NotConverged, replay_config, run_audit
 from experiments.config import ConfigError, _build, _set_dotted, parse_value, validate
+from experiments.families import FAMILIES
 from experiments.results import prepare, pyplot, write_json
 
 
@@ -64,14 +64,14 @@ def run_sweep(cfg, out_dir: str, grid_items, sets=()) -> dict:
             print(f"sweep point {i + 1}/{len(configs)}: {values}", file=sys.stderr)
             head = {**values, "engine": c.engine, "granularity": c.granularity}
             try:
-                rep = run_audit(dataclasses.replace(c, replay=replay), os.path.join(tmp, str(i)), quiet=True,
+                rep = run_audit(c.replace(replay=replay), os.path.join(tmp, str(i)), quiet=True,
                                 sets=[*sets, *(f"{k}={v}" for k, v in values.items())])
                 t, gate = rep["total"], rep.get("gate")
                 points.append({**head, "rel_l2": t["rel_l2"], "cosine": t["cosine"],
                                "diverged": bool(gate and not gate["converged"]),
                                **({"runs_nonconverged": gate["runs_nonconverged"]} if gate else {}),
                                "locality_violations": len(rep["locality"]["violations"]),
-                               **({"echo_error": rep["echo_error"]} if "echo_error" in rep else {}),
+                               **{k: rep[k] for fam in FAMILIES for k in fam.sweep_keys if k in rep},
                                **({"steps": rep["steps"]} if "steps" in rep else {})})
             except NotConverged as err:
                 points.append({**head, "rel_l2": None, "cosine": None, "diverged": True,

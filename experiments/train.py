@@ -1,6 +1,6 @@
 """`train`: training through the fabric (or the in-process engine), one loop for every model family.
 
-The family of the run's model (experiments/families.py) gives the data, how a batch trains on the engine, how the
+The family of the run's model (experiments/families/) gives the data, how a batch trains on the engine, how the
 training and test sets are evaluated, the metrics rows, the plots and printed lines (experiments/hooks.Training);
 this loop gives every family the same run: every `checkpoint_every` batches and at every epoch's end a checkpoint,
 from which a run recovers when a host actor dies (experiments/recovery.py: rollback and replay, at most
@@ -41,7 +41,7 @@ def run_train(cfg, out_dir: str, progress: bool = True, resume: bool = False, mo
     holds, with the final parameters (float64 tensors) under `final_params` and the nodes' lineages."""
     model = model or model_from(cfg)
     protocol = protocol_from(cfg, protocol)
-    fam = family_of(model).training(cfg, model, protocol)  # loads and checks the data
+    fam = family_of(model).hook("training")(cfg, model, protocol)  # loads and checks the data
     if not resume and os.path.isfile(os.path.join(out_dir, checkpoint.FILE)):
         raise ConfigError("--out", f"{out_dir} already holds a run (checkpoint.npz); continue it with "
                                    f"--resume {out_dir} or choose another folder")

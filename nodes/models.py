@@ -12,20 +12,25 @@ import pkgutil
 import nodes
 
 
-def _discover() -> dict:
-    found = {}
+def _discover() -> tuple:
+    found, modules = {}, {}
     for info in sorted(pkgutil.iter_modules(nodes.__path__), key=lambda m: m.name):
         if info.name == "models" or info.name.startswith("_"):
             continue
         for name, builder in getattr(importlib.import_module(f"nodes.{info.name}"), "BUILDERS", {}).items():
             if name in found:
                 raise RuntimeError(f"nodes: two modules build model {name!r}")
-            found[name] = builder
-    return found
+            found[name], modules[name] = builder, f"nodes.{info.name}"
+    return found, modules
 
 
-BUILDERS = _discover()
+BUILDERS, _MODULES = _discover()
 MODEL_NAMES = tuple(BUILDERS)
+
+
+def module_of(name: str) -> str | None:
+    """The nodes/ module whose BUILDERS declare model `name` (None: no such model)."""
+    return _MODULES.get(name)
 
 
 def build(cfg):

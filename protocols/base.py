@@ -118,7 +118,7 @@ class Protocol:
 
     def batch_beta(self, beta: float, rng: np.random.Generator) -> float:
         """The beta of one batch; `random_sign` flips it with the run's seeded generator."""
-        if self.settings.get("random_sign", self.random_sign):
+        if self.settings.get("random_sign", self.random_sign):  # declared by its Settings, else the class default
             return float(beta) * (1.0 if rng.random() < 0.5 else -1.0)
         return float(beta)
 

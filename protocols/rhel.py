@@ -57,24 +57,24 @@ class RHEL(Protocol):
     terminal = False  # the loss is summed over the whole forward trajectory
 
     def validate(self, beta, **settings):
-        eps, sided = settings.get("eps", 0.01), settings.get("sided", "two")
+        eps, sided = settings["eps"], settings["sided"]
         if not eps or eps != eps:
             raise ValueError(f"eps: protocol {self.name} needs a non-zero nudging strength, got {eps!r}")
         if sided not in SIDED:
             raise ValueError(f"sided: expected one of {tuple(SIDED)}, got {sided!r}")
-        if settings.get("nudge", "reference") not in NUDGES:
-            raise ValueError(f"nudge: expected one of {NUDGES}, got {settings.get('nudge')!r}")
-        integ = settings.get("integrator", "leapfrog")
+        if settings["nudge"] not in NUDGES:
+            raise ValueError(f"nudge: expected one of {NUDGES}, got {settings['nudge']!r}")
+        integ = settings["integrator"]
         if integ != "leapfrog":
             raise ValueError(f"integrator: protocol {self.name} needs an exactly time-reversible symplectic integrator "
                              f"(leapfrog, the force at the half-step position); {integ!r} is not: the echo would not "
                              f"retrace the forward pass")
-        if settings.get("noise"):
+        if settings["noise"]:
             raise ValueError(f"noise: protocol {self.name} runs noiseless (a noisy step is not time-reversible)")
-        if settings.get("residual_tol") is not None:
+        if settings["residual_tol"] is not None:
             raise ValueError(f"residual_tol: protocol {self.name} runs trajectories, not relaxations to a fixed point: "
                              f"there is no residual to gate on")
-        if settings.get("damping", 0.0):
+        if settings["damping"]:
             raise ValueError(f"damping: protocol {self.name} runs on non-dissipative systems only (damping breaks "
                              f"time-reversal symmetry), got {settings['damping']!r}")
 

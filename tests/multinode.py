@@ -63,7 +63,6 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ref-seed", type=int, default=None, help="seed the single-node run differently (must fail)")
     args = ap.parse_args(argv)
-    import dataclasses
 
     import ray
     from ray.cluster_utils import Cluster
@@ -76,7 +75,7 @@ def main(argv=None) -> int:
         ray.init(address=cluster.address, log_to_driver=False)
         cfg = load_config("train", [*SETS, f"address={cluster.address}"])
         params, where = train(cfg, cfg.seed)
-        ref = dataclasses.replace(cfg, engine="reference", address=None)
+        ref = cfg.replace(engine="reference", address=None)
         expect, _ = train(ref, cfg.seed if args.ref_seed is None else args.ref_seed)
         diff = max(float((params[k] - expect[k]).abs().max()) for k in expect)
         nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])

@@ -87,10 +87,12 @@ def test_the_check_sees_a_circle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-GENERIC = ["cluster/engine.py", "cluster/launch.py", "cluster/nodeset.py", "cluster/inprocess.py",
-           "experiments/train.py", "experiments/audit.py", "experiments/hooks.py"] + \
+# the runtime and engines (cluster/ but the truths), the pipeline, the config, the API and the command line
+GENERIC = [f"experiments/{f}.py" for f in ("train", "audit", "hooks", "sweep", "compare", "config", "config_reference",
+                                           "api", "__main__", "checkpoint", "recovery", "results")] + \
+          [f"cluster/{f}" for f in os.listdir(os.path.join(ROOT, "cluster")) if f.endswith(".py")] + \
           [f"cluster/runtime/{f}" for f in os.listdir(os.path.join(ROOT, "cluster", "runtime")) if f.endswith(".py")]
-FAMILY = re.compile(r"\b(rhel|heb|hep|aep|dyadic|leapfrog|hamiltonian|echo|cep|cvf)\b", re.I)
+FAMILY = re.compile(r"\b(rhel|heb|hep|aep|dyadic|leapfrog|hamilton\w*|echo\w*|cep|cvf)\b", re.I)
 
 
 @pytest.mark.parametrize("path", GENERIC)
