@@ -111,7 +111,7 @@ def test_the_fabric_gates_as_the_in_process_engine(ray_session):
 
 
 def test_the_sweep_counts_non_converged_runs_per_beta_and_fits_without_them(tmp_path):
-    cfg = CFG.__class__(**{**CFG.__dict__, "residual_tol": 1e-8})
+    cfg = CFG.replace(residual_tol=1e-8)
     res = run_sweep(cfg, str(tmp_path / "s"), ["beta=0.05,0.1,0.2,0.4,1,2", "N=4"])
     by = {p["beta"]: p for p in res["points"]}
     assert [by[b]["diverged"] for b in (0.05, 0.1, 0.2, 0.4, 1, 2)] == [False] * 4 + [True, True]
