@@ -65,7 +65,19 @@ class Interaction:
 
     Its terms (Term subclasses) say how it drives a node's units, and its Grads how G of each held tensor is
     computed from the node's own signal and what it read: no other module switches on what kind it is. Subclasses
-    register themselves (INTERACTIONS, by class name) when they are defined, in nodes/ or anywhere else."""
+    register themselves (INTERACTIONS, by class name) when they are defined, in nodes/ or anywhere else.
+
+    The centralised references (cluster/truth/) ask it the same physics over whole groups, on {group: tensor} dicts
+    that it updates in place (each reference asks for what its family needs; one not implemented is refused):
+
+      masks()                                  {parameter: 0/1 tensor}, its structural zeros (none by default)
+      add_drive(model, u, params, a)           u[g] += its part of group g's drive, from the signals a
+                                               {group: (B, size)}
+      add_jacobian(model, J, params, da, span) J (B, n, n) += d(its drive)/ds, with da {group: rho'(s)} and
+                                               span {group: (lo, hi)} of the dynamic units
+      add_vjp(model, out, params, da, d)       out[g] += (J^T d)_g of its part, d {group: (B, size)}
+      add_force(model, F, params, phi, span)   F (B, n) plus its force on the positions phi (B, n), not through a
+                                               drive (a Hamiltonian's springs); returns the new F"""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -73,6 +85,25 @@ class Interaction:
 
     def validate(self, model) -> None:
         pass
+
+    def masks(self) -> dict:
+        return {}
+
+    def _centralised(self, what: str):
+        raise NotImplementedError(f"interaction {type(self).__name__} declares no centralised {what}, which this "
+                                  f"reference asks it")
+
+    def add_drive(self, model, u, params, a) -> None:
+        self._centralised("drive (add_drive)")
+
+    def add_jacobian(self, model, J, params, da, span) -> None:
+        self._centralised("Jacobian (add_jacobian)")
+
+    def add_vjp(self, model, out, params, da, d) -> None:
+        self._centralised("Jacobian product (add_vjp)")
+
+    def add_force(self, model, F, params, phi, span):
+        self._centralised("force (add_force)")
 
     def transposed_sends(self, model, by_group) -> list:
         """Message kind "t" along this interaction (a protocol that asks for it, e.g. Dyadic EP); none by default."""
