@@ -178,7 +178,9 @@ class Term:
       constant (constant True):   u = add_const(u, W, boundary, dtype), once per phase (the clamped part of the drive:
                                   boundary signals and biases); `order` sorts them (lower first)
 
-    `kind` names the term within its interaction (e.g. Dense's fwd, bwd, clamped, bias)."""
+    A rule with physics of its own asks its terms what that physics needs instead (a Hamiltonian node's terms:
+    nodes/springs.HamiltonianTerm's drive, force and dV). `kind` names the term within its interaction (e.g. Dense's
+    fwd, bwd, clamped, bias)."""
 
     kind: str
     weight: str
@@ -186,7 +188,7 @@ class Term:
 
     constant = False
     order = 0
-    reads = ()          # the boundary keys a constant term reads (routed to the node)
+    reads = ()          # the boundary keys it reads (routed to the node)
 
     def operand(self, W):
         raise NotImplementedError(f"term {self.kind} of {self.weight}: no per-step operand")
