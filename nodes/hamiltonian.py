@@ -87,9 +87,8 @@ def two_mass(k12: float = 0.7, dt: float = 1e-3, integrator: str = "leapfrog", d
                 loss="sq", start={"m1": ((0.3,), (0.0,)), "m2": ((-0.2,), (0.1,))}, frozen=("k1", "k2", "g"),
                 integrator=integrator, damping=damping)
     return Model("two-mass", "leapfrog", "identity", groups,
-                 (Spring("m1", "m2", "k12"), Drive("u", "m1", "g")), dt=dt,
-                 local=(Local("m1", "k1"), Local("m2", "k2")),
-                 rule=LeapfrogRule, init=_set({"k12": k12, "k1": 1.0, "k2": 1.3, "g": 0.0}),
+                 (Spring("m1", "m2", "k12"), Drive("u", "m1", "g"), Local("m1", "k1"),
+                  Local("m2", "k2")), dt=dt, rule=LeapfrogRule, init=_set({"k12": k12, "k1": 1.0, "k2": 1.3, "g": 0.0}),
                  echo=echo, frozen=echo.frozen)
 
 
@@ -130,7 +129,7 @@ def chain(n: int = 16, dt: float = 0.05, k: float = 1.0, wall: float = 1.0, spre
     echo = Echo(potential={"chain": potential, "end": potential}, roles=roles, loss=loss, frozen=tuple(frozen),
                 integrator=integrator, damping=damping)
     return Model("chain" if potential == "quadratic" else "chain-logcosh", "leapfrog", "identity", groups,
-                 interactions, dt=dt, local=tuple(local), rule=LeapfrogRule, init=_set(values),
+                 interactions + tuple(local), dt=dt, rule=LeapfrogRule, init=_set(values),
                  echo=echo, frozen=echo.frozen)
 
 
@@ -162,7 +161,7 @@ def hru(d_in: int, width: int, n_out: int, potential: str = "quadratic", dt: flo
     echo = Echo(potential={"h": potential}, roles={"h": roles}, loss=loss, readout=readout, integrator=integrator,
                 damping=damping)
     return Model(f"hru-{'linear' if potential == 'quadratic' else 'logcosh'}", "leapfrog", "identity", groups,
-                 (Drive("u", "h", "B", "b"),), dt=dt, local=tuple(local), rule=LeapfrogRule, init=_set(values),
+                 (Drive("u", "h", "B", "b"), *local), dt=dt, rule=LeapfrogRule, init=_set(values),
                  echo=echo, frozen=echo.frozen)
 
 
@@ -198,8 +197,9 @@ def hru_stack(d_in: int, widths: tuple, n_out: int, potential: str = "quadratic"
         values["C"] = torch.randn(n_out, widths[-1], generator=gen, dtype=torch.float64) / math.sqrt(widths[-1])
         readout = {"C": "C", "d": "d"}
     echo = Echo(potential=pot, roles=roles, loss=loss, readout=readout, integrator=integrator, damping=damping)
-    return Model(f"hru-stack-{'linear' if potential == 'quadratic' else 'logcosh'}", "leapfrog", "identity", tuple(groups), tuple(interactions), dt=dt,
-                 local=tuple(local), rule=LeapfrogRule, init=_set(values), echo=echo, frozen=echo.frozen)
+    return Model(f"hru-stack-{'linear' if potential == 'quadratic' else 'logcosh'}", "leapfrog", "identity",
+                 tuple(groups), tuple(interactions + local), dt=dt, rule=LeapfrogRule, init=_set(values), echo=echo,
+                 frozen=echo.frozen)
 
 
 def logcosh_toy(h: float = 0.1, integrator: str = "leapfrog") -> Model:
@@ -210,8 +210,8 @@ def logcosh_toy(h: float = 0.1, integrator: str = "leapfrog") -> Model:
               "w": [0.7, 0.9, 0.6, 0.8]}
     echo = Echo(potential={"h": "logcosh"}, roles={"h": {"a": "A", "w": "w", "c": "c"}}, loss="sin-sum",
                 frozen=("B", "A", "c"), integrator=integrator)
-    return Model("logcosh-toy", "leapfrog", "identity", groups, (Drive("u", "h", "B"),), dt=h,
-                 local=(Local("h", "A"), Local("h", "w"), Local("h", "c")), rule=LeapfrogRule, init=_set(values),
+    return Model("logcosh-toy", "leapfrog", "identity", groups, (Drive("u", "h", "B"), Local("h", "A"),
+                 Local("h", "w"), Local("h", "c")), dt=h, rule=LeapfrogRule, init=_set(values),
                  echo=echo, frozen=echo.frozen)
 
 
@@ -226,10 +226,9 @@ def linhru_toy(h: float = 0.1, collect: str = "half", seed: int = 3) -> tuple:
     groups = (Group("u", 2, "input"), Group("h", 3, "output", LAYOUT))
     echo = Echo(potential={"h": "quadratic"}, roles={"h": {"a": "A"}}, loss="sin-readout", readout={"c": "c"},
                 frozen=("c",), collect=collect)
-    model = Model("linhru-toy", "leapfrog", "identity", groups, (Drive("u", "h", "B"),), dt=h,
-                  local=(Local("h", "A"), Local("h", "c", (1, 3))),
-                  rule=LeapfrogRule, init=_set({"A": [0.5, 1.0, 2.0], "B": B, "c": c[None]}),
-                  echo=echo, frozen=echo.frozen)
+    model = Model("linhru-toy", "leapfrog", "identity", groups, (Drive("u", "h", "B"), Local("h", "A"),
+                  Local("h", "c", (1, 3))), dt=h, rule=LeapfrogRule,
+                  init=_set({"A": [0.5, 1.0, 2.0], "B": B, "c": c[None]}), echo=echo, frozen=echo.frozen)
     return model, u
 
 

@@ -1,8 +1,9 @@
 """A model's vocabulary and a logical node's interface: the plain data that nodes/graph.py declares and derives.
 
-Groups, interactions (Interaction subclasses: nodes/dense.py's Dense) and Local parameters make a declaration (nodes/graph.Model); Blocks, Ports, Held tensors,
-drive Terms, inbox Slots and G recipes make each logical node's NodeSpec. The functions at the end move tensors
-between a node's share and the full parameters (slice_params, assemble) and cut a target to the node (target_of).
+Groups and interactions (Interaction subclasses: nodes/dense.py's Dense, and Local parameters of one group's units)
+make a declaration (nodes/graph.Model); Blocks, Ports, Held tensors, drive Terms, inbox Slots and G recipes make each
+logical node's NodeSpec. The functions at the end move tensors between a node's share and the full parameters
+(slice_params, assemble) and cut a target to the node (target_of).
 Nothing here knows the runtime: no sockets, no Ray.
 """
 from __future__ import annotations
@@ -58,6 +59,7 @@ class Interaction:
       shapes(model)               {parameter: shape} of the parameters it owns
       init(model, gen, scale)     {parameter: seeded initial value}, drawn from `gen` in a fixed order
       validate(model)             raise ValueError naming the model and the parameter for a bad declaration
+      ends                        the groups it names, the one it acts on last (by default (src, dst))
       share(model, block, need)   what one logical node holds of it: (held {local: Held}, drive terms, G recipes
                                   {local: Grad}, boundary keys); `need(group, rows=..., cols=...)` records that the
                                   node reads `group`'s signal on its in-ports and returns the slot's name (None when
@@ -82,6 +84,11 @@ class Interaction:
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         INTERACTIONS[cls.__name__] = cls
+
+    @property
+    def ends(self) -> tuple:
+        """The groups it names, the one it acts on last: (src, dst)."""
+        return (self.src, self.dst)
 
     def validate(self, model) -> None:
         pass
@@ -118,17 +125,55 @@ INTERACTIONS: dict = {}  # class name -> Interaction subclass, filled as they ar
 
 
 @dataclass(frozen=True)
-class Local:
-    """A parameter of one group's units alone, in no interaction (e.g. an oscillator's own stiffness): shape (size,),
-    each block holding its units' entries; or `whole` a shape held whole by the group's blocks (a readout, whose
-    loss needs the whole group and so runs where the group is one block)."""
+class Local(Interaction):
+    """A parameter of one group's units alone (e.g. an oscillator's own stiffness), an interaction of the group with
+    itself that drives nothing: shape (size,), each block holding its units' entries; or `whole` a shape held whole by
+    the group's blocks (a readout, whose loss needs the whole group and so runs where the group is one block). It
+    draws nothing from the generator: zeros, which the model's `init` sets. The rule that reads it finds it by name
+    (e.g. nodes/hamiltonian.Echo.roles)."""
 
     group: str
     name: str
     whole: tuple = ()
 
+    @property
+    def ends(self) -> tuple:
+        return (self.group,)
+
     def shape(self, size: int) -> tuple:
         return tuple(self.whole) if self.whole else (size,)
+
+    def shapes(self, model) -> dict:
+        return {self.name: self.shape(model.group(self.group).size)}
+
+    def init(self, model, gen, scale: float) -> dict:
+        """Zeros (no draw from `gen`)."""
+        return {self.name: torch.zeros(self.shape(model.group(self.group).size), dtype=torch.float64)}
+
+    def share(self, model, b, need) -> tuple:
+        """Its units' entries (all of it when `whole`) on the group's blocks, as their owner; no drive, no G."""
+        if b.group != self.group:
+            return {}, [], {}, ()
+        return {self.name: Held(self.name, None if self.whole else (b.lo, b.hi), None, "primary")}, [], {}, ()
+
+    def add_drive(self, model, u, params, a) -> None:
+        """No part of any drive: the rule that reads it finds it by name."""
+
+    def add_jacobian(self, model, J, params, da, span) -> None:
+        """Nothing: no part of any drive."""
+
+    def add_vjp(self, model, out, params, da, d) -> None:
+        """Nothing: no part of any drive."""
+
+    def add_force(self, model, F, params, phi, span):
+        """F: no force of its own (an onsite parameter's force is the onsite potential's, read by name)."""
+        return F
+
+    def transposed_sends(self, model, by_group) -> list:
+        return []
+
+    def backward_sends(self, model, by_group) -> list:
+        return []
 
 
 @dataclass(frozen=True)
