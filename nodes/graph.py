@@ -62,7 +62,6 @@ class Model:
     lr_index: dict = field(default_factory=dict, compare=False)  # parameter -> index into the run's lr list
     rule: type | None = field(default=None, compare=False)  # the nodes' rule class (None: nodes.rules.NodeRule)
     init: object = field(default=None, compare=False)  # (params, generator) -> params after the seeded init
-    echo: object = field(default=None, compare=False)  # a Hamiltonian model's declaration (nodes/hamiltonian.Echo)
     frozen: tuple = ()     # parameters that never learn (their learning rate is 0 whatever the run's lr)
 
     def __post_init__(self):

@@ -64,6 +64,19 @@ class Echo:
     damping: float = 0.0
 
 
+@dataclass(frozen=True)
+class HamiltonianModel(Model):
+    """A Model whose nodes integrate H (physics "leapfrog", rule nodes/leapfrog.LeapfrogRule), with its declaration
+    beyond groups and interactions: `echo` (Echo)."""
+
+    echo: Echo | None = field(default=None, compare=False)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.echo, Echo):
+            raise ValueError(f"model {self.name}: a Hamiltonian model declares its Echo (echo=...), got {self.echo!r}")
+
+
 # ---- builders ------------------------------------------------------------------------------------------------
 def _chain_mask(n: int) -> tuple:
     """The springs of a chain inside one group: W[i, i+1] (row i's owner and i+1's replica hold k_{i,i+1})."""
@@ -78,7 +91,8 @@ def _set(values: dict):
     return init
 
 
-def two_mass(k12: float = 0.7, dt: float = 1e-3, integrator: str = "leapfrog", damping: float = 0.0) -> Model:
+def two_mass(k12: float = 0.7, dt: float = 1e-3, integrator: str = "leapfrog",
+             damping: float = 0.0) -> HamiltonianModel:
     """§13 T3: masses 1, walls k1 = 1 and k2 = 1.3 (Local `k1`, `k2`, frozen), the trained spring k12 between
     them (a Spring m1 -> m2, held at both ends), from phi = (0.3, -0.2), pi = (0, 0.1); loss sq on m2.
     No input: the boundary x is a (B, T, 0) sequence."""
@@ -86,15 +100,15 @@ def two_mass(k12: float = 0.7, dt: float = 1e-3, integrator: str = "leapfrog", d
     echo = Echo(potential={"m1": "quadratic", "m2": "quadratic"}, roles={"m1": {"a": "k1"}, "m2": {"a": "k2"}},
                 loss="sq", start={"m1": ((0.3,), (0.0,)), "m2": ((-0.2,), (0.1,))}, frozen=("k1", "k2", "g"),
                 integrator=integrator, damping=damping)
-    return Model("two-mass", "leapfrog", "identity", groups,
-                 (Spring("m1", "m2", "k12"), Drive("u", "m1", "g"), Local("m1", "k1"),
-                  Local("m2", "k2")), dt=dt, rule=LeapfrogRule, init=_set({"k12": k12, "k1": 1.0, "k2": 1.3, "g": 0.0}),
-                 echo=echo, frozen=echo.frozen)
+    return HamiltonianModel("two-mass", "leapfrog", "identity", groups,
+                            (Spring("m1", "m2", "k12"), Drive("u", "m1", "g"), Local("m1", "k1"), Local("m2", "k2")),
+                            dt=dt, rule=LeapfrogRule, init=_set({"k12": k12, "k1": 1.0, "k2": 1.3, "g": 0.0}),
+                            echo=echo, frozen=echo.frozen)
 
 
 def chain(n: int = 16, dt: float = 0.05, k: float = 1.0, wall: float = 1.0, spread: float = 0.0,
           potential: str = "quadratic", integrator: str = "leapfrog", damping: float = 0.0, loss: str = "sq",
-          seed: int = 0) -> Model:
+          seed: int = 0) -> HamiltonianModel:
     """n unit masses in a row between two walls: springs k_{i,i+1} = k (+ U(-spread, spread), seeded) and the walls'
     springs (Local `a`, `a_end`: `wall` at the two ends, 0 inside), all trained; a force u(t) on mass 0 (Drive
     u -> chain, frozen gain 1 on unit 0). The loss reads the last mass, so it is a group of its own: `chain`
@@ -128,13 +142,13 @@ def chain(n: int = 16, dt: float = 0.05, k: float = 1.0, wall: float = 1.0, spre
                     Drive("u", "chain", "g", mask=tuple((1,) if i == 0 else (0,) for i in range(m))))
     echo = Echo(potential={"chain": potential, "end": potential}, roles=roles, loss=loss, frozen=tuple(frozen),
                 integrator=integrator, damping=damping)
-    return Model("chain" if potential == "quadratic" else "chain-logcosh", "leapfrog", "identity", groups,
-                 interactions + tuple(local), dt=dt, rule=LeapfrogRule, init=_set(values),
-                 echo=echo, frozen=echo.frozen)
+    return HamiltonianModel("chain" if potential == "quadratic" else "chain-logcosh", "leapfrog", "identity", groups,
+                            interactions + tuple(local), dt=dt, rule=LeapfrogRule, init=_set(values), echo=echo,
+                            frozen=echo.frozen)
 
 
 def hru(d_in: int, width: int, n_out: int, potential: str = "quadratic", dt: float = 0.5, loss: str = "ce-mean",
-        seed: int = 0, integrator: str = "leapfrog", damping: float = 0.0) -> Model:
+        seed: int = 0, integrator: str = "leapfrog", damping: float = 0.0) -> HamiltonianModel:
     """A Hamiltonian recurrent layer (one group `h` of uncoupled units) driven by d = B u_t + b (Drive u -> h),
     onsite stiffness `A` (quadratic: the linear HRU, §10.4 LinHRU with a scalar step) or `A`, `w`, `c` (logcosh:
     NonlinHRU's potential, without the code's squashing of c), and for ce-mean a readout C (n_out, width),
@@ -160,13 +174,14 @@ def hru(d_in: int, width: int, n_out: int, potential: str = "quadratic", dt: flo
         readout = {"C": "C", "d": "d"}
     echo = Echo(potential={"h": potential}, roles={"h": roles}, loss=loss, readout=readout, integrator=integrator,
                 damping=damping)
-    return Model(f"hru-{'linear' if potential == 'quadratic' else 'logcosh'}", "leapfrog", "identity", groups,
-                 (Drive("u", "h", "B", "b"), *local), dt=dt, rule=LeapfrogRule, init=_set(values),
-                 echo=echo, frozen=echo.frozen)
+    return HamiltonianModel(f"hru-{'linear' if potential == 'quadratic' else 'logcosh'}", "leapfrog", "identity",
+                            groups, (Drive("u", "h", "B", "b"), *local), dt=dt, rule=LeapfrogRule,
+                            init=_set(values), echo=echo, frozen=echo.frozen)
 
 
 def hru_stack(d_in: int, widths: tuple, n_out: int, potential: str = "quadratic", dt: float = 0.5,
-              loss: str = "ce-mean", seed: int = 0, integrator: str = "leapfrog", damping: float = 0.0) -> Model:
+              loss: str = "ce-mean", seed: int = 0, integrator: str = "leapfrog",
+              damping: float = 0.0) -> HamiltonianModel:
     """Stacked Hamiltonian recurrent layers h1 .. hL: layer 1 driven by B1 u_t + b1, layer l by B_l phi_half of
     layer l-1 (its half-step position in the same step: a Drive between dynamic groups) + b_l; the last
     layer has the readout. Seeded like `hru`, layer by layer."""
@@ -197,12 +212,12 @@ def hru_stack(d_in: int, widths: tuple, n_out: int, potential: str = "quadratic"
         values["C"] = torch.randn(n_out, widths[-1], generator=gen, dtype=torch.float64) / math.sqrt(widths[-1])
         readout = {"C": "C", "d": "d"}
     echo = Echo(potential=pot, roles=roles, loss=loss, readout=readout, integrator=integrator, damping=damping)
-    return Model(f"hru-stack-{'linear' if potential == 'quadratic' else 'logcosh'}", "leapfrog", "identity",
-                 tuple(groups), tuple(interactions + local), dt=dt, rule=LeapfrogRule, init=_set(values), echo=echo,
-                 frozen=echo.frozen)
+    return HamiltonianModel(f"hru-stack-{'linear' if potential == 'quadratic' else 'logcosh'}", "leapfrog",
+                            "identity", tuple(groups), tuple(interactions + local), dt=dt, rule=LeapfrogRule,
+                            init=_set(values), echo=echo, frozen=echo.frozen)
 
 
-def logcosh_toy(h: float = 0.1, integrator: str = "leapfrog") -> Model:
+def logcosh_toy(h: float = 0.1, integrator: str = "leapfrog") -> HamiltonianModel:
     """§13 T4: 4 uncoupled units, u_t fed straight in (B = I, frozen), alpha = 0.5, c = (0.8, 0.6, 0.9, 0.7)
     (frozen), trained w = (0.7, 0.9, 0.6, 0.8); loss sin-sum; from rest."""
     groups = (Group("u", 4, "input"), Group("h", 4, "output", LAYOUT))
@@ -210,9 +225,9 @@ def logcosh_toy(h: float = 0.1, integrator: str = "leapfrog") -> Model:
               "w": [0.7, 0.9, 0.6, 0.8]}
     echo = Echo(potential={"h": "logcosh"}, roles={"h": {"a": "A", "w": "w", "c": "c"}}, loss="sin-sum",
                 frozen=("B", "A", "c"), integrator=integrator)
-    return Model("logcosh-toy", "leapfrog", "identity", groups, (Drive("u", "h", "B"), Local("h", "A"),
-                 Local("h", "w"), Local("h", "c")), dt=h, rule=LeapfrogRule, init=_set(values),
-                 echo=echo, frozen=echo.frozen)
+    return HamiltonianModel("logcosh-toy", "leapfrog", "identity", groups,
+                            (Drive("u", "h", "B"), Local("h", "A"), Local("h", "w"), Local("h", "c")), dt=h,
+                            rule=LeapfrogRule, init=_set(values), echo=echo, frozen=echo.frozen)
 
 
 def linhru_toy(h: float = 0.1, collect: str = "half", seed: int = 3) -> tuple:
@@ -226,9 +241,9 @@ def linhru_toy(h: float = 0.1, collect: str = "half", seed: int = 3) -> tuple:
     groups = (Group("u", 2, "input"), Group("h", 3, "output", LAYOUT))
     echo = Echo(potential={"h": "quadratic"}, roles={"h": {"a": "A"}}, loss="sin-readout", readout={"c": "c"},
                 frozen=("c",), collect=collect)
-    model = Model("linhru-toy", "leapfrog", "identity", groups, (Drive("u", "h", "B"), Local("h", "A"),
-                  Local("h", "c", (1, 3))), dt=h, rule=LeapfrogRule,
-                  init=_set({"A": [0.5, 1.0, 2.0], "B": B, "c": c[None]}), echo=echo, frozen=echo.frozen)
+    model = HamiltonianModel("linhru-toy", "leapfrog", "identity", groups,
+                             (Drive("u", "h", "B"), Local("h", "A"), Local("h", "c", (1, 3))), dt=h, rule=LeapfrogRule,
+                             init=_set({"A": [0.5, 1.0, 2.0], "B": B, "c": c[None]}), echo=echo, frozen=echo.frozen)
     return model, u
 
 
@@ -236,7 +251,7 @@ HAMILTONIAN_MODELS = ("two-mass", "chain", "chain-logcosh", "hru-linear", "hru-l
                       "hru-stack-logcosh")
 
 
-def _from_settings(cfg) -> Model:
+def _from_settings(cfg) -> HamiltonianModel:
     """A Hamiltonian model from a run's settings: `dt`, `integrator`, `damping`; a chain's masses are sizes[1]; an
     HRU's sizes are [inputs, width(s)..., outputs] (its random B, C seeded by `seed`)."""
     kw = dict(integrator=cfg.integrator, damping=cfg.damping)

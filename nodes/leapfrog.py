@@ -60,9 +60,9 @@ def per_copy_mean(t, copies: int):
 
 
 class LeapfrogRule(NodeRule):
-    """The local rule of a node of a Hamiltonian model (Model.echo). Its terms are the Hamiltonian couplings'
-    (nodes/springs.py: HamiltonianTerm), which it asks, in their `order`, for their part of the drive d, their force
-    and their dV/dW; it knows no kind of coupling."""
+    """The local rule of a node of a Hamiltonian model (nodes/hamiltonian.HamiltonianModel and its Echo). Its terms
+    are the Hamiltonian couplings' (nodes/springs.py: HamiltonianTerm), which it asks, in their `order`, for their
+    part of the drive d, their force and their dV/dW; it knows no kind of coupling."""
 
     def __init__(self, spec, protocol, lrs=None, noise=(0.0, 0)):
         super().__init__(spec, protocol, lrs, noise)
