@@ -16,6 +16,12 @@ and G of its parameters (docs/algorithms.md §1: dE/dtheta at a state, batch mea
 A structural `mask` (0/1, (dst size, src size)) keeps its zeros at zero and decides which blocks are neighbours
 through this term. Directed terms (`symmetric=False`) drive their destination only: feedback weights `B{n}` are
 directed Dense terms from layer n+1 to layer n, owned by layer n.
+
+The same drive over whole groups, for the centralised references (cluster/truth/nonconservative.py), with
+a = rho(s) of a dynamic group and x of the input, and its Jacobian d u / d s (rho' = rho'(s)):
+
+    u_dst += a_src W^T + b,                  d u_dst / d s_src = W diag(rho'_src)       (a dynamic source)
+    u_src += a_dst W    (symmetric),         d u_src / d s_dst = W^T diag(rho'_dst)
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ import torch
 from nodes.interface import Grad, Held, Interaction, NoGrad, Term, connected
 
 
-def _block_mask(mask, rows, cols):
+def block_mask(mask, rows, cols):
     """The (rows, cols) sub-block of a structural mask as a tensor, or None when dense."""
     if mask is None:
         return None
@@ -38,6 +44,41 @@ def replica_name(it: "Dense", group: str) -> str:
     """The local name of the replica of a symmetric term's W held by a block of its source group (suffixed when the
     block's group is the destination too, where it also owns rows of W)."""
     return it.W if it.dst != group else f"{it.W}.replica"
+
+
+# ---- a weight matrix W (dst size, src size) with an optional bias b (dst size,) and structural mask -------------
+# (shared with the interactions that hold the same parameters under other physics, e.g. nodes/springs.py)
+def check_mask(it, model) -> None:
+    """Raise ValueError unless `it.mask` is None or (dst size, src size)."""
+    if it.mask is not None and (len(it.mask) != model.group(it.dst).size
+                                or any(len(r) != model.group(it.src).size for r in it.mask)):
+        raise ValueError(f"model {model.name}: mask of {it.W} is not ({it.dst} size, {it.src} size)")
+
+
+def weight_shapes(it, model) -> dict:
+    """{W: (dst size, src size), b: (dst size,) if any}."""
+    out = {it.W: (model.group(it.dst).size, model.group(it.src).size)}
+    if getattr(it, "b", None):
+        out[it.b] = (model.group(it.dst).size,)
+    return out
+
+
+def weight_init(it, model, gen, scale: float) -> dict:
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for W then b (torch.nn.Linear's default), times `scale`, drawn from `gen`;
+    a mask's structural zeros stay zero."""
+    bound = 1.0 / math.sqrt(model.group(it.src).size)
+    shapes, out = weight_shapes(it, model), {}
+    for name in shapes:
+        t = (torch.rand(shapes[name], generator=gen, dtype=torch.float64) * 2 - 1) * bound * scale
+        if name == it.W and it.mask is not None:
+            t = t * torch.tensor(it.mask, dtype=torch.float64)
+        out[name] = t
+    return out
+
+
+def weight_masks(it) -> dict:
+    """{W: the structural mask as a 0/1 tensor} (none when dense)."""
+    return {} if it.mask is None else {it.W: torch.tensor(it.mask, dtype=torch.float64)}
 
 
 # ---- its drive terms -------------------------------------------------------------------------------------------
@@ -145,27 +186,47 @@ class Dense(Interaction):
     mask: tuple | None = None
 
     def validate(self, model) -> None:
-        if self.mask is not None and (len(self.mask) != model.group(self.dst).size
-                                      or any(len(r) != model.group(self.src).size for r in self.mask)):
-            raise ValueError(f"model {model.name}: mask of {self.W} is not ({self.dst} size, {self.src} size)")
+        check_mask(self, model)
 
     def shapes(self, model) -> dict:
-        out = {self.W: (model.group(self.dst).size, model.group(self.src).size)}
-        if self.b:
-            out[self.b] = (model.group(self.dst).size,)
-        return out
+        return weight_shapes(self, model)
 
     def init(self, model, gen, scale: float) -> dict:
         """U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for W then b (torch.nn.Linear's default), times `scale`; a mask's
         structural zeros stay zero."""
-        bound = 1.0 / math.sqrt(model.group(self.src).size)
-        shapes, out = self.shapes(model), {}
-        for name in (self.W, self.b) if self.b else (self.W,):
-            t = (torch.rand(shapes[name], generator=gen, dtype=torch.float64) * 2 - 1) * bound * scale
-            if name == self.W and self.mask is not None:
-                t = t * torch.tensor(self.mask, dtype=torch.float64)
-            out[name] = t
-        return out
+        return weight_init(self, model, gen, scale)
+
+    def masks(self) -> dict:
+        return weight_masks(self)
+
+    def add_drive(self, model, u: dict, params: dict, a: dict) -> None:
+        """u[dst] += a_src W^T + b, and u[src] += a_dst W on a symmetric term between dynamic groups (whole groups,
+        a: {group: its signal, x for the input})."""
+        W = params[self.W]
+        u[self.dst] = u[self.dst] + a[self.src] @ W.T + (params[self.b] if self.b else 0.0)
+        if self.symmetric and model.group(self.src).role != "input":
+            u[self.src] = u[self.src] + a[self.dst] @ W
+
+    def add_jacobian(self, model, J, params: dict, da: dict, span: dict) -> None:
+        """J[:, dst, src] += W diag(rho'_src) (and J[:, src, dst] += W^T diag(rho'_dst) when symmetric) for a dynamic
+        source; J (B, n, n) over the dynamic units, span {group: (lo, hi)}, da {group: rho'(s_group)}."""
+        if model.group(self.src).role == "input":
+            return
+        W = params[self.W]
+        (r0, r1), (c0, c1) = span[self.dst], span[self.src]
+        J[:, r0:r1, c0:c1] += W * da[self.src].unsqueeze(1)
+        if self.symmetric:
+            J[:, c0:c1, r0:r1] += W.T * da[self.dst].unsqueeze(1)
+
+    def add_vjp(self, model, out: dict, params: dict, da: dict, d: dict) -> None:
+        """out += J^T d of this term: out[src] += rho'_src * (d_dst W) (and out[dst] += rho'_dst * (d_src W^T) when
+        symmetric) for a dynamic source."""
+        if model.group(self.src).role == "input":
+            return
+        W = params[self.W]
+        out[self.src] = out[self.src] + da[self.src] * (d[self.dst] @ W)
+        if self.symmetric:
+            out[self.dst] = out[self.dst] + da[self.dst] * (d[self.src] @ W.T)
 
     def share(self, model, b, need) -> tuple:
         """What block b holds of this term, the terms of its drive, its G recipes and the boundary keys it reads."""
@@ -174,7 +235,7 @@ class Dense(Interaction):
         src = model.group(self.src)
         if self.dst == b.group:  # this block owns W[rows, :] and b[rows]
             held[self.W] = Held(self.W, own, None, "primary")
-            mask = _block_mask(self.mask, own, (0, src.size))
+            mask = block_mask(self.mask, own, (0, src.size))
             if src.role == "input":
                 if connected(self.mask, own, (0, src.size)):
                     terms.append(Clamped("clamped", self.W, "x"))
@@ -196,7 +257,7 @@ class Dense(Interaction):
         if self.symmetric and self.src == b.group and src.role != "input":  # replica of W[:, cols]
             local = replica_name(self, b.group)
             held[local] = Held(self.W, None, own, "replica")
-            mask = _block_mask(self.mask, (0, model.group(self.dst).size), own)
+            mask = block_mask(self.mask, (0, model.group(self.dst).size), own)
             slot = need(self.dst, self.mask, cols=own)
             if slot is None:
                 grads[local] = NoGrad()

@@ -14,10 +14,11 @@ the rest of the project derives everything it needs:
 
 Each interaction knows its own physics (nodes/interface.Interaction): its parameters and their seeded values, and
 what each logical node holds of it, how that drives the node's units and how G of each held tensor is computed;
-this module asks it and never looks at its kind. Dense (nodes/dense.py) is the interaction of every shipped model.
-The message kinds "t" and "g" (nodes/interface.EXTRA_KINDS) are still derived for Dense terms only. The vocabulary
-(Group, Local, Interaction) and the NodeSpec's parts live in nodes/interface.py (re-exported here). Nothing here
-knows the runtime: no sockets, no Ray.
+this module asks it and never looks at its kind. Dense (nodes/dense.py) is the interaction of the layered models, and
+Local (nodes/interface.py) a parameter of one group's units alone. The message kinds "t" and "g"
+(nodes/interface.EXTRA_KINDS) are what each interaction sends along itself. The vocabulary (Group, Local,
+Interaction) and the NodeSpec's parts live in nodes/interface.py (re-exported here). Nothing here knows the runtime:
+no sockets, no Ray.
 """
 from __future__ import annotations
 
@@ -61,8 +62,6 @@ class Model:
     lr_index: dict = field(default_factory=dict, compare=False)  # parameter -> index into the run's lr list
     rule: type | None = field(default=None, compare=False)  # the nodes' rule class (None: nodes.rules.NodeRule)
     init: object = field(default=None, compare=False)  # (params, generator) -> params after the seeded init
-    local: tuple = ()      # Local parameters (no interaction), held by their group's blocks
-    echo: object = field(default=None, compare=False)  # a Hamiltonian model's declaration (nodes/hamiltonian.Echo)
     frozen: tuple = ()     # parameters that never learn (their learning rate is 0 whatever the run's lr)
 
     def __post_init__(self):
@@ -73,11 +72,11 @@ class Model:
             if g.role not in ROLES or g.size < 1:
                 raise ValueError(f"model {self.name}: group {g.name} needs a role in {ROLES} and size >= 1")
         for it in self.interactions:
-            for end in (it.src, it.dst):
+            for end in it.ends:
                 if end not in names:
                     raise ValueError(f"model {self.name}: interaction {it} names unknown group {end!r}")
-            if self.group(it.dst).role == "input":
-                raise ValueError(f"model {self.name}: interaction {it} drives the clamped input {it.dst}")
+            if self.group(it.ends[-1]).role == "input":
+                raise ValueError(f"model {self.name}: interaction {it} acts on the clamped input {it.ends[-1]}")
             it.validate(self)
 
     # ---- declaration queries ---------------------------------------------------------------------------------
@@ -100,20 +99,16 @@ class Model:
         shapes = {}
         for it in self.interactions:
             shapes.update(it.shapes(self))
-        for lp in self.local:
-            shapes[lp.name] = lp.shape(self.group(lp.group).size)
         return shapes
 
     def init_params(self, seed: int, dtype=torch.float64, scale: float = 1.0) -> dict:
         """Each interaction's seeded draws in declaration order (its `init`, e.g. Dense's U(-1/sqrt(fan_in),
-        1/sqrt(fan_in)) times `scale`), from one generator; then the model's `init` (e.g. feedback weights from
-        forward ones)."""
+        1/sqrt(fan_in)) times `scale`; a Local's zeros, no draw), from one generator; then the model's `init` (e.g.
+        feedback weights from forward ones)."""
         gen = torch.Generator().manual_seed(int(seed))
         params = {}
         for it in self.interactions:
             params.update(it.init(self, gen, scale))
-        for lp in self.local:  # no seeded draw: zeros, set by the model's init
-            params[lp.name] = torch.zeros(lp.shape(self.group(lp.group).size), dtype=torch.float64)
         if self.init is not None:
             params = self.init(params, gen)
         return {k: v.to(dtype) for k, v in params.items()}
@@ -160,8 +155,8 @@ class Model:
                 for i, s in specs.items()}
 
     def _spec(self, b: Block, by_group: dict) -> NodeSpec:
-        """Block b's interface: every interaction's share of it (Interaction.share), its Local parameters, the
-        slots and in-ports of the signals its terms read, and its boundary keys."""
+        """Block b's interface: every interaction's share of it (Interaction.share), the slots and in-ports of the
+        signals its terms read, and its boundary keys."""
         held, terms, grads, needed, boundary = {}, [], {}, {}, set()
 
         def need(group, mask=None, rows=None, cols=None):
@@ -173,9 +168,6 @@ class Model:
             terms.extend(t)
             grads.update(g)
             boundary |= set(keys)
-        for lp in self.local:
-            if lp.group == b.group:
-                held[lp.name] = Held(lp.name, None if lp.whole else (b.lo, b.hi), None, "primary")
         if self.group(b.group).role == "output":
             boundary.add("y")
         slots, in_ports = {}, set()

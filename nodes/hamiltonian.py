@@ -5,9 +5,9 @@
 integrated by position-Verlet leapfrog with step h = the model's `dt` (nodes/leapfrog.py). V is a sum of declared
 parts, each a function of a node's own units and its neighbours' positions:
 
-  springs   a symmetric Dense term between dynamic groups, W (dst, src) masked to the springs:
+  springs   a Spring between dynamic groups (nodes/springs.py), W (dst, src) masked to the springs:
             1/2 sum_ij W_ij (phi_i - phi_j)^2                        dV/dW_ij = 1/2 (phi_i - phi_j)^2
-  drive     Dense terms from the input group (and their biases): d = W u_t + b, entering the onsite potential
+  drive     Drives from the input group (and their biases): d = W u_t + b, entering the onsite potential
   onsite    per group (Echo.potential), with Local parameters `a` (stiffness), and for logcosh `w`, `c`:
             quadratic  1/2 a_i phi_i^2 - phi_i d_i                   dV/dd_i = -phi_i
             logcosh    1/2 a_i phi_i^2 + c_i log cosh(w_i phi_i + d_i) / w_i
@@ -25,7 +25,7 @@ averaged over the batch:
 
 Builders: `two_mass` (§13 T3 exactly), `chain` (n masses between two walls, a force u(t) on the first), `hru`
 (a Hamiltonian recurrent layer: linear or log-cosh, with a readout), `hru_stack` (layers driven by the half-step
-positions of the layer below: directed Dense terms between dynamic groups), `logcosh_toy` (§13 T4) and
+positions of the layer below: Drives between dynamic groups), `logcosh_toy` (§13 T4) and
 `linhru_toy` (T5).
 """
 from __future__ import annotations
@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nodes.graph import Dense, Group, Local, Model
+from nodes.graph import Group, Local, Model
 from nodes.leapfrog import LeapfrogRule
+from nodes.springs import Drive, Spring
 
 POTENTIALS = ("quadratic", "logcosh")
 LOSSES = ("sq", "sin-sum", "sin-readout", "ce-mean")
@@ -63,6 +64,19 @@ class Echo:
     damping: float = 0.0
 
 
+@dataclass(frozen=True)
+class HamiltonianModel(Model):
+    """A Model whose nodes integrate H (physics "leapfrog", rule nodes/leapfrog.LeapfrogRule), with its declaration
+    beyond groups and interactions: `echo` (Echo)."""
+
+    echo: Echo | None = field(default=None, compare=False)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.echo, Echo):
+            raise ValueError(f"model {self.name}: a Hamiltonian model declares its Echo (echo=...), got {self.echo!r}")
+
+
 # ---- builders ------------------------------------------------------------------------------------------------
 def _chain_mask(n: int) -> tuple:
     """The springs of a chain inside one group: W[i, i+1] (row i's owner and i+1's replica hold k_{i,i+1})."""
@@ -77,28 +91,28 @@ def _set(values: dict):
     return init
 
 
-def two_mass(k12: float = 0.7, dt: float = 1e-3, integrator: str = "leapfrog", damping: float = 0.0) -> Model:
+def two_mass(k12: float = 0.7, dt: float = 1e-3, integrator: str = "leapfrog",
+             damping: float = 0.0) -> HamiltonianModel:
     """§13 T3: masses 1, walls k1 = 1 and k2 = 1.3 (Local `k1`, `k2`, frozen), the trained spring k12 between
-    them (a symmetric Dense m1 -> m2, held at both ends), from phi = (0.3, -0.2), pi = (0, 0.1); loss sq on m2.
+    them (a Spring m1 -> m2, held at both ends), from phi = (0.3, -0.2), pi = (0, 0.1); loss sq on m2.
     No input: the boundary x is a (B, T, 0) sequence."""
     groups = (Group("u", 1, "input"), Group("m1", 1, "hidden", LAYOUT), Group("m2", 1, "output", LAYOUT))
     echo = Echo(potential={"m1": "quadratic", "m2": "quadratic"}, roles={"m1": {"a": "k1"}, "m2": {"a": "k2"}},
                 loss="sq", start={"m1": ((0.3,), (0.0,)), "m2": ((-0.2,), (0.1,))}, frozen=("k1", "k2", "g"),
                 integrator=integrator, damping=damping)
-    return Model("two-mass", "leapfrog", "identity", groups,
-                 (Dense("m1", "m2", "k12"), Dense("u", "m1", "g", symmetric=False)), dt=dt,
-                 local=(Local("m1", "k1"), Local("m2", "k2")),
-                 rule=LeapfrogRule, init=_set({"k12": k12, "k1": 1.0, "k2": 1.3, "g": 0.0}),
-                 echo=echo, frozen=echo.frozen)
+    return HamiltonianModel("two-mass", "leapfrog", "identity", groups,
+                            (Spring("m1", "m2", "k12"), Drive("u", "m1", "g"), Local("m1", "k1"), Local("m2", "k2")),
+                            dt=dt, rule=LeapfrogRule, init=_set({"k12": k12, "k1": 1.0, "k2": 1.3, "g": 0.0}),
+                            echo=echo, frozen=echo.frozen)
 
 
 def chain(n: int = 16, dt: float = 0.05, k: float = 1.0, wall: float = 1.0, spread: float = 0.0,
           potential: str = "quadratic", integrator: str = "leapfrog", damping: float = 0.0, loss: str = "sq",
-          seed: int = 0) -> Model:
+          seed: int = 0) -> HamiltonianModel:
     """n unit masses in a row between two walls: springs k_{i,i+1} = k (+ U(-spread, spread), seeded) and the walls'
-    springs (Local `a`, `a_end`: `wall` at the two ends, 0 inside), all trained; a force u(t) on mass 0 (Dense
+    springs (Local `a`, `a_end`: `wall` at the two ends, 0 inside), all trained; a force u(t) on mass 0 (Drive
     u -> chain, frozen gain 1 on unit 0). The loss reads the last mass, so it is a group of its own: `chain`
-    (masses 0..n-2) and `end` (mass n-1), their spring a Dense chain -> end. potential logcosh adds
+    (masses 0..n-2) and `end` (mass n-1), their spring a Spring chain -> end. potential logcosh adds
     c log cosh(w phi)/w to every mass (w = 1, c = 0.5, frozen): coupled non-linear oscillators."""
     if n < 2:
         raise ValueError(f"sizes: a chain needs at least 2 masses, got {n}")
@@ -123,19 +137,19 @@ def chain(n: int = 16, dt: float = 0.05, k: float = 1.0, wall: float = 1.0, spre
             local += [Local(gname, f"w.{gname}"), Local(gname, f"c.{gname}")]
             values.update({f"w.{gname}": [1.0] * size, f"c.{gname}": [0.5] * size})
             frozen += [f"w.{gname}", f"c.{gname}"]
-    interactions = (Dense("chain", "chain", "K", mask=_chain_mask(m)),
-                    Dense("chain", "end", "k_end", mask=(tuple(1 if j == m - 1 else 0 for j in range(m)),)),
-                    Dense("u", "chain", "g", symmetric=False, mask=tuple((1,) if i == 0 else (0,) for i in range(m))))
+    interactions = (Spring("chain", "chain", "K", mask=_chain_mask(m)),
+                    Spring("chain", "end", "k_end", mask=(tuple(1 if j == m - 1 else 0 for j in range(m)),)),
+                    Drive("u", "chain", "g", mask=tuple((1,) if i == 0 else (0,) for i in range(m))))
     echo = Echo(potential={"chain": potential, "end": potential}, roles=roles, loss=loss, frozen=tuple(frozen),
                 integrator=integrator, damping=damping)
-    return Model("chain" if potential == "quadratic" else "chain-logcosh", "leapfrog", "identity", groups,
-                 interactions, dt=dt, local=tuple(local), rule=LeapfrogRule, init=_set(values),
-                 echo=echo, frozen=echo.frozen)
+    return HamiltonianModel("chain" if potential == "quadratic" else "chain-logcosh", "leapfrog", "identity", groups,
+                            interactions + tuple(local), dt=dt, rule=LeapfrogRule, init=_set(values), echo=echo,
+                            frozen=echo.frozen)
 
 
 def hru(d_in: int, width: int, n_out: int, potential: str = "quadratic", dt: float = 0.5, loss: str = "ce-mean",
-        seed: int = 0, integrator: str = "leapfrog", damping: float = 0.0) -> Model:
-    """A Hamiltonian recurrent layer (one group `h` of uncoupled units) driven by d = B u_t + b (Dense u -> h),
+        seed: int = 0, integrator: str = "leapfrog", damping: float = 0.0) -> HamiltonianModel:
+    """A Hamiltonian recurrent layer (one group `h` of uncoupled units) driven by d = B u_t + b (Drive u -> h),
     onsite stiffness `A` (quadratic: the linear HRU, §10.4 LinHRU with a scalar step) or `A`, `w`, `c` (logcosh:
     NonlinHRU's potential, without the code's squashing of c), and for ce-mean a readout C (n_out, width),
     d (n_out,) of the time-mean. Seeded: B ~ N(0, 1/d_in), A ~ U(0.5, 2) (linear) or U(0.1, 1), w ~ U(0.5, 1),
@@ -160,15 +174,16 @@ def hru(d_in: int, width: int, n_out: int, potential: str = "quadratic", dt: flo
         readout = {"C": "C", "d": "d"}
     echo = Echo(potential={"h": potential}, roles={"h": roles}, loss=loss, readout=readout, integrator=integrator,
                 damping=damping)
-    return Model(f"hru-{'linear' if potential == 'quadratic' else 'logcosh'}", "leapfrog", "identity", groups,
-                 (Dense("u", "h", "B", "b", symmetric=False),), dt=dt, local=tuple(local), rule=LeapfrogRule, init=_set(values),
-                 echo=echo, frozen=echo.frozen)
+    return HamiltonianModel(f"hru-{'linear' if potential == 'quadratic' else 'logcosh'}", "leapfrog", "identity",
+                            groups, (Drive("u", "h", "B", "b"), *local), dt=dt, rule=LeapfrogRule,
+                            init=_set(values), echo=echo, frozen=echo.frozen)
 
 
 def hru_stack(d_in: int, widths: tuple, n_out: int, potential: str = "quadratic", dt: float = 0.5,
-              loss: str = "ce-mean", seed: int = 0, integrator: str = "leapfrog", damping: float = 0.0) -> Model:
+              loss: str = "ce-mean", seed: int = 0, integrator: str = "leapfrog",
+              damping: float = 0.0) -> HamiltonianModel:
     """Stacked Hamiltonian recurrent layers h1 .. hL: layer 1 driven by B1 u_t + b1, layer l by B_l phi_half of
-    layer l-1 (its half-step position in the same step: a directed Dense between dynamic groups) + b_l; the last
+    layer l-1 (its half-step position in the same step: a Drive between dynamic groups) + b_l; the last
     layer has the readout. Seeded like `hru`, layer by layer."""
     gen = torch.Generator().manual_seed(int(seed))
 
@@ -180,7 +195,7 @@ def hru_stack(d_in: int, widths: tuple, n_out: int, potential: str = "quadratic"
     src, fan = "u", d_in
     for l, (g, w) in enumerate(zip(names, widths)):
         groups.append(Group(g, w, "output" if l == len(widths) - 1 else "hidden", LAYOUT))
-        interactions.append(Dense(src, g, f"B{l + 1}", f"b{l + 1}", symmetric=False))
+        interactions.append(Drive(src, g, f"B{l + 1}", f"b{l + 1}"))
         values[f"B{l + 1}"] = torch.randn(w, fan, generator=gen, dtype=torch.float64) / math.sqrt(fan)
         values[f"A{l + 1}"] = unif(0.5, 2.0, w) if potential == "quadratic" else unif(0.1, 1.0, w)
         local.append(Local(g, f"A{l + 1}"))
@@ -197,11 +212,12 @@ def hru_stack(d_in: int, widths: tuple, n_out: int, potential: str = "quadratic"
         values["C"] = torch.randn(n_out, widths[-1], generator=gen, dtype=torch.float64) / math.sqrt(widths[-1])
         readout = {"C": "C", "d": "d"}
     echo = Echo(potential=pot, roles=roles, loss=loss, readout=readout, integrator=integrator, damping=damping)
-    return Model(f"hru-stack-{'linear' if potential == 'quadratic' else 'logcosh'}", "leapfrog", "identity", tuple(groups), tuple(interactions), dt=dt,
-                 local=tuple(local), rule=LeapfrogRule, init=_set(values), echo=echo, frozen=echo.frozen)
+    return HamiltonianModel(f"hru-stack-{'linear' if potential == 'quadratic' else 'logcosh'}", "leapfrog",
+                            "identity", tuple(groups), tuple(interactions + local), dt=dt, rule=LeapfrogRule,
+                            init=_set(values), echo=echo, frozen=echo.frozen)
 
 
-def logcosh_toy(h: float = 0.1, integrator: str = "leapfrog") -> Model:
+def logcosh_toy(h: float = 0.1, integrator: str = "leapfrog") -> HamiltonianModel:
     """§13 T4: 4 uncoupled units, u_t fed straight in (B = I, frozen), alpha = 0.5, c = (0.8, 0.6, 0.9, 0.7)
     (frozen), trained w = (0.7, 0.9, 0.6, 0.8); loss sin-sum; from rest."""
     groups = (Group("u", 4, "input"), Group("h", 4, "output", LAYOUT))
@@ -209,9 +225,9 @@ def logcosh_toy(h: float = 0.1, integrator: str = "leapfrog") -> Model:
               "w": [0.7, 0.9, 0.6, 0.8]}
     echo = Echo(potential={"h": "logcosh"}, roles={"h": {"a": "A", "w": "w", "c": "c"}}, loss="sin-sum",
                 frozen=("B", "A", "c"), integrator=integrator)
-    return Model("logcosh-toy", "leapfrog", "identity", groups, (Dense("u", "h", "B", symmetric=False),), dt=h,
-                 local=(Local("h", "A"), Local("h", "w"), Local("h", "c")), rule=LeapfrogRule, init=_set(values),
-                 echo=echo, frozen=echo.frozen)
+    return HamiltonianModel("logcosh-toy", "leapfrog", "identity", groups,
+                            (Drive("u", "h", "B"), Local("h", "A"), Local("h", "w"), Local("h", "c")), dt=h,
+                            rule=LeapfrogRule, init=_set(values), echo=echo, frozen=echo.frozen)
 
 
 def linhru_toy(h: float = 0.1, collect: str = "half", seed: int = 3) -> tuple:
@@ -225,10 +241,9 @@ def linhru_toy(h: float = 0.1, collect: str = "half", seed: int = 3) -> tuple:
     groups = (Group("u", 2, "input"), Group("h", 3, "output", LAYOUT))
     echo = Echo(potential={"h": "quadratic"}, roles={"h": {"a": "A"}}, loss="sin-readout", readout={"c": "c"},
                 frozen=("c",), collect=collect)
-    model = Model("linhru-toy", "leapfrog", "identity", groups, (Dense("u", "h", "B", symmetric=False),), dt=h,
-                  local=(Local("h", "A"), Local("h", "c", (1, 3))),
-                  rule=LeapfrogRule, init=_set({"A": [0.5, 1.0, 2.0], "B": B, "c": c[None]}),
-                  echo=echo, frozen=echo.frozen)
+    model = HamiltonianModel("linhru-toy", "leapfrog", "identity", groups,
+                             (Drive("u", "h", "B"), Local("h", "A"), Local("h", "c", (1, 3))), dt=h, rule=LeapfrogRule,
+                             init=_set({"A": [0.5, 1.0, 2.0], "B": B, "c": c[None]}), echo=echo, frozen=echo.frozen)
     return model, u
 
 
@@ -236,7 +251,7 @@ HAMILTONIAN_MODELS = ("two-mass", "chain", "chain-logcosh", "hru-linear", "hru-l
                       "hru-stack-logcosh")
 
 
-def _from_settings(cfg) -> Model:
+def _from_settings(cfg) -> HamiltonianModel:
     """A Hamiltonian model from a run's settings: `dt`, `integrator`, `damping`; a chain's masses are sizes[1]; an
     HRU's sizes are [inputs, width(s)..., outputs] (its random B, C seeded by `seed`)."""
     kw = dict(integrator=cfg.integrator, damping=cfg.damping)

@@ -1,8 +1,9 @@
 """A model's vocabulary and a logical node's interface: the plain data that nodes/graph.py declares and derives.
 
-Groups, interactions (Interaction subclasses: nodes/dense.py's Dense) and Local parameters make a declaration (nodes/graph.Model); Blocks, Ports, Held tensors,
-drive Terms, inbox Slots and G recipes make each logical node's NodeSpec. The functions at the end move tensors
-between a node's share and the full parameters (slice_params, assemble) and cut a target to the node (target_of).
+Groups and interactions (Interaction subclasses: nodes/dense.py's Dense, and Local parameters of one group's units)
+make a declaration (nodes/graph.Model); Blocks, Ports, Held tensors, drive Terms, inbox Slots and G recipes make each
+logical node's NodeSpec. The functions at the end move tensors between a node's share and the full parameters
+(slice_params, assemble) and cut a target to the node (target_of).
 Nothing here knows the runtime: no sockets, no Ray.
 """
 from __future__ import annotations
@@ -58,6 +59,7 @@ class Interaction:
       shapes(model)               {parameter: shape} of the parameters it owns
       init(model, gen, scale)     {parameter: seeded initial value}, drawn from `gen` in a fixed order
       validate(model)             raise ValueError naming the model and the parameter for a bad declaration
+      ends                        the groups it names, the one it acts on last (by default (src, dst))
       share(model, block, need)   what one logical node holds of it: (held {local: Held}, drive terms, G recipes
                                   {local: Grad}, boundary keys); `need(group, rows=..., cols=...)` records that the
                                   node reads `group`'s signal on its in-ports and returns the slot's name (None when
@@ -65,14 +67,50 @@ class Interaction:
 
     Its terms (Term subclasses) say how it drives a node's units, and its Grads how G of each held tensor is
     computed from the node's own signal and what it read: no other module switches on what kind it is. Subclasses
-    register themselves (INTERACTIONS, by class name) when they are defined, in nodes/ or anywhere else."""
+    register themselves (INTERACTIONS, by class name) when they are defined, in nodes/ or anywhere else.
+
+    The centralised references (cluster/truth/) ask it the same physics over whole groups, on {group: tensor} dicts
+    that it updates in place (each reference asks for what its family needs; one not implemented is refused):
+
+      masks()                                  {parameter: 0/1 tensor}, its structural zeros (none by default)
+      add_drive(model, u, params, a)           u[g] += its part of group g's drive, from the signals a
+                                               {group: (B, size)}
+      add_jacobian(model, J, params, da, span) J (B, n, n) += d(its drive)/ds, with da {group: rho'(s)} and
+                                               span {group: (lo, hi)} of the dynamic units
+      add_vjp(model, out, params, da, d)       out[g] += (J^T d)_g of its part, d {group: (B, size)}
+      add_force(model, F, params, phi, span)   F (B, n) plus its force on the positions phi (B, n), not through a
+                                               drive (a Hamiltonian's springs); returns the new F"""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         INTERACTIONS[cls.__name__] = cls
 
+    @property
+    def ends(self) -> tuple:
+        """The groups it names, the one it acts on last: (src, dst)."""
+        return (self.src, self.dst)
+
     def validate(self, model) -> None:
         pass
+
+    def masks(self) -> dict:
+        return {}
+
+    def _centralised(self, what: str):
+        raise NotImplementedError(f"interaction {type(self).__name__} declares no centralised {what}, which this "
+                                  f"reference asks it")
+
+    def add_drive(self, model, u, params, a) -> None:
+        self._centralised("drive (add_drive)")
+
+    def add_jacobian(self, model, J, params, da, span) -> None:
+        self._centralised("Jacobian (add_jacobian)")
+
+    def add_vjp(self, model, out, params, da, d) -> None:
+        self._centralised("Jacobian product (add_vjp)")
+
+    def add_force(self, model, F, params, phi, span):
+        self._centralised("force (add_force)")
 
     def transposed_sends(self, model, by_group) -> list:
         """Message kind "t" along this interaction (a protocol that asks for it, e.g. Dyadic EP); none by default."""
@@ -87,17 +125,55 @@ INTERACTIONS: dict = {}  # class name -> Interaction subclass, filled as they ar
 
 
 @dataclass(frozen=True)
-class Local:
-    """A parameter of one group's units alone, in no interaction (e.g. an oscillator's own stiffness): shape (size,),
-    each block holding its units' entries; or `whole` a shape held whole by the group's blocks (a readout, whose
-    loss needs the whole group and so runs where the group is one block)."""
+class Local(Interaction):
+    """A parameter of one group's units alone (e.g. an oscillator's own stiffness), an interaction of the group with
+    itself that drives nothing: shape (size,), each block holding its units' entries; or `whole` a shape held whole by
+    the group's blocks (a readout, whose loss needs the whole group and so runs where the group is one block). It
+    draws nothing from the generator: zeros, which the model's `init` sets. The rule that reads it finds it by name
+    (e.g. nodes/hamiltonian.Echo.roles)."""
 
     group: str
     name: str
     whole: tuple = ()
 
+    @property
+    def ends(self) -> tuple:
+        return (self.group,)
+
     def shape(self, size: int) -> tuple:
         return tuple(self.whole) if self.whole else (size,)
+
+    def shapes(self, model) -> dict:
+        return {self.name: self.shape(model.group(self.group).size)}
+
+    def init(self, model, gen, scale: float) -> dict:
+        """Zeros (no draw from `gen`)."""
+        return {self.name: torch.zeros(self.shape(model.group(self.group).size), dtype=torch.float64)}
+
+    def share(self, model, b, need) -> tuple:
+        """Its units' entries (all of it when `whole`) on the group's blocks, as their owner; no drive, no G."""
+        if b.group != self.group:
+            return {}, [], {}, ()
+        return {self.name: Held(self.name, None if self.whole else (b.lo, b.hi), None, "primary")}, [], {}, ()
+
+    def add_drive(self, model, u, params, a) -> None:
+        """No part of any drive: the rule that reads it finds it by name."""
+
+    def add_jacobian(self, model, J, params, da, span) -> None:
+        """Nothing: no part of any drive."""
+
+    def add_vjp(self, model, out, params, da, d) -> None:
+        """Nothing: no part of any drive."""
+
+    def add_force(self, model, F, params, phi, span):
+        """F: no force of its own (an onsite parameter's force is the onsite potential's, read by name)."""
+        return F
+
+    def transposed_sends(self, model, by_group) -> list:
+        return []
+
+    def backward_sends(self, model, by_group) -> list:
+        return []
 
 
 @dataclass(frozen=True)
@@ -147,7 +223,9 @@ class Term:
       constant (constant True):   u = add_const(u, W, boundary, dtype), once per phase (the clamped part of the drive:
                                   boundary signals and biases); `order` sorts them (lower first)
 
-    `kind` names the term within its interaction (e.g. Dense's fwd, bwd, clamped, bias)."""
+    A rule with physics of its own asks its terms what that physics needs instead (a Hamiltonian node's terms:
+    nodes/springs.HamiltonianTerm's drive, force and dV). `kind` names the term within its interaction (e.g. Dense's
+    fwd, bwd, clamped, bias)."""
 
     kind: str
     weight: str
@@ -155,7 +233,7 @@ class Term:
 
     constant = False
     order = 0
-    reads = ()          # the boundary keys a constant term reads (routed to the node)
+    reads = ()          # the boundary keys it reads (routed to the node)
 
     def operand(self, W):
         raise NotImplementedError(f"term {self.kind} of {self.weight}: no per-step operand")

@@ -60,37 +60,38 @@ def per_copy_mean(t, copies: int):
 
 
 class LeapfrogRule(NodeRule):
-    """The local rule of a node of a Hamiltonian model (Model.echo)."""
+    """The local rule of a node of a Hamiltonian model (nodes/hamiltonian.HamiltonianModel and its Echo). Its terms
+    are the Hamiltonian couplings' (nodes/springs.py: HamiltonianTerm), which it asks, in their `order`, for their
+    part of the drive d, their force and their dV/dW; it knows no kind of coupling."""
 
     def __init__(self, spec, protocol, lrs=None, noise=(0.0, 0)):
         super().__init__(spec, protocol, lrs, noise)
         model, group = spec.model, spec.block.group
-        echo = model.echo
+        echo = getattr(model, "echo", None)
         if echo is None:
             raise ValueError(f"model: {model.name} declares no Hamiltonian (node {self.id})")
         self.echo, self.h, self.kind = echo, float(model.dt), echo.potential[group]
         self.roles = dict(echo.roles.get(group, {}))
-        dense = {it.W: it for it in model.interactions}  # a Hamiltonian model's interactions are Dense terms
-        terms = tuple((t.kind == "fwd", t.weight, t.slot) for t in self.step_terms)
-        directed = {w for _, w, _ in terms if not dense[spec.held[w].param].symmetric}
-        self.springs = tuple((fwd, w, slot, spec.grads[w].mask) for fwd, w, slot in terms if w not in directed)
-        # a directed term from a dynamic group drives this layer by W phi_half of the layer below (a stack)
-        self.stacked = tuple((w, slot, spec.grads[w].mask) for fwd, w, slot in terms if w in directed)
+        plain = [t.weight for t in spec.terms if not hasattr(t, "dV")]
+        if plain:
+            raise ValueError(f"model: {model.name}: the terms of {plain} at node {self.id} have no Hamiltonian physics "
+                             f"(declare the couplings with nodes/springs.py's Spring and Drive)")
+        self.terms = tuple(sorted(spec.terms, key=lambda t: t.order))
+        self.couples = any(t.couples for t in self.terms)  # springs: each copy's positions cross to the neighbours
+        self.below_slots = tuple(t.slot for t in self.terms if t.reference)  # the layers below, read as inputs
         self.back = spec.backward  # kind g: (source node, W, lo, hi): the input gradient to the layer below
         self.g_slots = tuple(sl.name for sl in spec.slots.values() if sl.kind == "g")
-        if self.g_slots and self.springs:  # its kicks land after its per-copy positions went to its spring neighbours
+        if self.g_slots and self.couples:  # its kicks land after its per-copy positions went to its spring neighbours
             raise ValueError(f"model: {model.name}: a stacked layer's units are uncoupled (springs and a layer above "
                              f"at node {self.id} are not built)")
-        self.clamped = tuple(t.weight for t in spec.terms if t.kind == "clamped")
-        self.masks = {w: spec.grads[w].mask for w in self.clamped if spec.grads[w].mask is not None}
-        self.biases = tuple(t.weight for t in spec.terms if t.kind == "bias")
+        self.clamped = any("x" in t.reads for t in self.terms)
         self.readout = dict(echo.readout) if self.is_output else {}
         self.terminal = bool(getattr(protocol, "terminal", False))
         self.nudge = protocol.settings["nudge"]
         if self.is_output and echo.loss in READOUTS and spec.width != model.group(group).size:
             raise ValueError(f"granularity: loss {echo.loss} reads the whole output group {group}; it runs on one "
                              f"node (layer granularity, split 1), not on node {self.id}")
-        if echo.collect == "full" and self.springs:
+        if echo.collect == "full" and self.couples:
             raise ValueError(f"model: full-step collection is an ablation for uncoupled layers (node {self.id})")
         lo, hi = spec.block.lo, spec.block.hi
         phi0, pi0 = echo.start.get(group, ((0.0,) * model.group(group).size,) * 2)
@@ -108,36 +109,25 @@ class LeapfrogRule(NodeRule):
         unnudged echo, the forward's input reversed) for every copy; {slot: (C*B, width)}."""
         C = len(copies)
         return {slot: inbox[slot] if C <= 1 else reference(inbox[slot], copies, batch).repeat(C, 1)
-                for _, slot, _ in self.stacked}
+                for slot in self.below_slots}
 
     def driving(self, params, x_t, rows: int, below: dict):
-        """d_t = sum of W u_t over the clamped terms and of W phi_half over the layers below (`below`), plus the
-        biases (rows, width); None when there is none."""
+        """d_t = the sum of the terms' parts in their order (e.g. W u_t from the input, W phi_half of the layers below
+        (`below`), the biases), (rows, width); None when there is none."""
         d = None
-        for w in self.clamped:
-            v = x_t @ params[w].T
-            d = v if d is None else d + v
-        for w, slot, _ in self.stacked:
-            v = below[slot] @ params[w].T
-            d = v if d is None else d + v
-        for b in self.biases:
-            d = params[b].expand(rows, -1).clone() if d is None else d + params[b]
+        for t in self.terms:
+            d = t.drive(d, params[t.weight], x_t, below, rows)
         return d
 
     def local_params(self, params) -> dict:
         return {role: params[name] for role, name in self.roles.items()}
 
     def force(self, pos, inbox, params, d):
-        """F = -dV/dphi at the node's positions `pos` (B, w) with its neighbours' in the inbox: the springs'
-        sum_j k_ij (phi_j - phi_i) and the onsite part."""
+        """F = -dV/dphi at the node's positions `pos` (B, w) with its neighbours' in the inbox: the onsite part, then
+        the terms' own forces (the springs' sum_j k_ij (phi_j - phi_i))."""
         f = onsite_force(self.kind, pos, d, self.local_params(params))
-        for fwd, w, slot, _ in self.springs:
-            W = params[w]
-            nb = inbox[slot]
-            if fwd:  # W's rows: springs to the source's units
-                f = f + nb @ W.T - pos * W.sum(1)
-            else:    # a replica of W's columns: springs to the destination's units
-                f = f + nb @ W - pos * W.sum(0)
+        for t in self.terms:
+            f = t.force(f, pos, inbox, params[t.weight])
         return f
 
     def dH(self, pos, inbox, params, d, x_t, copies: int, below: dict) -> dict:
@@ -147,20 +137,8 @@ class LeapfrogRule(NodeRule):
         for role, name in self.roles.items():
             if role in g:
                 out[name] = per_copy_mean(g[role], copies)
-        for fwd, w, slot, mask in self.springs:
-            nb = inbox[slot]
-            diff = pos[:, :, None] - nb[:, None, :] if fwd else nb[:, :, None] - pos[:, None, :]
-            G = per_copy_mean(0.5 * diff * diff, copies)
-            out[w] = G if mask is None else G * mask.to(G.dtype)
-        drives = [(w, x_t, self.masks.get(w)) for w in self.clamped]
-        drives += [(w, below[slot], mask) for w, slot, mask in self.stacked]
-        for w, u, mask in drives:  # d = W u: dV/dW = dV/dd u^T, batch mean per copy
-            out[w] = torch.einsum("cbi,cbj->cij", dd.reshape(copies, -1, dd.shape[1]),
-                                  u.reshape(copies, -1, u.shape[1])) / (dd.shape[0] // copies)
-            if mask is not None:
-                out[w] = out[w] * mask.to(out[w].dtype)
-        for b in self.biases:
-            out[b] = per_copy_mean(dd, copies)
+        for t in self.terms:
+            out[t.weight] = t.dV(pos, inbox, dd, x_t, below, copies)
         return out, dd
 
     def backward(self, dd, params, copies: int) -> dict:

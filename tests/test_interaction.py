@@ -1,10 +1,12 @@
 """A new interaction is one class in one file, and nothing else changes: a diagonal coupling defined here, in a test,
-runs on the layer, neuron and hosted fabrics and in-process with the same results, and its EP estimate agrees with
-BPTT through the same dynamics.
+runs on the layer, neuron and hosted fabrics and in-process with the same results, its EP estimate agrees with
+BPTT through the same dynamics, and the centralised vector field (cluster/truth/nonconservative.py) runs on it from
+the whole-group form it declares.
 
     Diagonal(src, dst, d):   E contains a(dst) . (d * a(src))   (groups of equal size, d of shape (size,))
         drive:   u_dst,j += d_j a_src,j   and, symmetric, u_src,j += d_j a_dst,j
         G:       dE/dd_j = -mean_b a_dst,bj a_src,bj   (docs/algorithms.md §1's sign: G = -rho(post) rho(pre))
+        whole groups (a = rho(s)):  du_dst/ds_src = diag(d rho'(s_src)),  du_src/ds_dst = diag(d rho'(s_dst))
 """
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ import torch
 
 from cluster.inprocess import ReferenceEngine
 from cluster.runtime.coordinator import FabricEngine, lrs_by_param
+from cluster.inprocess import relax
 from cluster.truth.bptt import bptt_grad
+from cluster.truth.nonconservative import Field
 from nodes.graph import Dense, Grad, Group, Held, Interaction, Model, Term
 from nodes.interface import INTERACTIONS
 from protocols import get_protocol
@@ -84,6 +88,19 @@ class Diagonal(Interaction):
             grads[local] = DiagonalGrad("diag", slot, lo=b.lo, own_is_post=False)
         return held, terms, grads, ()
 
+    def add_drive(self, model, u, params, a):
+        u[self.dst] = u[self.dst] + params[self.d] * a[self.src]
+        u[self.src] = u[self.src] + params[self.d] * a[self.dst]
+
+    def add_jacobian(self, model, J, params, da, span):
+        (r0, r1), (c0, c1) = span[self.dst], span[self.src]
+        J[:, r0:r1, c0:c1] += torch.diag_embed(params[self.d] * da[self.src])
+        J[:, c0:c1, r0:r1] += torch.diag_embed(params[self.d] * da[self.dst])
+
+    def add_vjp(self, model, out, params, da, d):
+        out[self.src] = out[self.src] + da[self.src] * (params[self.d] * d[self.dst])
+        out[self.dst] = out[self.dst] + da[self.dst] * (params[self.d] * d[self.src])
+
 
 MODEL = Model("diagonal-demo", "energy", "sigmoid",
               (Group("L0", 4, "input"), Group("L1", 5), Group("L2", 5), Group("L3", 3, "output")),
@@ -142,3 +159,23 @@ def test_estimate_agrees_with_bptt_to_first_order_in_beta():
         assert float(torch.nn.functional.cosine_similarity(g["d1"], truth["d1"], dim=0)) > 0.999
     slope = torch.log(torch.tensor(errs[0] / errs[1])) / torch.log(torch.tensor(4.0))
     assert 1.7 <= float(slope) <= 2.3, (errs, float(slope))
+
+
+def test_the_centralised_field_runs_on_it_from_its_declared_whole_group_form():
+    """On a vector field with a directed Dense, the Diagonal and a symmetric Dense: f is the nodes' own Euler step,
+    its Jacobian autograd's and J^T d the Jacobian's transpose applied to d."""
+    model = Model("diagonal-field", "vector-field", "tanh", MODEL.groups,
+                  (Dense("L0", "L1", "W0", "b0", symmetric=False), Diagonal("L1", "L2", "d1"),
+                   Dense("L2", "L3", "W2", "b2")), dt=0.2)
+    params = scaled_params(model)
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    F = Field(model, params, x)
+    S = torch.randn(3, F.n, generator=gen, dtype=torch.float64)
+    parts = list(torch.split(S, [g.size for g in model.dynamic_groups], 1))
+    assert torch.allclose(torch.cat(relax(model, params, x, 1, s=parts), 1), S + F.dt * F(S), rtol=0, atol=1e-15)
+    J = torch.stack([torch.autograd.functional.jacobian(lambda v: Field(model, params, x[b:b + 1])(v[None])[0], S[b])
+                     for b in range(len(S))])
+    assert torch.allclose(F.jacobian(S), J, rtol=0, atol=1e-14)
+    d = torch.randn(S.shape, generator=gen, dtype=torch.float64)
+    assert torch.allclose(F.jt(S, d), torch.bmm(J.transpose(1, 2), d.unsqueeze(-1)).squeeze(-1), rtol=0, atol=1e-14)

@@ -2,9 +2,10 @@
 process, written from the declaration with full matrices (not from the nodes' rules), and its BPTT.
 
     simulate(model, params, x, y, T)   phi_half = phi + (h/2) pi;  pi += h F(phi_half, u_t);  phi = phi_half + (h/2) pi
-                                       F = -dV/dphi of the whole system: springs (D^T W D form per Dense), onsite
-                                       parts, the drives W u_t + b; returns the loss L (batch mean, the
-                                       conventions of nodes/hamiltonian.py) and, if asked, the states
+                                       F = -dV/dphi of the whole system: the onsite parts with their drives d (each
+                                       interaction's Interaction.add_drive, e.g. W u_t + b), then each interaction's
+                                       own force (Interaction.add_force, e.g. a spring's); returns the loss L (batch
+                                       mean, the conventions of nodes/hamiltonian.py) and, if asked, the states
     bptt_grad(...)                     dL/dtheta by autograd through those T steps (float64): the audit's truth
     central_difference(...)            (L(theta + d e) - L(theta - d e)) / (2 d) for one entry (tests)
     echo_state(...)                    forward, flip, unnudged echo: the state it returns to (echo_error)
@@ -17,7 +18,8 @@ from nodes.potentials import ce_mean
 
 
 class System:
-    """The declaration flattened: dynamic units in group order, their groups' slices, springs and drives."""
+    """The declaration flattened: dynamic units in group order, their groups' slices; the interactions give the
+    drives and their own forces over whole groups."""
 
     def __init__(self, model):
         self.model, self.echo = model, model.echo
@@ -27,26 +29,23 @@ class System:
             self.slices[g.name] = slice(at, at + g.size)
             at += g.size
         self.n = at
+        self.span = {name: (sl.start, sl.stop) for name, sl in self.slices.items()}
         self.inputs = {g.name for g in model.groups if g.role == "input"}
         self.out = self.slices[model.output_group.name]
 
     def _drives(self, params, x_t, phi) -> dict:
-        """d per group: W u_t from the input, W phi_src from a layer below (a directed term: a stack), plus biases."""
-        d, B = {}, phi.shape[0]
+        """d per group: each interaction's part (e.g. W u_t from the input, W phi_src from a layer below, biases),
+        from the signals {input: x_t (None: no input), dynamic group: its positions}."""
+        a = {name: x_t for name in self.inputs}
+        a.update({name: phi[:, sl] for name, sl in self.slices.items()})
+        d = {}
         for it in self.model.interactions:
-            if it.src in self.inputs or not it.symmetric:
-                if it.src in self.inputs:
-                    v = x_t @ params[it.W].T if x_t is not None else None
-                else:
-                    v = phi[:, self.slices[it.src]] @ params[it.W].T
-                if it.b:
-                    v = params[it.b].expand(B, -1) if v is None else v + params[it.b]
-                if v is not None:
-                    d[it.dst] = d[it.dst] + v if it.dst in d else v
+            it.add_drive(self.model, d, params, a)
         return d
 
     def force(self, phi, params, x_t):
-        """-dV/dphi, (B, n): springs W (phi_src - phi_dst) both ways, onsite -a phi + d or -a phi - c tanh(w phi + d)."""
+        """-dV/dphi, (B, n): onsite -a phi + d or -a phi - c tanh(w phi + d), then the interactions' own forces (springs
+        W (phi_src - phi_dst) both ways)."""
         parts = [None] * len(self.slices)
         drives = self._drives(params, x_t, phi)
         for k, (name, sl) in enumerate(self.slices.items()):
@@ -60,14 +59,7 @@ class System:
             parts[k] = v
         F = torch.cat(parts, 1)
         for it in self.model.interactions:
-            if it.src in self.inputs or not it.symmetric:
-                continue
-            W, sd, ss = params[it.W], self.slices[it.dst], self.slices[it.src]
-            dst, src = phi[:, sd], phi[:, ss]
-            add = torch.zeros_like(F)
-            add[:, sd] = src @ W.T - dst * W.sum(1)
-            add[:, ss] = add[:, ss] + dst @ W - src * W.sum(0)
-            F = F + add
+            F = it.add_force(self.model, F, params, phi, self.span)
         return F
 
     def start(self, B, dtype):
@@ -141,8 +133,8 @@ def bptt_grad(model, params, x, y, T: int, terminal: bool = False) -> dict:
     grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
     out = {k: (g if g is not None else torch.zeros_like(v)).detach() for (k, v), g in zip(leaves.items(), grads)}
     for it in model.interactions:  # a mask's structural zeros are no parameters: no gradient
-        if it.mask is not None:
-            out[it.W] = out[it.W] * torch.tensor(it.mask, dtype=out[it.W].dtype)
+        for name, mask in it.masks().items():
+            out[name] = out[name] * mask.to(out[name].dtype)
     return out
 
 

@@ -1,9 +1,10 @@
 """Centralised reference of the non-conservative estimators on a `vector-field` model (docs/algorithms.md §9, §13 T1).
 
-The field comes from the model declaration alone (nodes/graph.Dense terms), on the flat state S (B, n) of the
-dynamic groups in partition order:
-    f_dst(S) = -s_dst + sum_{Dense src -> dst} W a(src) + b,   a(src) = rho(s_src), or x for an input group;
-    J(S) = df/dS = -I + sum W diag(rho'(s_src)),   (J^T d)_src = sum rho'(s_src) * (W^T d_dst)   (no autograd).
+The field comes from the model declaration alone, each interaction giving its part of the drive u of the groups it
+drives over whole groups (Interaction.add_drive, add_jacobian, add_vjp; nodes/dense.py's Dense: W a(src) + b), on
+the flat state S (B, n) of the dynamic groups in partition order:
+    f_g(S) = -s_g + u_g(a),   a(g) = rho(s_g), or x for an input group;
+    J(S) = df/dS = -I + du/dS,   J^T d = -d + (du/dS)^T d   (no autograd; Dense: du_dst/ds_src = W diag(rho'(s_src))).
 Every relaxation is explicit Euler, S <- S + dt * (field), the nodes' own step (tests check it against `relax`).
 With delta the estimator's state displacement over beta, every estimate is g = -(d_theta f(S*))^T delta (batch mean),
 the §9 formula with d_theta C = 0:
@@ -47,29 +48,28 @@ class Field:
         p = self.params if params is None else params
         s = self._parts(S)
         f = {g: -v for g, v in s.items()}
+        a = {g.name: self.x for g in self.model.groups if g.role == "input"}
+        a.update({g: self.rho(v) for g, v in s.items()})
         for it in self.model.interactions:
-            a = self.x if it.src not in s else self.rho(s[it.src])
-            f[it.dst] = f[it.dst] + a @ p[it.W].T + (p[it.b] if it.b else 0.0)
+            it.add_drive(self.model, f, p, a)
         return torch.cat([f[g] for g in self.span], 1)
 
     def jacobian(self, S):
         """J(S), (B, n, n): J[b, i, j] = df_i/dS_j."""
         B = S.shape[0]
         J = -torch.eye(self.n, dtype=S.dtype, device=S.device).repeat(B, 1, 1)
-        s = self._parts(S)
+        da = {g: self.rho_prime(v) for g, v in self._parts(S).items()}
         for it in self.model.interactions:
-            if it.src in s:
-                (r0, r1), (c0, c1) = self.span[it.dst], self.span[it.src]
-                J[:, r0:r1, c0:c1] += self.params[it.W] * self.rho_prime(s[it.src]).unsqueeze(1)
+            it.add_jacobian(self.model, J, self.params, da, self.span)
         return J
 
     def jt(self, S, d):
-        """J(S)^T d, (B, n): what each unit gathers from its post-synaptic neighbours (d_dst through W^T)."""
-        s, dd = self._parts(S), self._parts(d)
+        """J(S)^T d, (B, n): what each unit gathers from the units it drives (Dense: d_dst through W^T)."""
+        dd = self._parts(d)
+        da = {g: self.rho_prime(v) for g, v in self._parts(S).items()}
         out = {g: -v for g, v in dd.items()}
         for it in self.model.interactions:
-            if it.src in s:
-                out[it.src] = out[it.src] + self.rho_prime(s[it.src]) * (dd[it.dst] @ self.params[it.W])
+            it.add_vjp(self.model, out, self.params, da, dd)
         return torch.cat([out[g] for g in self.span], 1)
 
     def cost_grad(self, S, y):
@@ -121,8 +121,9 @@ def estimate(method: str, model, params: dict, x, y, beta: float, T1: int, T2: i
             J = F.jacobian(S0)
             two_a = J - J.transpose(1, 2)
 
-            def anchor(S):
+            def anchored(S):
                 return -torch.bmm(two_a, (S - S0).unsqueeze(-1)).squeeze(-1)
+            anchor = anchored
 
         def nudged(b):
             def drive(S):
