@@ -47,7 +47,7 @@ def estimate(model, params, x, y, protocol, beta, T1, T2, granularity="layer") -
 def output_bias(model) -> str:
     """The bias of the interaction that drives the output group."""
     out = model.output_group.name
-    return next(it.b for it in model.interactions if it.dst == out and it.b)
+    return next(it.bias_of(out) for it in model.interactions if it.bias_of(out))
 
 
 def output_metric(model, params, x, T1):

@@ -42,7 +42,7 @@ class ClampedRule(NodeRule):
         if self.phys.name not in PHYSICS:
             raise ValueError(f"model: protocol {protocol.name} clamps the output of an energy-based net (physics "
                              f"{' or '.join(PHYSICS)}), not physics {self.phys.name!r} (node {self.id})")
-        if any(not it.symmetric for it in spec.model.interactions):
+        if not all(it.reciprocal for it in spec.model.interactions):
             raise ValueError(f"model: protocol {protocol.name} needs symmetric interactions (an energy), model "
                              f"{spec.model.name} has directed ones (node {self.id})")
 

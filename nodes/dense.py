@@ -185,6 +185,14 @@ class Dense(Interaction):
     symmetric: bool = True
     mask: tuple | None = None
 
+    @property
+    def reciprocal(self) -> bool:
+        """A symmetric Dense drives its source by W^T a(dst) too: the gradient of one energy term."""
+        return self.symmetric
+
+    def bias_of(self, group: str) -> str | None:
+        return self.b if group == self.dst else None
+
     def validate(self, model) -> None:
         check_mask(self, model)
 

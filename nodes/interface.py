@@ -60,6 +60,9 @@ class Interaction:
       init(model, gen, scale)     {parameter: seeded initial value}, drawn from `gen` in a fixed order
       validate(model)             raise ValueError naming the model and the parameter for a bad declaration
       ends                        the groups it names, the one it acts on last (by default (src, dst))
+      reciprocal                  whether it drives each group it touches through the same parameters, as the
+                                  gradient of one energy term (False by default: a directed coupling)
+      bias_of(group)              the name of its bias on `group`'s units, if it has one (None by default)
       share(model, block, need)   what one logical node holds of it: (held {local: Held}, drive terms, G recipes
                                   {local: Grad}, boundary keys); `need(group, rows=..., cols=...)` records that the
                                   node reads `group`'s signal on its in-ports and returns the slot's name (None when
@@ -89,6 +92,11 @@ class Interaction:
     def ends(self) -> tuple:
         """The groups it names, the one it acts on last: (src, dst)."""
         return (self.src, self.dst)
+
+    reciprocal = False
+
+    def bias_of(self, group: str) -> str | None:
+        return None
 
     def validate(self, model) -> None:
         pass
@@ -135,6 +143,8 @@ class Local(Interaction):
     group: str
     name: str
     whole: tuple = ()
+
+    reciprocal = True  # it drives nothing, so it breaks no energy
 
     @property
     def ends(self) -> tuple:

@@ -48,7 +48,8 @@ class NonreciprocalRule(NodeRule):
             raise ValueError(f"model: protocol {protocol.name} runs on a vector-field model"
                              f"{' or an energy net' if set(protocol.ports) == set(ANCHOR) else ''}, not physics "
                              f"{self.phys.name!r} (node {self.id})")
-        if self.phys.name == "vector-field" and any(it.symmetric for it in spec.model.interactions):
+        if self.phys.name == "vector-field" and any(it.reciprocal and len(set(it.ends)) > 1
+                                                     for it in spec.model.interactions):
             raise ValueError(f"model: protocol {protocol.name} on a vector field with symmetric interactions (a tied "
                              f"net, {spec.model.name}) is not built (node {self.id})")
         if self.noise_std:

@@ -168,6 +168,8 @@ class Spring(Interaction):
     W: str
     mask: tuple | None = None
 
+    reciprocal = True  # both ends feel the spring's force from the same W
+
     def validate(self, model) -> None:
         if model.group(self.src).role == "input":
             raise ValueError(f"model {model.name}: spring {self.W} couples positions; its source {self.src} is the "
@@ -237,6 +239,9 @@ class Drive(Interaction):
     W: str
     b: str | None = None
     mask: tuple | None = None
+
+    def bias_of(self, group: str) -> str | None:
+        return self.b if group == self.dst else None
 
     def validate(self, model) -> None:
         check_mask(self, model)

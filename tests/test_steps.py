@@ -2,7 +2,6 @@
 from it, and the free-phase memory (a node that forgets s0 once the nudged phase has moved off it)."""
 import numpy as np
 import pytest
-import torch
 
 from cluster.nodeset import PhaseError
 from experiments.api import Simulator
@@ -33,7 +32,7 @@ def test_the_bundle_holds_the_neuron_series_as_pinned(tmp_path):
     for n, d in ((1, 8), (2, 6), (3, 3)):
         assert z[f"estimate_steps/s{n}"].shape == z[f"bptt_steps/s{n}"].shape == (T2, B, d)
     assert np.abs(z["bptt_steps/s1"][0]).max() == 0 and np.abs(z["bptt_steps/s2"][0]).max() == 0
-    beta, dt = 1e-3, 0.5
+    dt = 0.5  # beta = 1e-3
     # the first nudged step moves the output by -dt beta (s_N - y) exactly (energy, no rho' at the nudge)
     np.testing.assert_allclose(z["estimate_steps/s3"][0], dt * z["bptt_steps/s3"][0], rtol=0, atol=1e-9)
     assert np.abs(z["bptt_steps/s3"][0]).max() > 0.05

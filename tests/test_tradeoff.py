@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 
-from experiments.config import ConfigError
 from experiments.tradeoff import spearman
 from tests.conftest import run_cli
 
