@@ -1,11 +1,12 @@
 """python -m experiments COMMAND [CONFIG] [--set key=value ...] [--out DIR]   (DESIGN.md "Command line").
 
 Exit status: 0 done; 1 the run failed (divergence, fault); 2 invalid config or input, named on stderr,
-before any actor starts and with nothing written.
+before any actor starts and with nothing written; 130 interrupted (Ctrl-C), after writing what was done.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -34,6 +35,7 @@ def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from experiments.config import ConfigError, load_config
     from experiments.datasets import DatasetError
+    out = None
     try:
         if args.command == "train" and args.resume:
             from experiments.train import resume_config
@@ -64,7 +66,10 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 1
+        if args.command == "train" and out and os.path.isfile(os.path.join(out, "checkpoint.npz")):
+            print(f"what was done is in {out}; continue with: python -m experiments train --resume {out}",
+                  file=sys.stderr)
+        return 130
     except (RuntimeError, FloatingPointError, OSError) as err:
         print(f"error: run failed: {err}", file=sys.stderr)
         return 1

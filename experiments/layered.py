@@ -192,7 +192,7 @@ class LayeredTraining(Training):
 
 def _log(row, base) -> None:
     text = (f"epoch {row['epoch']}: train {row['train_accuracy']:.4f}  test {row['test_accuracy']:.4f}  "
-            f"loss {row['test_loss']:.4f}  {row['seconds']:.1f} s")
+            f"test loss {row['test_loss']:.4f}  {row['seconds']:.1f} s")
     if "dropped_samples" in row:
         text += f"  dropped {row['dropped_samples']}, fallbacks {row['hep_fallbacks']}"
     if base:

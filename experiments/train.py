@@ -132,8 +132,33 @@ def _write_metrics(out_dir: str, fam, metrics: dict, final, baseline, recovery: 
 
 
 def _bar(n_batches: int, done: int, epoch: int, cfg, progress: bool):
+    """An epoch's progress on stderr: a bar on a terminal, plain lines (a quarter of the epoch each) otherwise."""
     if not progress:
         return None
+    desc = f"epoch {epoch + 1}/{cfg.epochs}"
+    if not sys.stderr.isatty():
+        return LineProgress(n_batches, done, desc)
     from tqdm import tqdm
-    return tqdm(total=n_batches, initial=done, desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr, leave=False,
-                mininterval=0.5)
+    return tqdm(total=n_batches, initial=done, desc=desc, file=sys.stderr, leave=False, mininterval=0.5)
+
+
+class LineProgress:
+    """A progress bar's interface as plain lines for logs: one line at each quarter of the epoch, no carriage
+    returns."""
+
+    def __init__(self, total: int, done: int, desc: str):
+        self.total, self.n, self.desc, self.postfix = total, done, desc, {}
+        self.marks = sorted({max(1, round(total * q / 4)) for q in (1, 2, 3)} - set(range(done + 1)))
+
+    def update(self, k: int) -> None:
+        self.n += k
+        if self.marks and self.n >= self.marks[0]:
+            self.marks = [m for m in self.marks if m > self.n]
+            extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
+            print(f"{self.desc}: {self.n}/{self.total} batches{extra}", file=sys.stderr, flush=True)
+
+    def set_postfix(self, postfix: dict) -> None:
+        self.postfix = dict(postfix)
+
+    def close(self) -> None:
+        pass

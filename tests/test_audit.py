@@ -59,6 +59,7 @@ def test_audit_meets_cosine_and_bundle_reverifies(tmp_path, ray_session):
     out = tmp_path / "a"
     r = run_cli("audit", "--out", str(out))
     assert r.returncode == 0, r.stderr
+    assert "Token authentication" not in r.stderr and "Started a local Ray" not in r.stderr  # no notice to act on
     rep = json.loads((out / "audit.json").read_text())
     assert rep["total"]["cosine"] >= 0.9999
     assert rep["locality"]["violations"] == [] and rep["locality"]["messages"] > 0

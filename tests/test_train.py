@@ -68,3 +68,44 @@ def test_published_recipes_train_alike_on_both_engines(recipe, tmp_path, ray_ses
         final[engine] = run_train(cfg, str(tmp_path / engine), progress=False)["final_params"]
     for k, ref in final["reference"].items():
         assert float((final["fabric"][k] - ref).norm() / ref.norm()) <= 1e-12, k
+
+
+def test_ctrl_c_exits_130_keeps_what_was_done_and_says_how_to_resume(tmp_path):
+    """SIGINT during a training run (in-process engine: no Ray to wait for): exit status 130, metrics.json with the
+    error, the checkpoint kept, and the --resume command on stderr."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "experiments", "train", "--set", "engine=reference", "--set", "epochs=50",
+           "--set", "checkpoint_every=1", "--set", "sizes=[64,16,10]", "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoint.npz").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert f"python -m experiments train --resume {out}" in err
+    assert "KeyboardInterrupt" in json.loads((out / "metrics.json").read_text())["error"]
+    assert os.path.getsize(out / "checkpoint.npz") > 0
+
+
+def test_progress_in_a_log_is_plain_lines(capsys):
+    from experiments.train import LineProgress
+    bar = LineProgress(8, 0, "epoch 1/2")
+    for _ in range(8):
+        bar.set_postfix({"acc": "0.500"})
+        bar.update(1)
+    bar.close()
+    err = capsys.readouterr().err
+    assert "\r" not in err and err.splitlines() == [f"epoch 1/2: {n}/8 batches, acc 0.500" for n in (2, 4, 6)]

@@ -2,6 +2,7 @@
 code defined outside the installed packages to the actors by value."""
 from __future__ import annotations
 
+import logging
 import os
 
 
@@ -17,7 +18,11 @@ def init_ray(address=None, num_cpus=None) -> None:
         ray.init(address=address, log_to_driver=True)
     else:
         _loopback_only()
+        # a new local instance authenticates its clients with a token (Ray's default); its notice saying so asks
+        # nothing of the user, so it stays off the terminal
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
+                 logging_level=logging.WARNING,
                  _node_ip_address="127.0.0.1")  # "local": a new instance, never one another run left running
 
 
