@@ -9,18 +9,31 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-@pytest.fixture(scope="session")
-def ray_session():
+def _start_ray():
+    """The session's one Ray instance (2 CPUs, loopback), started once: by the first test that asks for it or the
+    first command line run in process that builds a fabric."""
     import ray
+    if ray.is_initialized():
+        return ray
     from cluster.runtime.ray_setup import _loopback_only
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     _loopback_only()  # as a local run: Ray's servers on 127.0.0.1 only
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              _node_ip_address="127.0.0.1")  # a new instance, whatever else runs Ray on this machine
-    try:
-        yield ray
-    finally:
+    return ray
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ray_shut_down_at_the_end():
+    yield
+    import ray
+    if ray.is_initialized():
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    return _start_ray()
 
 
 def batch(model, B=6, seed=0, dtype=torch.float64):
@@ -58,6 +71,35 @@ def estimate_once(engine, params, x, y, beta, T1, T2):
 
 
 def run_cli(*args, timeout=300):
+    """`python -m experiments ARGS` run in this process (experiments.__main__.main, with the session's Ray): what a
+    subprocess would give, its exit status and its stdout and stderr, without a new interpreter and a new Ray per
+    call. `timeout` is the subprocess form's (cli_subprocess); here the test's own timeout applies."""
+    import contextlib
+    import io
+    import subprocess
+    import traceback
+
+    from experiments.__main__ import main
+    _start_ray()  # the command's own init_ray finds it running
+    out, err = io.StringIO(), io.StringIO()
+    cwd = os.getcwd()
+    try:
+        os.chdir(ROOT)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as e:  # argparse
+                code = e.code if isinstance(e.code, int) else 2
+            except Exception:  # what an uncaught error does to a process: a traceback and status 1
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(cwd)
+    return subprocess.CompletedProcess(["python", "-m", "experiments", *args], code, out.getvalue(), err.getvalue())
+
+
+def cli_subprocess(*args, timeout=300, env=None):
+    """`python -m experiments ARGS` in a new interpreter: for what only a process shows (signals, a fresh import)."""
     import subprocess
     return subprocess.run([sys.executable, "-m", "experiments", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=env)
