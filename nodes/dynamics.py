@@ -16,10 +16,19 @@ from __future__ import annotations
 from nodes.activations import ACTIVATIONS, PREACTIVATION, RHO_PRIME_OF_OUTPUT
 
 
+PHYSICS: dict = {}  # name -> Physics subclass, filled as they are defined
+
+
 class Physics:
-    """Base: `k`, `c` fold the activation's affine map into the drive (1, 0 unless a subclass says otherwise)."""
+    """Base: `k`, `c` fold the activation's affine map into the drive (1, 0 unless a subclass says otherwise). A
+    subclass with a `name` registers itself (PHYSICS), here or in a family's own module (nodes/leapfrog.py)."""
 
     name = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            PHYSICS[cls.name] = cls
 
     def __init__(self, activation: str, dt: float = 1.0):
         self.activation, self.dt = activation, float(dt)
@@ -94,26 +103,6 @@ class VectorField(Physics):
 
     def gdu_state_scale(self, s_free):
         return self.dt
-
-
-class Leapfrog(Physics):
-    """Hamiltonian models (nodes/hamiltonian.py): the node's rule (nodes/leapfrog.LeapfrogRule) integrates (phi, pi)
-    itself; the signal is a position, no activation."""
-
-    name = "leapfrog"
-
-    def __init__(self, activation: str = "identity", dt: float = 1.0):
-        self.activation, self.dt = "identity", float(dt)
-        self.k, self.c = 1.0, 0.0
-
-    def signal(self, s):
-        return s
-
-    def step(self, s, u, beta=0.0, y=None):
-        raise NotImplementedError("a Hamiltonian node steps through nodes/leapfrog.LeapfrogRule")
-
-
-PHYSICS = {p.name: p for p in (Energy, Prototypical, VectorField, Leapfrog)}
 
 
 def physics_of(model) -> Physics:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import torch
 
+from nodes.dynamics import Physics
 from nodes.graph import SIGNAL
 from nodes.potentials import READOUTS, ce_mean, loss_and_cotangent, onsite_force, onsite_grads, readout_step_grads
 from nodes.rules import NodeRule, PhaseRule
@@ -57,6 +58,23 @@ def contrast(values, copies: tuple, eps):
 def per_copy_mean(t, copies: int):
     """(C*B, ...) per sample -> (C, ...): the batch mean within each copy."""
     return t.reshape(copies, -1, *t.shape[1:]).mean(1)
+
+
+class Leapfrog(Physics):
+    """Hamiltonian models (nodes/hamiltonian.py): the node's rule (nodes/leapfrog.LeapfrogRule) integrates (phi, pi)
+    itself; the signal is a position, no activation."""
+
+    name = "leapfrog"
+
+    def __init__(self, activation: str = "identity", dt: float = 1.0):
+        self.activation, self.dt = "identity", float(dt)
+        self.k, self.c = 1.0, 0.0
+
+    def signal(self, s):
+        return s
+
+    def step(self, s, u, beta=0.0, y=None):
+        raise NotImplementedError("a Hamiltonian node steps through nodes/leapfrog.LeapfrogRule")
 
 
 class LeapfrogRule(NodeRule):
