@@ -79,11 +79,15 @@ def run_cli(*args, timeout=300):
     import subprocess
     import traceback
 
+    import cluster.launch
+    import experiments.bench
     from experiments.__main__ import main
-    _start_ray()  # the command's own init_ray finds it running
     out, err = io.StringIO(), io.StringIO()
     cwd = os.getcwd()
+    starts = [(m, m.init_ray) for m in (cluster.launch, experiments.bench)]
     try:
+        for m, _ in starts:  # where a command starts Ray, it gets the session's instance (started then, if not yet)
+            m.init_ray = lambda address=None, num_cpus=None: _start_ray() and None
         os.chdir(ROOT)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
@@ -95,6 +99,8 @@ def run_cli(*args, timeout=300):
                 code = 1
     finally:
         os.chdir(cwd)
+        for m, real in starts:
+            m.init_ray = real
     return subprocess.CompletedProcess(["python", "-m", "experiments", *args], code, out.getvalue(), err.getvalue())
 
 

@@ -31,6 +31,7 @@ def nodes_estimate(case, protocol, beta, T1, T2, granularity="layer"):
                          beta, T1, T2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("granularity", ["layer", "neuron"])
 @pytest.mark.parametrize("case", ["toy", "tied", "feed-forward"])
 def test_the_nodes_estimates_are_the_centralised_ones(case, granularity):
@@ -42,6 +43,7 @@ def test_the_nodes_estimates_are_the_centralised_ones(case, granularity):
         assert gap(nodes_estimate(c, protocol, 0.1, T, T, granularity), central) <= 1e-12, protocol
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", [dict(granularity="neuron", hosts=2), dict(granularity="layer")],
                          ids=["neuron-hosts2", "layer"])
 def test_fabrics_run_them_as_the_in_process_engine_and_list_their_kinds_per_edge(where, ray_session):
@@ -80,6 +82,7 @@ def test_on_a_feed_forward_net_kind_t_runs_backwards_along_edges_that_carry_no_s
     assert model.legal_edges(model.partition("layer"), ("r", "t")) == fwd | back
 
 
+@pytest.mark.slow
 def test_tied_weights_aep_symmetric_is_second_order_and_dyadic_exact_where_vf_plateaus():
     """Against implicit differentiation at the free state (the truth of a fixed-point model)."""
     c = tied()
@@ -187,6 +190,7 @@ def test_a_message_of_a_kind_the_phase_does_not_carry_is_refused():
     assert set(got) == {"S.a", "Y.a", "S.r", "Y.r", "t.Y"} and got["S.r"].eq(2).all() and got["t.Y"].eq(1).all()
 
 
+@pytest.mark.slow
 def test_a_sweep_over_the_replayed_toy_fits_each_protocols_order(tmp_path):
     import json
     from tests.conftest import run_cli
@@ -200,6 +204,7 @@ def test_a_sweep_over_the_replayed_toy_fits_each_protocols_order(tmp_path):
     assert bad.returncode == 2 and "--grid" in bad.stderr and not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_an_unsettled_learning_phase_fails_the_gated_audit_naming_node_phase_and_residual(tmp_path):
     import json
     from tests.conftest import run_cli
@@ -215,6 +220,7 @@ def test_an_unsettled_learning_phase_fails_the_gated_audit_naming_node_phase_and
     assert gate["converged"] and set(gate["worst"]) == {"free", "dyadic"} and gate["worst"]["dyadic"]["node"] in "SY"
 
 
+@pytest.mark.slow
 def test_an_unstable_jacobian_at_the_free_state_is_reported_before_the_learning_phase(tmp_path):
     from tests.conftest import run_cli
     args = ["audit", "audit", "--set", "model=vector-graph", "--set", "sizes=[3,10,2]", "--set", "protocol=aep",
@@ -246,6 +252,7 @@ def phase_states(model, params, x, y, protocol, beta, T, where=None, tamper=None
     return states, e.estimate()
 
 
+@pytest.mark.slow
 def test_on_energy_the_anchor_vanishes_so_aep_nudges_as_ep_symmetric_and_the_estimates_part_as_beta_squared():
     """The anchor is computed from each end's own copy of W: it vanishes because the copies agree, not because the
     code skips it (a replica made to differ by 1e-3 moves the nudged states off ep-symmetric's)."""
@@ -272,6 +279,7 @@ def test_on_energy_the_anchor_vanishes_so_aep_nudges_as_ep_symmetric_and_the_est
     assert max(float((a - b).abs().max()) for a, b in zip(aep_t["plus"], ep_t["plus"])) >= 1e-6
 
 
+@pytest.mark.slow
 def test_aep_on_an_energy_fabric_is_the_in_process_engine_with_t_sent_both_ways(ray_session):
     from cluster.locality import locality_report
     model, params, x, y = energy_case()

@@ -1,5 +1,6 @@
 """The README's Python example runs as written (a custom protocol defined outside protocols/, on a hosted neuron
 fabric, then a short training run), and the API's objects reach the same code as the CLI."""
+import pytest
 import json
 import os
 import re
@@ -17,6 +18,7 @@ def readme_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_the_readme_python_example_runs_as_written(tmp_path):
     script = tmp_path / "example.py"
     script.write_text(readme_example())

@@ -55,6 +55,7 @@ def independent_check(meta, x, y, params):
     return bptt, {k: (gp[k] - gm[k]) / (2 * beta) for k in gp}, {k: max(gp[k].norm(), gm[k].norm()) for k in gp}
 
 
+@pytest.mark.slow
 def test_audit_meets_cosine_and_bundle_reverifies(tmp_path, ray_session):
     out = tmp_path / "a"
     r = run_cli("audit", "--out", str(out))
@@ -78,6 +79,7 @@ def test_audit_meets_cosine_and_bundle_reverifies(tmp_path, ray_session):
         assert gap <= 16 * eps * float(G[k]) / (2 * meta["beta_used"]), (k, gap)
 
 
+@pytest.mark.slow
 def test_replay_reproduces_bundle_on_every_granularity(tmp_path, ray_session):
     src = tmp_path / "src"
     assert run_cli("audit", "--set", "beta=1e-1", "--set", "sizes=[64,4,10]", "--set", "T1=80",
@@ -96,6 +98,7 @@ def test_replay_reproduces_bundle_on_every_granularity(tmp_path, ray_session):
             assert torch.equal(bptt[k], bptt0[k])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sets", [["granularity=layer"], ["fabric.split=2"], ["granularity=neuron", "fabric.hosts=2"],
                                   ["engine=reference"]],
                          ids=lambda s: "-".join(s))
@@ -111,6 +114,7 @@ def test_audit_runs_on_any_net_with_random_data(tmp_path, sets, ray_session):
     assert x.shape == (16, 5) and y.shape == (16, 3) and torch.equal(y.sum(1), torch.ones(16, dtype=y.dtype))
 
 
+@pytest.mark.slow
 def test_stepwise_audit_matches_bptt_per_step_to_order_beta(tmp_path, ray_session):
     rmse = {}
     for beta in ("1e-2", "1e-3"):
@@ -127,6 +131,7 @@ def test_stepwise_audit_matches_bptt_per_step_to_order_beta(tmp_path, ray_sessio
         assert 7 < rmse["1e-2"][k] / rmse["1e-3"][k] < 13, (k, rmse)
 
 
+@pytest.mark.slow
 def test_beta_sweep_slopes(tmp_path):
     out = tmp_path / "sw"
     r = run_cli("sweep", "--grid", "beta=1e-1,1e-2,1e-3,1e-4", "--grid", "protocol=ep,ep-symmetric",
@@ -141,6 +146,7 @@ def test_beta_sweep_slopes(tmp_path):
     assert (out / "sweep.png").exists()
 
 
+@pytest.mark.slow
 def test_sweep_runs_on_the_fabric_when_asked(tmp_path, ray_session):
     out = tmp_path / "sw"
     r = run_cli("sweep", "--grid", "beta=1e-1,1e-2", "--set", "engine=fabric", "--set", "granularity=layer",

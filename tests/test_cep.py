@@ -34,6 +34,7 @@ def run(e, beta, T1, T2):
     return {ph.name: e.run_phase(ph, record_states=True)["states"] for ph in e.program(beta, T1, T2)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", list(WHERE), ids=list(WHERE))
 def test_cep_at_lr_zero_is_ep(where, ray_session):
     beta, T1, T2 = 1e-2, 30, 10
@@ -85,6 +86,7 @@ def independent_cep(params, x, y, beta, T1, T2, lr, rho):
     return {**{f"W{n}": W[n] for n in range(2)}, **{f"b{n}": b[n] for n in range(2)}}, acc, s[2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", list(WHERE), ids=list(WHERE))
 def test_every_engine_follows_the_pinned_per_step_update(where, ray_session):
     beta, T1, T2, lr = 0.2, 20, 8, 0.5  # a large lr: the weights move enough inside the phase to change s
@@ -136,6 +138,7 @@ def test_the_nudged_phase_starts_from_the_free_state_and_updates_only_there():
     assert all(not torch.equal(v, before[k]) for k, v in e.get_params().items())
 
 
+@pytest.mark.slow
 def test_cep_adds_no_message_kind_and_only_beta_batch_protocol_reach_every_node(ray_session, tmp_path):
     from experiments.api import Simulator
     report = Simulator(layered("prototypical", (5, 8, 6, 3), "sigmoid"), protocol="cep", engine="fabric",
@@ -149,6 +152,7 @@ def test_cep_adds_no_message_kind_and_only_beta_batch_protocol_reach_every_node(
     assert report["replica_drift"] == {"W1": 0.0, "W2": 0.0}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["ep", "cep"])
 def test_the_gdu_toy_matches_bptt_step_by_step_with_an_error_of_order_beta(protocol, tmp_path):
     from experiments.api import Simulator

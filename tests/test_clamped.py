@@ -37,6 +37,7 @@ def run(engine, model, protocol, eta, x, y):
 
 
 # ---- (a) the fabric and the in-process engine ------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("granularity", ["layer", "neuron"])
 @pytest.mark.parametrize("protocol", ["cl", "cpl"])
 @pytest.mark.parametrize("model", [PROTO, ENERGY], ids=["prototypical", "energy"])
@@ -55,6 +56,7 @@ def test_the_fabric_computes_exactly_what_the_in_process_engine_computes(model, 
     assert rf["residual"] == rr["residual"]
 
 
+@pytest.mark.slow
 def test_a_ray_fabric_runs_cpl_with_the_signal_alone_and_equals_the_in_process_engine(ray_session):
     """Neuron partition on 2 Ray host actors, ZeroMQ: the estimate equals the in-process engine's to the bit, and
     every edge carries signals only, one per step and one last exchange per phase (no new message kind). (`cl` runs
@@ -122,6 +124,7 @@ def test_the_output_is_held_at_the_clamp_at_every_step_and_the_estimate_contrast
 
 
 # ---- (c) coupled learning as eta -> 0 ------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("model", [PROTO, ENERGY], ids=["prototypical", "energy"])
 def test_coupled_learning_is_first_order_in_eta_and_its_limit_is_the_H_weighted_gradient(model):
     """Theory (protocols/coupled.py): with F(c) = E minimised over the hidden units at output c, H = d2F/dc2 and

@@ -96,6 +96,7 @@ def test_host_order_puts_graph_neighbours_next_to_each_other():
     assert bundle({"actor_cpus": 2, "resources": {"slot": 1}}) == {"CPU": 2.0, "slot": 1}
 
 
+@pytest.mark.slow
 def test_host_actors_sit_in_a_placement_group_removed_on_close(ray_session):
     from ray.util import placement_group_table
 
@@ -133,6 +134,7 @@ def _script(module, *args, timeout):
     return r, (json.loads(lines[-1]) if lines else None)
 
 
+@pytest.mark.slow
 def test_a_fabric_over_two_ray_nodes_trains_as_the_in_process_engine():
     """tests/multinode.py: two Ray nodes of 2 CPUs, ray_config.yaml's fabric section (1 CPU per host, pack): the
     three layer hosts land on both nodes, neighbours in consecutive bundles, and 3 batches of float64 training give
@@ -147,6 +149,7 @@ def test_a_fabric_over_two_ray_nodes_trains_as_the_in_process_engine():
     assert out["fabric"]["wire"] == "tcp"
 
 
+@pytest.mark.slow
 def test_local_ray_listens_on_loopback_only():
     r, out = _script("tests.listeners", timeout=120)
     assert r.returncode == 0 and out is not None, r.stderr[-4000:]

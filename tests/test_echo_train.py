@@ -47,6 +47,7 @@ def _rows(metrics: dict) -> list:
     return [{k: v for k, v in r.items() if k != "wall_s"} for r in metrics["epochs"]]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("config,sets,plan,back,n_batches", [
     # the first kill comes before any checkpoint: back to the start, where row 0 is evaluated again
@@ -78,6 +79,7 @@ def test_killed_host_actors_leave_a_hamiltonian_run_bit_identical(config, sets, 
     assert m["locality"]["violations"] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_a_resumed_hamiltonian_run_ends_with_the_uninterrupted_parameters(tmp_path):
     sets = [s for s in CHAIN if not s.startswith("fabric")] + ["engine=reference"]

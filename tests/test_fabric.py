@@ -45,6 +45,7 @@ def fabric(request, ray_session):
     f.close()
 
 
+@pytest.mark.slow
 def test_fabric_trajectory_matches_reference(fabric):
     x, y = batch(MODEL)
     ref = reference()
@@ -82,6 +83,7 @@ def test_fabric_estimate_matches_reference_and_is_local(fabric):
                                "y": sorted(i for i in fabric.specs if i.startswith("L2"))}
 
 
+@pytest.mark.slow
 def test_training_on_fabric_equals_reference_and_replicas_agree(fabric):
     ref = reference()
     fabric.set_params(scaled_params(MODEL))
@@ -102,6 +104,7 @@ def test_training_on_fabric_equals_reference_and_replicas_agree(fabric):
     assert max(fabric.replica_drift().values()) <= 1e-15 and max(ref.replica_drift().values()) <= 1e-15
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["reference", "fabric"])
 def test_a_changed_replica_shows_as_drift_and_is_used(engine, ray_session):
     """Perturb the replica of W1 that L1 holds (its columns), not the owner's rows: the drift shows it, L1's
@@ -128,6 +131,7 @@ def test_a_changed_replica_shows_as_drift_and_is_used(engine, ray_session):
         e.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
 def test_every_protocol_runs_on_a_hosted_neuron_fabric(protocol, ray_session):
     from cluster.locality import locality_report
@@ -166,6 +170,7 @@ def test_placement_is_round_robin():
     assert place(["a", "b", "c"], 2) == {"a": "H0", "b": "H1", "c": "H0"}
 
 
+@pytest.mark.slow
 def test_divergence_stops_the_phase_and_names_node_and_step(ray_session):
     """An Euler step dt = 2.5 > 2 makes s_{t+1} ~ (1 - dt) s_t grow without bound."""
     unstable = layered("energy", (4, 6, 3), "sigmoid", dt=2.5)
@@ -186,6 +191,7 @@ def test_divergence_stops_the_phase_and_names_node_and_step(ray_session):
         f.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("transport", ["zmq", "ray"])
 def test_a_node_that_never_answers_is_named_and_the_fabric_goes_on(ray_session, transport):
     """A phase started on L1 alone waits for L2, which never runs it: L1's own wait times out naming L2, and the
@@ -202,6 +208,7 @@ def test_a_node_that_never_answers_is_named_and_the_fabric_goes_on(ray_session, 
         f.close()
 
 
+@pytest.mark.slow
 def test_a_stuck_host_is_caught_by_its_missing_heartbeat(ray_session):
     """A host stuck in a call (here: sleeping) sends no heartbeat; the call fails naming it after timeout_s + 30 s
     would be too long for a test, so the stall limit is lowered for this one call."""
@@ -218,6 +225,7 @@ def test_a_stuck_host_is_caught_by_its_missing_heartbeat(ray_session):
         f.close()
 
 
+@pytest.mark.slow
 def test_a_curve_data_plane_trains_as_the_in_process_engine(ray_session):
     """fabric.curve=true: every connection encrypted and authenticated by its issued key; the same updates."""
     from cluster.locality import locality_report

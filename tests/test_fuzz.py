@@ -96,6 +96,7 @@ def blamed(f) -> set:
     return {e["user"] for e in host.logs["L2"].drops.export() + host.unknown.export() + host.transport.overflow()}
 
 
+@pytest.mark.slow
 def test_ten_thousand_fuzzed_messages_are_dropped_by_name_and_the_phase_is_unchanged():
     f = FabricEngine(NET, EP, dict(granularity="layer", lr=[0.1] * 4, dtype="float64", timeout_s=20.0,
                                    max_message_bytes=MAX_BYTES), local=True)

@@ -54,6 +54,7 @@ def test_residuals_are_per_sample_and_a_diverged_nudged_sample_is_inf():
         e.run_program(e.program(1.5, T, T))
 
 
+@pytest.mark.slow
 def test_non_converged_samples_are_dropped_from_the_update():
     res = residuals(hep(3), 1.2)
     tol = float((res["k1"][3] + res["k1"][:3].max()) / 2)  # between sample 3 and the others
@@ -91,6 +92,7 @@ def test_a_diverging_complex_run_falls_back():
     assert [p.beta for p in hep(10).fallback(0.3, T, T)] == [0.0, 0.3, -0.3]
 
 
+@pytest.mark.slow
 def test_the_fabric_gates_as_the_in_process_engine(ray_session):
     res = residuals(hep(3), 1.2)
     tol = float((res["k1"][3] + res["k1"][:3].max()) / 2)
@@ -110,6 +112,7 @@ def test_the_fabric_gates_as_the_in_process_engine(ray_session):
         fab.close()
 
 
+@pytest.mark.slow
 def test_the_sweep_counts_non_converged_runs_per_beta_and_fits_without_them(tmp_path):
     cfg = CFG.replace(residual_tol=1e-8)
     res = run_sweep(cfg, str(tmp_path / "s"), ["beta=0.05,0.1,0.2,0.4,1,2", "N=4"])
@@ -122,6 +125,7 @@ def test_the_sweep_counts_non_converged_runs_per_beta_and_fits_without_them(tmp_
     assert abs(s["slope"] - 4) < 0.5
 
 
+@pytest.mark.slow
 def test_training_counts_dropped_samples_and_fallbacks(tmp_path):
     out = tmp_path / "run"
     r = run_cli("train", "hep-toy", "--set", "N=3", "--set", "beta=1.5", "--set", "residual_tol=1e-8", "--set",

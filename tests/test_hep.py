@@ -43,6 +43,7 @@ def gap(a, b):
     return max(float((a[k] - b[k]).abs().max()) for k in b)
 
 
+@pytest.mark.slow
 def test_two_points_are_symmetric_ep_and_the_fast_variant_is_the_plain_one():
     assert gap(estimate("hep", 2, 0.2), estimate("ep-symmetric", 2, 0.2)) <= 1e-12
     for N in range(2, 11):
@@ -50,6 +51,7 @@ def test_two_points_are_symmetric_ep_and_the_fast_variant_is_the_plain_one():
     assert len(get_protocol("hep-fast").configured(N=10).program(0.1, 1, 1)) == 1 + 6  # 4 complex + 2 real runs
 
 
+@pytest.mark.slow
 def test_the_error_falls_as_beta_to_the_n(tmp_path):
     res = run_sweep(CFG, str(tmp_path / "s"), ["beta=0.05,0.1,0.2,0.4", "N=2,4,8"])
     slopes = {s["group"]["N"]: s["slope"] for s in res["slopes"]}
@@ -73,6 +75,7 @@ def broken_engine(N):
     return e
 
 
+@pytest.mark.slow
 def test_one_non_holomorphic_layer_leaves_a_bias_that_does_not_vanish():
     betas = (0.025, 0.05, 0.1)
     assert gap(estimate("hep", 2, 0.1, broken_engine(2)), estimate("hep", 2, 0.1)) <= 1e-12  # N = 2 cannot see it
@@ -84,6 +87,7 @@ def test_one_non_holomorphic_layer_leaves_a_bias_that_does_not_vanish():
         assert np.polyfit(np.log(betas), np.log(bad), 1)[0] < 1, (N, bad)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", [dict(granularity="layer"), dict(granularity="neuron", hosts=2)],
                          ids=["layer", "neuron-hosts2"])
 def test_fabrics_equal_the_in_process_engine_in_complex_arithmetic(where, ray_session):
@@ -102,6 +106,7 @@ def test_bad_hep_settings_are_refused_by_name(sets, field):
     assert err_.value.field == field, str(err_.value)
 
 
+@pytest.mark.slow
 def test_a_sweep_too_short_to_fit_says_so(tmp_path):
     res = run_sweep(CFG, str(tmp_path / "s"), ["beta=0.1,0.2,0.4", "N=2"])
     (s,) = res["slopes"]
@@ -119,11 +124,13 @@ def osc_estimate(N, beta, T2, periods=3, engine=None):
         e.close()
 
 
+@pytest.mark.slow
 def test_the_oscillation_with_converged_segments_is_hep():
     for N in (4, 10):
         assert compare(osc_estimate(N, 0.4, 300), estimate("hep", N, 0.4))["total"]["rel_l2"] <= 1e-8, N
 
 
+@pytest.mark.slow
 def test_the_oscillation_runs_alike_on_a_hosted_neuron_fabric_with_its_clock_global(ray_session, tmp_path):
     from experiments.api import Simulator
     proto = get_protocol("hep-osc").configured(N=4, periods=2)
@@ -149,6 +156,7 @@ def test_a_trained_oscillation_is_evaluated_by_free_inference():
     assert float((e.infer(X, 40) - relax(MODEL, e.get_params(), X, 40)[-1]).abs().max()) <= 1e-12
 
 
+@pytest.mark.slow
 def test_the_oscillation_predicts_the_free_state_to_order_beta_to_the_n():
     """The prediction is the mean of the last period's segment-end states (their zeroth Fourier coefficient): the free
     state up to O(|beta|^N), so halving |beta| divides its error by about 2^N."""

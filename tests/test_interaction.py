@@ -131,6 +131,7 @@ def test_registered_and_declared_by_itself():
               (Diagonal("a", "b", "d"),))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", FABRICS, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
 def test_fabric_equals_in_process(where, ray_session):
     x, y = batch(MODEL, seed=4)

@@ -102,6 +102,7 @@ def phase_fails(rule, pattern: str, steps: int = 5) -> None:
         f.close()
 
 
+@pytest.mark.slow
 def test_a_correct_run_lists_no_violation_and_beta_as_global(ray_session):
     f = fabric()
     try:
@@ -114,6 +115,7 @@ def test_a_correct_run_lists_no_violation_and_beta_as_global(ray_session):
         f.close()
 
 
+@pytest.mark.slow
 def test_a_send_to_a_non_neighbour_raises_and_forced_through_is_reported_never_used(ray_session):
     phase_fails(SendsToL1, r"node L3: .*LocalityError: node L3, phase free, step 1: sends to L1, which is not a "
                            r"graph neighbour")
@@ -138,6 +140,7 @@ def test_a_send_to_a_non_neighbour_raises_and_forced_through_is_reported_never_u
         f.close()
 
 
+@pytest.mark.slow
 def test_a_forged_sender_id_is_caught_by_connection_identity(ray_session):
     """L3 is L2's neighbour and connected to it; it sends a message claiming to be L1, tagged for L2's next phase
     and step 0 (the attack that fooled the first design). It is dropped and blamed on L3's connection, not on L1;
@@ -160,6 +163,7 @@ def test_a_forged_sender_id_is_caught_by_connection_identity(ray_session):
         f.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["fabric", "reference"])
 def test_a_rule_reading_a_signal_not_routed_to_it_is_named(engine, ray_session):
     if engine == "fabric":
@@ -174,6 +178,7 @@ def test_a_rule_reading_a_signal_not_routed_to_it_is_named(engine, ray_session):
             e.run_phase(Phase("free", 3), record_states=True)
 
 
+@pytest.mark.slow
 def test_a_forged_coordinator_abort_is_rejected_and_later_phases_run(ray_session):
     f = fabric()
     try:
@@ -203,6 +208,7 @@ def test_a_forged_coordinator_abort_is_rejected_and_later_phases_run(ray_session
         f.close()
 
 
+@pytest.mark.slow
 def test_a_payload_of_the_wrong_batch_size_is_an_error_not_a_broadcast(ray_session):
     """L1's (1, 5) payloads (steps 1 and 2: L1 needs only L2's step 1 to send its step 2) cross the wire to L2,
     which drops them (shape) and waits for the real one, which never comes: the phase times out (L2 naming L1 and
@@ -225,6 +231,7 @@ def test_a_payload_of_the_wrong_batch_size_is_an_error_not_a_broadcast(ray_sessi
         f.close()
 
 
+@pytest.mark.slow
 def test_audit_draws_the_locality_graph(tmp_path, ray_session):
     out = tmp_path / "a"
     r = run_cli("audit", "--set", "sizes=[5,8,6,3]", "--set", "dataset=random", "--set", "granularity=neuron",
@@ -264,6 +271,7 @@ class DoublesTowardsL1(Rogue):
         return {**out, ("L1", "a"): 2 * state["a"]} if self.id == "L2" else out
 
 
+@pytest.mark.slow
 def test_a_node_may_send_a_different_payload_on_each_port_alike_on_both_engines(ray_session):
     model = dataclasses.replace(DEEP, rule=DoublesTowardsL1)
     ref = ReferenceEngine(model, EP, torch.float64, lrs(model))

@@ -64,6 +64,7 @@ def test_the_free_phase_is_the_noisy_relaxation_bptt_differentiates():
     assert abs(float(g["W1"][2, 3]) - float(gq["W1"][2, 3])) > 1e-6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", [dict(granularity="layer"), dict(granularity="neuron", hosts=2)],
                          ids=["layer", "neuron-hosts2"])
 def test_noisy_fabrics_draw_what_the_in_process_engine_draws(where, ray_session):
@@ -79,6 +80,7 @@ def test_noisy_fabrics_draw_what_the_in_process_engine_draws(where, ray_session)
     assert gap(est, quiet) > 1e-4
 
 
+@pytest.mark.slow
 def test_noise_breaks_one_sided_ep_at_small_beta_more_than_hep():
     """The nudged runs see other draws than the free run: one-sided EP's (G(s^b) - G(s0)) / b carries
     O(noise / b), holomorphic EP's N-point average only the noise's own O(noise)."""

@@ -50,12 +50,14 @@ def test_the_field_is_the_nodes_euler_step_and_its_jacobian_is_autograds(case):
     assert torch.allclose(F.jt(S, d), torch.bmm(J.transpose(1, 2), d.unsqueeze(-1)).squeeze(-1), rtol=0, atol=1e-14)
 
 
+@pytest.mark.slow
 def test_implicit_truth_is_the_relax_based_one_on_the_toy(toy_truth):
     model, params, x, y = TOY
     g, diag = implicit_grad(model, params, x, y, 3000)  # the nodes' relax: settled well before 3000 steps
     assert diag["residual"] <= 1e-14 and compare(g, toy_truth[1])["total"]["rel_l2"] <= 1e-12
 
 
+@pytest.mark.slow
 def test_toy_t1_reproduces_the_reference_table(toy_truth):
     """§13 T1 to its printed digits (+-20 % for the errors): VF 0.9306 / 0.9350 / 0.9365, AEP +-beta 3.4e-1 /
     1.0e-2 / 1.0e-4, Dyadic <= 1e-10."""
@@ -69,6 +71,7 @@ def test_toy_t1_reproduces_the_reference_table(toy_truth):
         assert err("dyadic", beta, model, params, x, y, S0, truth)["rel_l2"] <= 1e-10
 
 
+@pytest.mark.slow
 def test_one_sided_aep_has_a_bias_of_order_beta(toy_truth):
     model, params, x, y = TOY
     S0, truth = toy_truth
@@ -116,6 +119,7 @@ def test_the_reference_refuses_a_model_with_an_energy():
         estimate("aep", layered("energy", (3, 2), "tanh", 0.5), {}, torch.zeros(1, 3), torch.zeros(1, 2), 0.1, 1, 1)
 
 
+@pytest.mark.slow
 def test_the_audit_side_jacobian_report_says_where_aeps_correction_vanishes():
     """energy: J = -Hessian of E, symmetric, so 2A = J - J^T = 0 to rounding and AEP is EP; the tied vector field
     and the toy are not; every free state here is stable (Re eig J < 0)."""
@@ -132,6 +136,7 @@ def test_the_audit_side_jacobian_report_says_where_aeps_correction_vanishes():
         assert abs(float(torch.linalg.eigvals(J).real.max()) - rep["abscissa"]) <= 1e-12
 
 
+@pytest.mark.slow
 def test_the_toy_script_writes_its_table_and_slopes(tmp_path):
     import json
     import subprocess
@@ -148,6 +153,7 @@ def test_the_toy_script_writes_its_table_and_slopes(tmp_path):
     assert bad.returncode == 2 and "--betas" in bad.stderr and not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_the_vf_protocol_on_the_toys_directed_graph_is_the_centralised_vf(toy_truth):
     """The nodes' `vf` (in-process engine, layer granularity: one node per group S and Y) at §13's full length equals
     the centralised estimate; on the directed graph `granularity=layer` means one node per unit group."""
@@ -162,6 +168,7 @@ def test_the_vf_protocol_on_the_toys_directed_graph_is_the_centralised_vf(toy_tr
     assert abs(compare(nodes, toy_truth[1])["total"]["cosine"] - 0.9350) <= 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", [dict(granularity="neuron", hosts=2), dict(granularity="layer")],
                          ids=["neuron-hosts2", "layer"])
 def test_fabrics_run_vf_on_the_toy_as_the_in_process_engine(where, ray_session):
@@ -189,6 +196,7 @@ def test_a_feed_forward_vector_field_from_the_config_has_no_feedback_and_its_aud
     assert imp["converged"] and imp["abscissa"] < 0 and imp["antisymmetry"] > 0.1
 
 
+@pytest.mark.slow
 def test_the_shipped_toy_bundle_is_the_pinned_draws_and_its_replay_audits_vf(tmp_path):
     import json
     from cluster.audit import read_bundle

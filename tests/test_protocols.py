@@ -76,6 +76,7 @@ def test_discovery_finds_every_protocol_module():
         get_protocol("no-such-rule")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", [dict(granularity="layer"), dict(granularity="neuron", hosts=2)],
                          ids=["layer", "neuron-hosts2"])
 def test_a_per_step_rule_changes_parameters_inside_the_phase_alike_on_both_engines(where, ray_session):
@@ -97,6 +98,7 @@ def test_a_per_step_rule_changes_parameters_inside_the_phase_alike_on_both_engin
         fab.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", [dict(granularity="layer"), dict(granularity="neuron", hosts=2)],
                          ids=["layer", "neuron-hosts2"])
 def test_complex_states_and_beta_run_alike_on_both_engines(where, ray_session):

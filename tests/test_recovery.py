@@ -57,6 +57,7 @@ def batch_serials(lineage: dict) -> dict:
     return {node: [r[0] for r in rows] for node, rows in lineage.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("granularity", ["layer", "neuron"])
 def test_ten_killed_actors_leave_the_weights_bit_identical(granularity, tmp_path, ray_session):
     cfg = load_config("train", SMALL + [f"granularity={granularity}"])
@@ -78,6 +79,7 @@ def test_ten_killed_actors_leave_the_weights_bit_identical(granularity, tmp_path
     assert len(killer.dirs) == 10 and not any(os.path.exists(d) for d in killer.dirs)  # removed with the fabric
 
 
+@pytest.mark.slow
 def test_more_faults_than_max_faults_stop_the_run_and_write_metrics(tmp_path, ray_session):
     cfg = load_config("train", SMALL + ["max_faults=1"])
     killer = Killer(2, 12, seed=1)
@@ -97,6 +99,7 @@ def _position(out) -> tuple:
         return None
 
 
+@pytest.mark.slow
 def test_a_killed_driver_resumes_to_the_uninterrupted_weights(tmp_path, ray_session):
     sets = ["sizes=[64,16,10]", "epochs=2", "T1=10", "T2=4", "batch=64", "dtype=float64", "checkpoint_every=3"]
     full = run_train(load_config("train", sets), str(tmp_path / "full"), progress=False)
@@ -121,6 +124,7 @@ def test_a_killed_driver_resumes_to_the_uninterrupted_weights(tmp_path, ray_sess
         assert nodes and all(np.array_equal(z[k], f[k]) for k in nodes)  # every node's packed state, byte for byte
 
 
+@pytest.mark.slow
 def test_each_node_is_sent_its_own_checkpoint_logged_as_control_checkpoint(ray_session):
     from cluster.runtime.fabric import FabricError
     from cluster.locality import locality_report
@@ -142,6 +146,7 @@ def test_each_node_is_sent_its_own_checkpoint_logged_as_control_checkpoint(ray_s
         engine.close()
 
 
+@pytest.mark.slow
 def test_a_fault_between_an_epochs_row_and_its_checkpoint_adds_no_second_row(tmp_path):
     """The host is lost while the epoch-end checkpoint is gathered (the row is already in metrics): the rollback
     restores the checkpoint's metrics as they were taken, so the replayed epoch is reported once."""

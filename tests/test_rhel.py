@@ -46,6 +46,7 @@ def setup(name="rhel-two-mass", *sets):
 CHAIN = ("model=chain", "sizes=[1,16]", "dataset=teacher", "T=300", "dt=0.1", "batch=3")
 
 
+@pytest.mark.slow
 def test_t3_two_mass_equals_central_differences_and_bptt_for_any_eps():
     cfg, model, x, y, params = setup()
     truth = bptt_grad(model, params, x, y, cfg.T)
@@ -58,6 +59,7 @@ def test_t3_two_mass_equals_central_differences_and_bptt_for_any_eps():
         assert total_rel(est, truth) <= 1e-9, eps
 
 
+@pytest.mark.slow
 def test_t3_config_audit_cli():
     r = run_cli("audit", "rhel-two-mass", "--set", "engine=reference", "--out", "/tmp/rhel-t3-cli", timeout=240)
     assert r.returncode == 0, r.stderr
@@ -75,6 +77,7 @@ def test_t3_config_audit_cli():
     assert abs(float(again["estimate/k12"][0, 0]) - T3_DLDK12) <= 1e-6 * abs(T3_DLDK12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("proto", ["rhel", "heb"])
 def test_chain_equals_bptt_for_any_eps(proto):
     cfg, model, x, y, params = setup("rhel-two-mass", *CHAIN)
@@ -83,6 +86,7 @@ def test_chain_equals_bptt_for_any_eps(proto):
         assert total_rel(estimate(model, params, x, y, cfg.T, eps, proto), truth) <= 1e-9, eps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,sets", [("two-mass", ()), ("chain", CHAIN[:2] + ("dataset=teacher", "dt=0.1")),
                                        ("logcosh", None)])
 def test_the_unnudged_echo_returns_to_the_start_after_1000_steps(name, sets):
@@ -114,6 +118,7 @@ def slope(eps, err):
     return float(np.polyfit(np.log(eps), np.log(err), 1)[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("h", [0.1, 0.02, 0.005])
 def test_t4_error_orders(h):
     """§13 T4 with each echo nudged from its own state (the nudged Hamiltonian H + eps l): slope 2 two-sided, 1
@@ -128,6 +133,7 @@ def test_t4_error_orders(h):
     assert all(r <= o for r, o in zip(ref, two)), (ref, two)
 
 
+@pytest.mark.slow
 def test_t4_force_at_the_start_of_step_fails_the_exactness_check():
     """The public NonlinHRU's leapfrog (force at y, dH/dtheta at y_half): O(h), not exact (§10.3)."""
     assert _t4(0.02, 1e-6) <= 1e-8
@@ -169,6 +175,7 @@ def test_hru_logcosh_readout_cosine_and_norm_ratio():
             assert total_rel(estimate(model, params, x, y, cfg.T, 1.0), truth) <= bound
 
 
+@pytest.mark.slow
 def test_what_a_node_keeps_does_not_grow_with_T_while_bptt_does():
     cfg, model, x, y, params = setup("rhel-two-mass", "dataset=teacher", "T=1000")
     kept = {}
@@ -216,6 +223,7 @@ def test_bad_input_is_named(tmp_path):
         eng.run_program(eng.program(1e-2, 50, 50))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_neuron_fabric_equals_in_process_and_bptt(ray_session):
     """The 16-mass chain on a neuron fabric over ZeroMQ (4 host actors): trajectories equal the in-process engine's,
@@ -250,6 +258,7 @@ def test_neuron_fabric_equals_in_process_and_bptt(ray_session):
         fab.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("masses,hosts", [(2, 0), (64, 4)])
 def test_two_phase_calls_whatever_the_size(ray_session, masses, hosts):
@@ -270,6 +279,7 @@ def test_two_phase_calls_whatever_the_size(ray_session, masses, hosts):
             fab.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("fabric,eps_list", [(dict(granularity="neuron"), (1e-4, 1e-2, 1.0)),
                                              (dict(granularity="layer", hosts=1), (1e-2,))])
@@ -314,6 +324,7 @@ def test_stacked_layers_pipelined_equal_bptt():
     assert 70 <= errs[0] / errs[1] <= 130, errs  # slope 2: a decade in eps, two in the error
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_stack_on_a_layer_fabric(ray_session):
     from cluster.runtime.coordinator import FabricEngine
@@ -332,6 +343,7 @@ def test_stack_on_a_layer_fabric(ray_session):
         fab.close()
 
 
+@pytest.mark.slow
 def test_python_api_takes_a_hamiltonian_model(tmp_path):
     from experiments.api import Simulator
     from nodes.hamiltonian import chain

@@ -12,6 +12,7 @@ from tests.conftest import batch, scaled_params
 TOY = dict(config="gdu-energy-toy", engine="reference")
 
 
+@pytest.mark.slow
 def test_prototypical_neurons_follow_bptt_through_rho_prime(tmp_path):
     """(s_{t+1} - s_t)/beta -> -rho'(h*) dl/ds_{T1-t}: without the rho' factor the series part by about
     1 - mean rho' (0.76 here), with it by O(beta)."""
@@ -23,6 +24,7 @@ def test_prototypical_neurons_follow_bptt_through_rho_prime(tmp_path):
         assert 5 <= rmse[1e-2][k] / rmse[1e-3][k] <= 20, k
 
 
+@pytest.mark.slow
 def test_the_bundle_holds_the_neuron_series_as_pinned(tmp_path):
     """estimate_steps/s{n} = (s^beta_{t+1} - s^beta_t)/beta and bptt_steps/s{n} = -dl/ds_{T1-t} per sample: at
     t = 0 the output's is y - s0_N and the hidden ones are zero (L reads only the output at T1)."""
@@ -48,6 +50,7 @@ def _departure(a, b):
     return float(np.sqrt(sum(((a[k] - b[k]) ** 2).sum() for k in b) / sum((b[k] ** 2).sum() for k in b)))
 
 
+@pytest.mark.slow
 def test_continual_ep_departs_from_ep_as_eta_over_beta(tmp_path):
     """C-EP's per-step series part from its eta = 0 series (EP's) in proportion to eta / beta: the weights move by
     about eta g per step, each step's difference is divided by beta. Slope 1 in eta, ten times at beta / 10."""
@@ -71,6 +74,7 @@ def _audit(tmp_path, tag, forget, protocol, model, **kw):
                      forget_free=forget, **kw).audit(out=str(tmp_path / tag))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol,model,engine", [("cep", "prototypical", "reference"), ("cep", "prototypical", "fabric"),
                                                    ("cvf", "prototypical-asym", "reference")])
 def test_continual_rules_need_no_free_phase_memory(protocol, model, engine, tmp_path, ray_session):
@@ -83,6 +87,7 @@ def test_continual_rules_need_no_free_phase_memory(protocol, model, engine, tmp_
             assert np.array_equal(a[k], b[k]), k  # estimates, step series: bitwise
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol,model,needs,engine", [
     ("ep", "prototypical", "accumulator 'acc'", "reference"), ("ep", "prototypical", "accumulator 'acc'", "fabric"),
     ("vf", "prototypical-asym", "accumulator 'free'", "reference"),
@@ -118,6 +123,7 @@ def test_training_refuses_the_forgetting_test(tmp_path):
     assert err.value.field == "forget_free"
 
 
+@pytest.mark.slow
 def test_the_eta_sweep_records_the_step_metrics(tmp_path):
     """`sweep gdu-energy-toy --set protocol=cep --set steps=true --grid lr=...`: every point carries the per-tensor
     step-wise metrics, the largest eta's RMSE exceeds eta = 0's for every tensor, and steps.png is drawn."""

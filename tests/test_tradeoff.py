@@ -19,6 +19,7 @@ def test_spearman_is_the_rank_correlation():
     assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
 
 
+@pytest.mark.slow
 def test_the_tradeoff_runs_every_setting_and_seed(tmp_path):
     out = tmp_path / "t"
     r = run_cli("tradeoff", "--set", "epochs=1", "--set", "sizes=[64,16,10]", "--set", "T1=15", "--set", "T2=5",

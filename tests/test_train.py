@@ -13,6 +13,7 @@ from tests.test_datasets import write_idx
 SMALL = ["sizes=[64,16,10]", "epochs=2", "T1=15", "T2=5", "batch=32", "dtype=float64"]
 
 
+@pytest.mark.slow
 def test_train_cli_writes_the_results_folder(tmp_path, ray_session):
     out = tmp_path / "run"
     r = run_cli("train", *sum((["--set", s] for s in SMALL), []), "--set", "bptt_baseline=true",
@@ -31,6 +32,7 @@ def test_train_cli_writes_the_results_folder(tmp_path, ray_session):
     assert (out / "checkpoint.npz").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, ray_session):
     sets = SMALL[:1] + ["T1=15", "T2=5", "batch=64", "dtype=float64", "optimizer=adam", "lr=[0.002,0.001]",
                         "protocol=ep-random-sign"]
@@ -53,6 +55,7 @@ def test_missing_data_file_is_a_clear_error(tmp_path):
     assert r.returncode == 2 and "train-images-idx3-ubyte" in r.stderr and not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["pmlp-mnist", "p1h-mnist", "eb1h-mnist", "p2h-mnist"])
 def test_published_recipes_train_alike_on_both_engines(recipe, tmp_path, ray_session):
     """Every MNIST recipe (its model, protocol, optimiser, learning rates, batch) trains an epoch of 28x28 IDX
@@ -70,6 +73,7 @@ def test_published_recipes_train_alike_on_both_engines(recipe, tmp_path, ray_ses
         assert float((final["fabric"][k] - ref).norm() / ref.norm()) <= 1e-12, k
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_keeps_what_was_done_and_says_how_to_resume(tmp_path):
     """SIGINT during a training run (in-process engine: no Ray to wait for): exit status 130, metrics.json with the
     error, the checkpoint kept, and the --resume command on stderr."""

@@ -62,6 +62,7 @@ def test_vf_on_the_vector_field_is_the_pinned_formula_and_stays_biased():
     assert errs[2] > 1e-2 and abs(errs[1] - errs[2]) < 0.05 * errs[2], errs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", [dict(granularity="layer"), dict(granularity="neuron", hosts=2)],
                          ids=["layer", "neuron-hosts2"])
 def test_fabrics_run_the_vector_field_as_the_in_process_engine(where, ray_session):

@@ -87,6 +87,7 @@ def test_flipped_feedback_turns_the_hidden_update_away_from_bptt():
         assert angle(g["W1"], truth["W1"]) < 10.0, psi  # the output layer's own error does not pass through B
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["vf", "cvf"])
 @pytest.mark.parametrize("where", [dict(granularity="layer"), dict(granularity="neuron", hosts=2)],
                          ids=["layer", "neuron-hosts2"])
@@ -157,6 +158,7 @@ def test_vf_and_cvf_are_the_pinned_pairings_of_a_post_change_with_a_pre_signal()
             assert float((got[name][k] - v).abs().max()) <= 12 * 8 * EPS / beta, (name, k)
 
 
+@pytest.mark.slow
 def test_the_audit_reports_layer_angles_for_every_feedback_angle(tmp_path):
     from experiments.api import Simulator
     seen = {}
