@@ -85,6 +85,20 @@ class WeightMatrix:
         """{W: the structural mask as a 0/1 tensor} (none when dense)."""
         return {} if self.mask is None else {self.W: torch.tensor(self.mask, dtype=torch.float64)}
 
+    def share_columns(self, model, b, need, held: dict, terms: list, grads: dict, term, grad) -> None:
+        """A source block's replica of W[:, its columns], reading the destination's signal: adds it to `held`, its
+        term `term(local, slot, mask)` and G `grad(slot, mask)` (NoGrad where the mask leaves it no neighbour)."""
+        own = (b.lo, b.hi)
+        local = replica_name(self, b.group)
+        held[local] = Held(self.W, None, own, "replica")
+        mask = block_mask(self.mask, (0, model.group(self.dst).size), own)
+        slot = need(self.dst, self.mask, cols=own)
+        if slot is None:
+            grads[local] = NoGrad()
+        else:
+            terms.append(term(local, slot, mask))
+            grads[local] = grad(slot, mask)
+
 
 # ---- its drive terms -------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -251,15 +265,8 @@ class Dense(WeightMatrix, Interaction):
                 terms.append(Bias("bias", self.b))
                 grads[self.b] = BiasGrad("bias")
         if self.symmetric and self.src == b.group and src.role != "input":  # replica of W[:, cols]
-            local = replica_name(self, b.group)
-            held[local] = Held(self.W, None, own, "replica")
-            mask = block_mask(self.mask, (0, model.group(self.dst).size), own)
-            slot = need(self.dst, self.mask, cols=own)
-            if slot is None:
-                grads[local] = NoGrad()
-            else:
-                terms.append(Bwd("bwd", local, slot))
-                grads[local] = ColsGrad("cols", slot, mask)
+            self.share_columns(model, b, need, held, terms, grads, lambda local, slot, mask: Bwd("bwd", local, slot),
+                               lambda slot, mask: ColsGrad("cols", slot, mask))
         return held, terms, grads, boundary
 
     def transposed_sends(self, model, by_group) -> list:

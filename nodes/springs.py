@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nodes.dense import WeightMatrix, block_mask, replica_name
+from nodes.dense import WeightMatrix, block_mask
 from nodes.interface import Grad, Held, Interaction, NoGrad, Term, connected
 from nodes.leapfrog import per_copy_mean
 
@@ -191,15 +191,9 @@ class Spring(WeightMatrix, Interaction):
                 terms.append(SpringRows("rows", self.W, slot, mask))
                 grads[self.W] = DV("spring", slot, mask)
         if self.src == b.group:
-            local = replica_name(self, b.group)
-            held[local] = Held(self.W, None, own, "replica")
-            mask = block_mask(self.mask, (0, model.group(self.dst).size), own)
-            slot = need(self.dst, self.mask, cols=own)
-            if slot is None:
-                grads[local] = NoGrad()
-            else:
-                terms.append(SpringCols("cols", local, slot, mask))
-                grads[local] = DV("spring", slot, mask)
+            self.share_columns(model, b, need, held, terms, grads,
+                               lambda local, slot, mask: SpringCols("cols", local, slot, mask),
+                               lambda slot, mask: DV("spring", slot, mask))
         return held, terms, grads, set()
 
     def backward_sends(self, model, by_group) -> list:
