@@ -47,38 +47,57 @@ def replica_name(it: "Dense", group: str) -> str:
 
 
 # ---- a weight matrix W (dst size, src size) with an optional bias b (dst size,) and structural mask -------------
-# (shared with the interactions that hold the same parameters under other physics, e.g. nodes/springs.py)
-def check_mask(it, model) -> None:
-    """Raise ValueError unless `it.mask` is None or (dst size, src size)."""
-    if it.mask is not None and (len(it.mask) != model.group(it.dst).size
-                                or any(len(r) != model.group(it.src).size for r in it.mask)):
-        raise ValueError(f"model {model.name}: mask of {it.W} is not ({it.dst} size, {it.src} size)")
+class WeightMatrix:
+    """The parameters of an interaction that holds W (dst size, src size), an optional bias b (dst size,) and a
+    structural mask (a tuple of dst-size tuples of 0/1; None: dense), whatever its physics (Dense here, the
+    Hamiltonian couplings of nodes/springs.py): their validation, shapes, seeded init and masks. A subclass declares
+    the fields `src`, `dst`, `W`, `mask` and, if it has one, `b`."""
 
+    def bias_of(self, group: str) -> str | None:
+        return getattr(self, "b", None) if group == self.dst else None
 
-def weight_shapes(it, model) -> dict:
-    """{W: (dst size, src size), b: (dst size,) if any}."""
-    out = {it.W: (model.group(it.dst).size, model.group(it.src).size)}
-    if getattr(it, "b", None):
-        out[it.b] = (model.group(it.dst).size,)
-    return out
+    def validate(self, model) -> None:
+        """Raise ValueError unless the mask is None or (dst size, src size)."""
+        if self.mask is not None and (len(self.mask) != model.group(self.dst).size
+                                      or any(len(r) != model.group(self.src).size for r in self.mask)):
+            raise ValueError(f"model {model.name}: mask of {self.W} is not ({self.dst} size, {self.src} size)")
 
+    def shapes(self, model) -> dict:
+        """{W: (dst size, src size), b: (dst size,) if any}."""
+        out = {self.W: (model.group(self.dst).size, model.group(self.src).size)}
+        if getattr(self, "b", None):
+            out[self.b] = (model.group(self.dst).size,)
+        return out
 
-def weight_init(it, model, gen, scale: float) -> dict:
-    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for W then b (torch.nn.Linear's default), times `scale`, drawn from `gen`;
-    a mask's structural zeros stay zero."""
-    bound = 1.0 / math.sqrt(model.group(it.src).size)
-    shapes, out = weight_shapes(it, model), {}
-    for name in shapes:
-        t = (torch.rand(shapes[name], generator=gen, dtype=torch.float64) * 2 - 1) * bound * scale
-        if name == it.W and it.mask is not None:
-            t = t * torch.tensor(it.mask, dtype=torch.float64)
-        out[name] = t
-    return out
+    def init(self, model, gen, scale: float) -> dict:
+        """U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for W then b (torch.nn.Linear's default), times `scale`, drawn from
+        `gen`; a mask's structural zeros stay zero."""
+        bound = 1.0 / math.sqrt(model.group(self.src).size)
+        shapes, out = self.shapes(model), {}
+        for name in shapes:
+            t = (torch.rand(shapes[name], generator=gen, dtype=torch.float64) * 2 - 1) * bound * scale
+            if name == self.W and self.mask is not None:
+                t = t * torch.tensor(self.mask, dtype=torch.float64)
+            out[name] = t
+        return out
 
+    def masks(self) -> dict:
+        """{W: the structural mask as a 0/1 tensor} (none when dense)."""
+        return {} if self.mask is None else {self.W: torch.tensor(self.mask, dtype=torch.float64)}
 
-def weight_masks(it) -> dict:
-    """{W: the structural mask as a 0/1 tensor} (none when dense)."""
-    return {} if it.mask is None else {it.W: torch.tensor(it.mask, dtype=torch.float64)}
+    def share_columns(self, model, b, need, held: dict, terms: list, grads: dict, term, grad) -> None:
+        """A source block's replica of W[:, its columns], reading the destination's signal: adds it to `held`, its
+        term `term(local, slot, mask)` and G `grad(slot, mask)` (NoGrad where the mask leaves it no neighbour)."""
+        own = (b.lo, b.hi)
+        local = replica_name(self, b.group)
+        held[local] = Held(self.W, None, own, "replica")
+        mask = block_mask(self.mask, (0, model.group(self.dst).size), own)
+        slot = need(self.dst, self.mask, cols=own)
+        if slot is None:
+            grads[local] = NoGrad()
+        else:
+            terms.append(term(local, slot, mask))
+            grads[local] = grad(slot, mask)
 
 
 # ---- its drive terms -------------------------------------------------------------------------------------------
@@ -170,7 +189,7 @@ class ClampedGrad(Grad):
 
 # ---- the interaction ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Dense(Interaction):
+class Dense(WeightMatrix, Interaction):
     """E (or Phi) contains a(dst) . (W a(src) + b); W has shape (dst size, src size).
 
     symmetric: the source is driven by W^T a(dst) as well (both ends hold W: the destination its rows, the source
@@ -189,23 +208,6 @@ class Dense(Interaction):
     def reciprocal(self) -> bool:
         """A symmetric Dense drives its source by W^T a(dst) too: the gradient of one energy term."""
         return self.symmetric
-
-    def bias_of(self, group: str) -> str | None:
-        return self.b if group == self.dst else None
-
-    def validate(self, model) -> None:
-        check_mask(self, model)
-
-    def shapes(self, model) -> dict:
-        return weight_shapes(self, model)
-
-    def init(self, model, gen, scale: float) -> dict:
-        """U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for W then b (torch.nn.Linear's default), times `scale`; a mask's
-        structural zeros stay zero."""
-        return weight_init(self, model, gen, scale)
-
-    def masks(self) -> dict:
-        return weight_masks(self)
 
     def add_drive(self, model, u: dict, params: dict, a: dict) -> None:
         """u[dst] += a_src W^T + b, and u[src] += a_dst W on a symmetric term between dynamic groups (whole groups,
@@ -263,15 +265,8 @@ class Dense(Interaction):
                 terms.append(Bias("bias", self.b))
                 grads[self.b] = BiasGrad("bias")
         if self.symmetric and self.src == b.group and src.role != "input":  # replica of W[:, cols]
-            local = replica_name(self, b.group)
-            held[local] = Held(self.W, None, own, "replica")
-            mask = block_mask(self.mask, (0, model.group(self.dst).size), own)
-            slot = need(self.dst, self.mask, cols=own)
-            if slot is None:
-                grads[local] = NoGrad()
-            else:
-                terms.append(Bwd("bwd", local, slot))
-                grads[local] = ColsGrad("cols", slot, mask)
+            self.share_columns(model, b, need, held, terms, grads, lambda local, slot, mask: Bwd("bwd", local, slot),
+                               lambda slot, mask: ColsGrad("cols", slot, mask))
         return held, terms, grads, boundary
 
     def transposed_sends(self, model, by_group) -> list:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nodes.dense import block_mask, check_mask, replica_name, weight_init, weight_masks, weight_shapes
+from nodes.dense import WeightMatrix, block_mask
 from nodes.interface import Grad, Held, Interaction, NoGrad, Term, connected
 from nodes.leapfrog import per_copy_mean
 
@@ -159,7 +159,7 @@ class DV(Grad):
 
 # ---- the interactions ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Spring(Interaction):
+class Spring(WeightMatrix, Interaction):
     """V contains 1/2 sum_ij W_ij (phi_dst,i - phi_src,j)^2 between two dynamic groups (or within one); W has shape
     (dst size, src size), `mask` its structural zeros (a tuple of dst-size tuples of 0/1; None: dense)."""
 
@@ -174,16 +174,7 @@ class Spring(Interaction):
         if model.group(self.src).role == "input":
             raise ValueError(f"model {model.name}: spring {self.W} couples positions; its source {self.src} is the "
                              f"clamped input (a Drive reads the input)")
-        check_mask(self, model)
-
-    def shapes(self, model) -> dict:
-        return weight_shapes(self, model)
-
-    def init(self, model, gen, scale: float) -> dict:
-        return weight_init(self, model, gen, scale)
-
-    def masks(self) -> dict:
-        return weight_masks(self)
+        super().validate(model)
 
     def share(self, model, b, need) -> tuple:
         """The destination's blocks own W's rows, the source's hold a replica of its columns; each reads the other
@@ -200,15 +191,9 @@ class Spring(Interaction):
                 terms.append(SpringRows("rows", self.W, slot, mask))
                 grads[self.W] = DV("spring", slot, mask)
         if self.src == b.group:
-            local = replica_name(self, b.group)
-            held[local] = Held(self.W, None, own, "replica")
-            mask = block_mask(self.mask, (0, model.group(self.dst).size), own)
-            slot = need(self.dst, self.mask, cols=own)
-            if slot is None:
-                grads[local] = NoGrad()
-            else:
-                terms.append(SpringCols("cols", local, slot, mask))
-                grads[local] = DV("spring", slot, mask)
+            self.share_columns(model, b, need, held, terms, grads,
+                               lambda local, slot, mask: SpringCols("cols", local, slot, mask),
+                               lambda slot, mask: DV("spring", slot, mask))
         return held, terms, grads, set()
 
     def backward_sends(self, model, by_group) -> list:
@@ -230,7 +215,7 @@ class Spring(Interaction):
 
 
 @dataclass(frozen=True)
-class Drive(Interaction):
+class Drive(WeightMatrix, Interaction):
     """d_dst += W u + b into the destination's onsite potential, u the input (src the input group) or the half-step
     positions of a dynamic source (a layer below); W has shape (dst size, src size), `mask` its structural zeros."""
 
@@ -240,20 +225,6 @@ class Drive(Interaction):
     b: str | None = None
     mask: tuple | None = None
 
-    def bias_of(self, group: str) -> str | None:
-        return self.b if group == self.dst else None
-
-    def validate(self, model) -> None:
-        check_mask(self, model)
-
-    def shapes(self, model) -> dict:
-        return weight_shapes(self, model)
-
-    def init(self, model, gen, scale: float) -> dict:
-        return weight_init(self, model, gen, scale)
-
-    def masks(self) -> dict:
-        return weight_masks(self)
 
     def share(self, model, b, need) -> tuple:
         """The destination's blocks own W's rows and b's entries, and read the input (x) or the source's positions."""
