@@ -1,5 +1,5 @@
 """The audit of Hamiltonian models under `rhel` / `heb` (docs/algorithms.md §10; nodes/leapfrog.py): `audit` runs it for
-their family (experiments/families.py), and so do the experiments `two-mass`, `chain` and `hru-sequence`.
+their family (experiments/families/hamiltonian.py), and so do the experiments `two-mass`, `chain` and `hru-sequence`.
 
 `audit` (run_echo_audit): the program on the engine from the seeded parameters on the first `batch` sequences;
 BPTT through the same leapfrog steps (cluster/truth/echo.py, float64) as the truth. audit.json: per parameter and in

@@ -2,7 +2,7 @@
 
 The loop owns the run: the engine, a checkpoint every `checkpoint_every` batches and at every epoch's end, rollback
 and replay after a dead host actor (experiments/recovery.py), `--resume`, lineage.json, locality.json, metrics.json
-also on failure. A family (experiments/families.py picks it from the model's declaration) says what a run of its
+also on failure. A family (experiments/families/ picks it from the model's declaration) says what a run of its
 models is made of, through one `Training` object per run, made with the run's config, model and protocol object:
 
   data            loaded and checked when the object is made (a ConfigError or DatasetError before anything is
