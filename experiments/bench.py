@@ -27,10 +27,10 @@ from nodes.activations import ACTIVATIONS
 from protocols.base import Phase
 
 TARGETS = {  # ratio key -> (comparison, target); None: reported, no target on this machine
-    "layer_fabric_over_bare_pattern": ("<=", 1.1),     # issue 18: against the same pattern in bare pyzmq + torch
+    "layer_fabric_over_bare_pattern": ("<=", 1.1),     # against the same pattern in bare pyzmq + torch
     "neuron_over_bare_pattern": (">=", 0.9),
-    "layer_fabric_over_inprocess": ("<=", None),       # a target on a 16-core machine (issue 18), not on 2 cores
-    "neuron_msg_rate_over_raw_zmq": (">=", None),      # issue 4's, replaced by neuron_over_bare_pattern
+    "layer_fabric_over_inprocess": ("<=", None),       # a target on a 16-core machine, not on 2 cores
+    "neuron_msg_rate_over_raw_zmq": (">=", None),      # the first benchmark's, replaced by neuron_over_bare_pattern
     "zmq_over_ray_transport": ("<=", 0.2),
     "explicit_over_autograd": ("<=", 0.1),
     "inprocess_over_matmuls": ("<=", 1.15),

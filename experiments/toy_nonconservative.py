@@ -4,8 +4,8 @@ The toy (cluster/nonconservative.t1_toy: 12 units, pinned NumPy draws) and the c
 (one-sided, +-beta) and Dyadic EP against implicit differentiation at the free state, every relaxation `--steps`
 Euler steps (§13: 20,000). Writes toy.json (per method and beta: cosine, rel_l2, the learning phase's residual max
 |field|; per method the sweep's fit (experiments/sweep.fit_slopes: the least-squares slope of log rel_l2 against
-log beta over >= 4 betas spanning >= 4x whose error is >= 1e-12, else slope None and why)) and table.md; prints the table as it goes. This is the reference the fabric protocols of the
-non-conservative issue are checked against; the protocols themselves are not yet built.
+log beta over >= 4 betas spanning >= 4x whose error is >= 1e-12, else slope None and why)) and table.md; prints the table as it goes. This is the reference the fabric protocols vf, aep,
+aep-symmetric and dyadic are checked against.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`python -m experiments bench --set quick=true` runs end to end and reports every ratio of the performance issue."""
+"""`python -m experiments bench --set quick=true` runs end to end and reports every ratio the benchmark defines."""
 import pytest
 import json
 import math
