@@ -43,6 +43,8 @@ def points_of(cfg) -> list:
         raise ConfigError("compare.settings", "no settings: give a list of {label, set: {key: value}}")
     if not c.seeds:
         raise ConfigError("compare.seeds", "give at least one seed")
+    if cfg.epochs < 1:
+        raise ConfigError("epochs", f"compare trains every setting: must be >= 1, got {cfg.epochs}")
     if c.angle_batches < 0:
         raise ConfigError("compare.angle_batches", f"must be >= 0, got {c.angle_batches}")
     for k, vals in c.grid.items():

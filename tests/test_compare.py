@@ -48,7 +48,8 @@ def test_the_alignment_is_the_audits_on_the_training_batches_with_their_noise():
 @pytest.mark.parametrize("key,value,field", [("compare.settings", [], "compare.settings"),
                                              ("compare.settings", [{"set": {}}], "compare.settings[0]"),
                                              ("compare.grid", {"noise": []}, "compare.grid.noise"),
-                                             ("compare.seeds", [], "compare.seeds")])
+                                             ("compare.seeds", [], "compare.seeds"),
+                                             ("epochs", 0, "epochs")])
 def test_bad_sections_are_named(key, value, field):
     with pytest.raises(ConfigError) as err:
         points_of(load_config("hep-noise", overrides={key: value}))
