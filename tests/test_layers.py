@@ -88,8 +88,9 @@ def test_the_check_sees_a_circle():
 
 
 # the runtime and engines (cluster/ but the truths), the pipeline, the config, the API and the command line
-GENERIC = [f"experiments/{f}.py" for f in ("train", "audit", "hooks", "sweep", "compare", "config", "config_reference",
-                                           "api", "__main__", "checkpoint", "recovery", "results")] + \
+GENERIC = [f"experiments/{f}.py" for f in ("train", "audit", "hooks", "sweep", "compare", "config", "sections",
+                                           "config_reference", "api", "__main__", "checkpoint", "recovery",
+                                           "results")] + \
           [f"cluster/{f}" for f in os.listdir(os.path.join(ROOT, "cluster")) if f.endswith(".py")] + \
           [f"cluster/runtime/{f}" for f in os.listdir(os.path.join(ROOT, "cluster", "runtime")) if f.endswith(".py")]
 FAMILY = re.compile(r"\b(rhel|heb|hep|aep|dyadic|leapfrog|hamilton\w*|echo\w*|cep|cvf)\b", re.I)

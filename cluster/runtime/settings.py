@@ -1,6 +1,6 @@
 """What the fabric runtime reads, typed and with its one default each: the partition, the data plane, the host
 actors' placement, the nodes' arithmetic and optimiser. The coordinator, the fabric and every host receive this object
-(never a dict read with defaults); experiments/config.py takes the defaults of its keys from here.
+(never a dict read with defaults); experiments/sections.py takes the defaults of its keys from here.
 
 `FabricSettings.of(mapping)` builds one from keyword settings (the Python API and tests pass dicts): an unknown key is
 a ValueError naming it and the closest known key.
