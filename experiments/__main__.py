@@ -10,7 +10,7 @@ import os
 import sys
 import time
 
-from experiments.families import default_configs
+from experiments.families import commands, default_configs
 
 # the pipeline's commands and their default configs, then every experiment a family declares (experiments/families/)
 DEFAULT_CONFIG = {"train": "train", "audit": "audit", "bench": "bench", "sweep": "sweep", "compare": None,
@@ -19,7 +19,9 @@ COMMANDS = tuple(DEFAULT_CONFIG)
 
 
 def parse_args(argv):
+    experiments = "\n".join(f"  {name:14s} {cmd.doc}" for name, cmd in commands().items())
     p = argparse.ArgumentParser(prog="python -m experiments", description=__doc__,
+                                epilog=f"the families' experiments:\n{experiments}",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=COMMANDS)
     p.add_argument("config", nargs="?", help="YAML file or name in experiments/configs/ (default: per command)")

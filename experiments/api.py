@@ -21,7 +21,7 @@ import contextlib
 import time
 
 from experiments.config import Config, _build, _set_dotted, load_config, validate
-from experiments.families import commands, family_of
+from experiments.families import commands, family_of, resolve
 from protocols import get_protocol
 from protocols.base import Protocol
 
@@ -82,7 +82,6 @@ class Simulator:
         cmds = commands()
         if name not in cmds:
             raise ValueError(f"experiment {name!r}: the families declare {sorted(cmds)}")
-        from experiments.families import resolve
         return resolve(cmds[name].run)(self._with(overrides), out or _stamp(name))
 
     def bench(self, out: str | None = None, **overrides) -> dict:

@@ -85,6 +85,29 @@ class WeightMatrix:
         """{W: the structural mask as a 0/1 tensor} (none when dense)."""
         return {} if self.mask is None else {self.W: torch.tensor(self.mask, dtype=torch.float64)}
 
+    def share_rows(self, model, b, need, held: dict, terms: list, grads: dict, boundary: set, from_signal,
+                   from_input=None) -> None:
+        """A destination block's W[its rows, :], as owner, reading the source's signal (`from_signal(slot, mask)`
+        gives its (term, G)) or, from the input group, the clamped input x (`from_input(mask)`); NoGrad where the
+        mask leaves the block no source (its rows are structural zeros, and x is not routed to it)."""
+        own, src = (b.lo, b.hi), model.group(self.src)
+        held[self.W] = Held(self.W, own, None, "primary")
+        mask = block_mask(self.mask, own, (0, src.size))
+        if src.role == "input":
+            if not connected(self.mask, own, (0, src.size)):
+                grads[self.W] = NoGrad()
+                return
+            term, grad = from_input(mask)
+            boundary.add("x")
+        else:
+            slot = need(self.src, self.mask, rows=own)
+            if slot is None:
+                grads[self.W] = NoGrad()
+                return
+            term, grad = from_signal(slot, mask)
+        terms.append(term)
+        grads[self.W] = grad
+
     def share_columns(self, model, b, need, held: dict, terms: list, grads: dict, term, grad) -> None:
         """A source block's replica of W[:, its columns], reading the destination's signal: adds it to `held`, its
         term `term(local, slot, mask)` and G `grad(slot, mask)` (NoGrad where the mask leaves it no neighbour)."""
@@ -244,22 +267,9 @@ class Dense(WeightMatrix, Interaction):
         own = (b.lo, b.hi)
         src = model.group(self.src)
         if self.dst == b.group:  # this block owns W[rows, :] and b[rows]
-            held[self.W] = Held(self.W, own, None, "primary")
-            mask = block_mask(self.mask, own, (0, src.size))
-            if src.role == "input":
-                if connected(self.mask, own, (0, src.size)):
-                    terms.append(Clamped("clamped", self.W, "x"))
-                    grads[self.W] = ClampedGrad("clamped", "x", mask)
-                    boundary.add("x")
-                else:  # the mask leaves this block no input: its rows are structural zeros, x is not routed here
-                    grads[self.W] = NoGrad()
-            else:
-                slot = need(self.src, self.mask, rows=own)
-                if slot is None:  # the mask leaves this block no source: its rows are structural zeros
-                    grads[self.W] = NoGrad()
-                else:
-                    terms.append(Fwd("fwd", self.W, slot))
-                    grads[self.W] = RowsGrad("rows", slot, mask)
+            self.share_rows(model, b, need, held, terms, grads, boundary,
+                            lambda slot, mask: (Fwd("fwd", self.W, slot), RowsGrad("rows", slot, mask)),
+                            lambda mask: (Clamped("clamped", self.W, "x"), ClampedGrad("clamped", "x", mask)))
             if self.b:
                 held[self.b] = Held(self.b, own, None, "primary")
                 terms.append(Bias("bias", self.b))

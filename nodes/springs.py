@@ -38,8 +38,8 @@ from dataclasses import dataclass
 
 import torch
 
-from nodes.dense import WeightMatrix, block_mask
-from nodes.interface import Grad, Held, Interaction, NoGrad, Term, connected
+from nodes.dense import WeightMatrix
+from nodes.interface import Grad, Held, Interaction, Term, connected
 from nodes.leapfrog import per_copy_mean
 
 
@@ -180,16 +180,9 @@ class Spring(WeightMatrix, Interaction):
         """The destination's blocks own W's rows, the source's hold a replica of its columns; each reads the other
         end's positions."""
         held, terms, grads = {}, [], {}
-        own = (b.lo, b.hi)
-        if self.dst == b.group:
-            held[self.W] = Held(self.W, own, None, "primary")
-            mask = block_mask(self.mask, own, (0, model.group(self.src).size))
-            slot = need(self.src, self.mask, rows=own)
-            if slot is None:  # the mask leaves this block no neighbour: its rows are structural zeros
-                grads[self.W] = NoGrad()
-            else:
-                terms.append(SpringRows("rows", self.W, slot, mask))
-                grads[self.W] = DV("spring", slot, mask)
+        if self.dst == b.group:  # a spring's source is never the input (validate)
+            self.share_rows(model, b, need, held, terms, grads, set(),
+                            lambda slot, mask: (SpringRows("rows", self.W, slot, mask), DV("spring", slot, mask)))
         if self.src == b.group:
             self.share_columns(model, b, need, held, terms, grads,
                                lambda local, slot, mask: SpringCols("cols", local, slot, mask),
@@ -231,26 +224,11 @@ class Drive(WeightMatrix, Interaction):
         held, terms, grads, boundary = {}, [], {}, set()
         if self.dst != b.group:
             return held, terms, grads, boundary
-        own = (b.lo, b.hi)
-        src = model.group(self.src)
-        held[self.W] = Held(self.W, own, None, "primary")
-        mask = block_mask(self.mask, own, (0, src.size))
-        if src.role == "input":
-            if connected(self.mask, own, (0, src.size)):
-                terms.append(DriveInput("input", self.W, None, mask))
-                grads[self.W] = DV("input", "x", mask)
-                boundary.add("x")
-            else:  # the mask leaves this block no input: its rows are structural zeros, x is not routed here
-                grads[self.W] = NoGrad()
-        else:
-            slot = need(self.src, self.mask, rows=own)
-            if slot is None:
-                grads[self.W] = NoGrad()
-            else:
-                terms.append(DriveBelow("below", self.W, slot, mask))
-                grads[self.W] = DV("below", slot, mask)
+        self.share_rows(model, b, need, held, terms, grads, boundary,
+                        lambda slot, mask: (DriveBelow("below", self.W, slot, mask), DV("below", slot, mask)),
+                        lambda mask: (DriveInput("input", self.W, None, mask), DV("input", "x", mask)))
         if self.b:
-            held[self.b] = Held(self.b, own, None, "primary")
+            held[self.b] = Held(self.b, (b.lo, b.hi), None, "primary")
             terms.append(DriveBias("bias", self.b))
             grads[self.b] = DV("bias")
         return held, terms, grads, boundary
