@@ -46,7 +46,7 @@ def make_engine(cfg, model=None, protocol=None, local: bool = False):
                               hosts=f.hosts, exchange=f.exchange, transport=cfg.transport, host=f.host, wire=f.wire,
                               curve=f.curve, ports=None if f.ports is None else tuple(f.ports), log=f.log,
                               timeout_s=f.timeout_s, actor_cpus=f.actor_cpus, placement=f.placement,
-                              resources=dict(f.resources), optimizer=cfg.optimizer, momentum=cfg.momentum,
+                              resources=dict(f.resources), reuse_hosts=f.reuse_hosts, optimizer=cfg.optimizer, momentum=cfg.momentum,
                               forget_free=cfg.forget_free, noise=cfg.noise, seed=cfg.seed,
                               residual_tol=cfg.residual_tol)
     return FabricEngine(model, protocol, settings, local=local)

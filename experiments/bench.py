@@ -8,6 +8,7 @@ under `shrunk`) but keeps every ratio key.
 from __future__ import annotations
 
 import json
+import dataclasses
 import os
 import platform
 import statistics
@@ -293,6 +294,8 @@ def _ratio_met(key, value) -> bool:
 
 def run_bench(cfg, out_dir) -> dict:
     t_start = time.perf_counter()
+    # every fabric starts its own host actors: start times and memory are a cold start's (cluster/runtime/warm.py)
+    cfg = cfg.replace(fabric=dataclasses.replace(cfg.fabric, reuse_hosts=False))
     main, grid, st, shrunk = plan(cfg)
     log(f"plan: main {main}, grid {grid}, settings {st}")
     res = {"main": main, "settings": st, "shrunk": shrunk, "loadavg_start": os.getloadavg()}

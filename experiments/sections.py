@@ -34,6 +34,8 @@ class FabricSection:
     placement: str = FABRIC.placement        # Ray placement group strategy for the host actors: pack or spread
     resources: dict = field(default_factory=dict)  # custom Ray resources per host actor (e.g. {fabric_slot: 1})
     ports: typing.Optional[list] = None      # [lo, hi]: the tcp data plane binds a port in this range (null: any)
+    reuse_hosts: bool = FABRIC.reuse_hosts   # park a cleanly closed fabric's host actors for the next fabric of the
+                                             # same shape in this run (cluster/runtime/warm.py); false: cold starts
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,8 @@ def test_host_actors_sit_in_a_placement_group_removed_on_close(ray_session):
     from cluster.runtime.coordinator import FabricEngine
     from tests.test_fabric import MODEL, settings
     for placement in ("pack", "spread"):
-        eng = FabricEngine(MODEL, "ep-symmetric", settings(granularity="neuron", hosts=2, placement=placement))
+        eng = FabricEngine(MODEL, "ep-symmetric", settings(granularity="neuron", hosts=2, placement=placement,
+                                                           reuse_hosts=False))
         pg = eng.fabric.pg
         try:
             table = placement_group_table(pg)
@@ -116,6 +117,99 @@ def test_host_actors_sit_in_a_placement_group_removed_on_close(ray_session):
         finally:
             eng.close()
         assert placement_group_table(pg)["state"] == "REMOVED"
+
+
+def _warm_run(**where):
+    """(estimate, host pids, placement group id, whether the hosts were parked ones) of one ep-symmetric program on
+    test_fabric's MODEL; the engine is closed afterwards."""
+    import os
+
+    from cluster.runtime.coordinator import FabricEngine
+    from protocols import get_protocol
+    from tests.conftest import batch, scaled_params
+    from tests.test_fabric import MODEL, settings
+    import ray
+    eng = FabricEngine(MODEL, "ep-symmetric", settings(**where))
+    try:
+        pids = sorted(ray.get([a.__ray_call__.remote(lambda self: os.getpid()) for a in eng.fabric.hosts.values()],
+                              timeout=30))
+        eng.set_params(scaled_params(MODEL))
+        eng.set_batch(*batch(MODEL, seed=2))
+        eng.run_program(get_protocol("ep-symmetric").program(0.1, 30, 10))
+        return eng.estimate(), pids, eng.fabric.pg, eng.fabric.warm
+    finally:
+        eng.close()
+
+
+@pytest.mark.slow
+def test_a_cleanly_closed_fabric_parks_its_hosts_for_the_next_fabric_of_its_shape(ray_session):
+    """cluster/runtime/warm.py: the next fabric of the same shape runs on the parked processes and placement group
+    and computes what a cold fabric computes, bit for bit; reuse_hosts=false starts and ends its own; `release`
+    ends the parked ones and removes their group."""
+    import torch
+    from ray.util import placement_group_table
+
+    from cluster.runtime.warm import WARM
+    WARM.release()
+    cold, pids, pg, warm = _warm_run(granularity="neuron", hosts=2)
+    assert not warm and len(WARM) == 2 and placement_group_table(pg)["state"] == "CREATED"
+    again, pids2, pg2, warm2 = _warm_run(granularity="neuron", hosts=2)
+    assert warm2 and pids2 == pids and pg2.id == pg.id
+    fresh, pids3, pg3, warm3 = _warm_run(granularity="neuron", hosts=2, reuse_hosts=False)
+    assert not warm3 and not set(pids3) & set(pids) and pg3.id != pg.id and len(WARM) == 2
+    assert placement_group_table(pg3)["state"] == "REMOVED"
+    for k in cold:
+        assert torch.equal(again[k], cold[k]) and torch.equal(fresh[k], cold[k]), k
+    _, _, _, warm4 = _warm_run(granularity="layer", split=2)  # another shape (4 hosts): its own group
+    assert not warm4 and len(WARM) == 6
+    WARM.release()
+    assert len(WARM) == 0 and placement_group_table(pg)["state"] == "REMOVED"
+
+
+def _kill(actor) -> None:
+    """ray.kill, then wait until the actor is gone (a kill lands asynchronously: a call sent after it may still run)."""
+    import time
+
+    import ray
+    ray.kill(actor)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.__ray_call__.remote(lambda self: 0), timeout=5)
+        except ray.exceptions.RayActorError:
+            return
+        except ray.exceptions.GetTimeoutError:
+            continue
+        time.sleep(0.05)
+    raise AssertionError("the killed actor still answers after 30 s")
+
+
+@pytest.mark.slow
+def test_a_fabric_that_lost_a_host_parks_nothing_and_a_dead_parked_host_is_replaced(ray_session):
+    from cluster.runtime.coordinator import FabricEngine
+    from cluster.runtime.fabric import HostLost
+    from cluster.runtime.warm import WARM
+    from protocols import get_protocol
+    from tests.conftest import batch, scaled_params
+    from tests.test_fabric import MODEL, settings
+    WARM.release()
+    _, pids, _, _ = _warm_run(granularity="neuron", hosts=2)
+    eng = FabricEngine(MODEL, "ep-symmetric", settings(granularity="neuron", hosts=2))
+    assert eng.fabric.warm and len(WARM) == 0
+    try:
+        eng.set_params(scaled_params(MODEL))
+        eng.set_batch(*batch(MODEL, seed=2))
+        _kill(eng.fabric.hosts["H1"])
+        with pytest.raises(HostLost):
+            eng.run_program(get_protocol("ep-symmetric").program(0.1, 30, 10))
+    finally:
+        eng.close()
+    assert len(WARM) == 0  # the survivor was aborted mid-phase: it ends with its fabric
+    _warm_run(granularity="neuron", hosts=2)
+    _kill(WARM.parked[-1][2][0])  # a parked host dies while it waits
+    _, pids2, _, warm = _warm_run(granularity="neuron", hosts=2)
+    assert not warm and len(WARM) == 2
+    WARM.release()
 
 
 def test_a_fabric_the_cluster_cannot_hold_is_refused_naming_the_key(ray_session):

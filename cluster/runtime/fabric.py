@@ -29,6 +29,7 @@ from cluster.nodeset import PhaseError
 from cluster.runtime.settings import FabricSettings
 from cluster.runtime.placement import host_order, place_hosts
 from cluster.runtime.transport import TransportError, ZmqTransport, new_token
+from cluster.runtime.warm import WARM, end_group, warm_key
 
 GRACE_S = 30.0
 
@@ -85,7 +86,8 @@ class Fabric:
                                   send_timeout_s=5.0,  # an abort to a host that is gone must not hold the caller
                                   ports=settings.ports, curve=settings.curve)
         self.hosts, self.abort_tokens, self.addresses, self.lost, self.pg = {}, {}, {}, set(), None
-        self.closed = False
+        self.closed = self.failed = False
+        self.warm_key, self.warm = None, False
         try:
             self._start(protocol)
         except BaseException:
@@ -100,11 +102,13 @@ class Fabric:
             self.hosts = {h: Host(h, s, protocol, hs, threads=None) for h, s in self.by_host.items()}
         else:
             self.bundle_order = host_order(list(self.by_host), links)  # host k holds bundle k
-            self.pg, options = place_hosts(self.bundle_order, self.settings, wait_s=max(120.0, self.timeout_s))
-            threaded = self.transport != "zmq"
-            Actor = ray.remote(Host)
-            self.hosts = {h: Actor.options(max_concurrency=4 if threaded else 1, max_restarts=0, **options[h]).remote(
-                h, s, protocol, hs) for h, s in self.by_host.items()}
+            concurrency = 1 if self.transport == "zmq" else 4
+            self.warm_key = warm_key(len(self.bundle_order), self.settings, concurrency)
+            if not self._rebuild_warm(protocol, hs):
+                self.pg, options = place_hosts(self.bundle_order, self.settings, wait_s=max(120.0, self.timeout_s))
+                Actor = ray.remote(Host)
+                self.hosts = {h: Actor.options(max_concurrency=concurrency, max_restarts=0, **options[h]).remote(
+                    h, s, protocol, hs) for h, s in self.by_host.items()}
         addresses = self.call("endpoint", stall_s=max(120.0, 10.0 * len(self.hosts)))
         self.start_s = time.perf_counter() - t0
         self.addresses = {h: (self.hosts[h] if a is None else a) for h, a in addresses.items()}
@@ -122,6 +126,24 @@ class Fabric:
         if self.transport == "zmq" and not self.local:
             for h in self.hosts:
                 self.beats.connect(h, self.addresses[h], coord[h])
+
+    def _rebuild_warm(self, protocol, hs) -> bool:
+        """Host this fabric on a parked group of its shape (cluster/runtime/warm.py), if there is one that answers;
+        a group that does not is ended, and the fabric starts new hosts."""
+        parked = WARM.take(self.warm_key) if self.warm_key else None
+        if parked is None:
+            return False
+        self.pg, actors = parked
+        self.hosts = dict(zip(self.bundle_order, actors))
+        try:
+            self.call("rebuild", per_host={h: (h, self.by_host[h], protocol, hs) for h in self.hosts},
+                      stall_s=max(120.0, 10.0 * len(self.hosts)))
+            self.warm = True
+            return True
+        except FabricError:
+            end_group(self.pg, actors)
+            self.hosts, self.pg, self.lost, self.failed = {}, None, set(), False
+            return False
 
     def _links(self) -> set:
         """(host, host) for every port between nodes: the connections the data plane needs."""
@@ -196,6 +218,7 @@ class Fabric:
     def abort(self) -> None:
         """Stop every phase up to the highest serial issued: a message from the coordinator on each host's socket
         (ZeroMQ; a host runs one call at a time), or delivered with the coordinator's token (Ray, in-process)."""
+        self.failed = True  # an aborted host is not parked for another fabric
         header = encode_control(COORDINATOR, "abort", self.serial)
         for h, actor in self.hosts.items():
             if h not in self.abort_tokens:
@@ -219,6 +242,8 @@ class Fabric:
                 for host in self.hosts.values():
                     host.close()
             elif self.hosts:
+                if self._park():
+                    return
                 refs = {a.close.remote(): a for a in self.hosts.values()}
                 closed, stuck = ray.wait(list(refs), num_returns=len(refs), timeout=10)
                 exits = [refs[r].__ray_terminate__.remote() for r in closed]  # sockets closed: the actor exits on
@@ -234,6 +259,20 @@ class Fabric:
             if self.pg is not None:
                 ray.util.remove_placement_group(self.pg)
                 self.pg = None
+
+
+    def _park(self) -> bool:
+        """Park the hosts of a fabric that ends cleanly for the next fabric of its shape (cluster/runtime/warm.py);
+        False (nothing parked) when it did not end cleanly or a host does not answer `park`."""
+        if self.warm_key is None or self.lost or self.failed:
+            return False
+        try:
+            ray.get([a.park.remote() for a in self.hosts.values()], timeout=10)
+        except ray.exceptions.RayError:  # a timeout included
+            return False
+        WARM.put(self.warm_key, self.pg, [self.hosts[h] for h in self.bundle_order])
+        self.pg = None  # the group lives on with its actors
+        return True
 
 
 def _remove_ipc_dir(address) -> None:

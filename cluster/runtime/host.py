@@ -236,6 +236,18 @@ class Host(NodeSet):
             self.beat.close()
         self.transport.close()
 
+    def park(self) -> None:
+        """Close this fabric's sockets and drop its nodes: the process waits, holding nothing of this fabric, for
+        `rebuild` (cluster/runtime/warm.py)."""
+        self.close()
+        vars(self).clear()
+
+    def rebuild(self, host_id: str, specs: dict, protocol, settings) -> None:
+        """Host a new fabric's nodes in this parked process: the constructor run again (new nodes, new sockets)."""
+        if vars(self):
+            raise RuntimeError(f"host {self.host_id} is in use: only a parked host is rebuilt")
+        self.__init__(host_id, specs, protocol, settings)
+
     # ---- phases --------------------------------------------------------------------------------------------
     def run_phase(self, serial: int, phase, record_states: bool = False, record_grads: bool = False) -> dict:
         with self.busy:

@@ -34,6 +34,7 @@ class FabricSettings:
     actor_cpus: float = 0.0        # Ray CPUs reserved per host actor
     placement: str = "pack"        # Ray placement group strategy for the host actors: pack or spread
     resources: dict | None = None  # custom Ray resources per host actor
+    reuse_hosts: bool = True       # park a cleanly closed fabric's hosts for the next fabric of its shape
     optimizer: str = "sgd"         # the nodes' optimiser (nodes/optim.py)
     momentum: float = 0.0          # sgd's heavy-ball momentum
     forget_free: bool = False      # audit only: the free-phase-memory test

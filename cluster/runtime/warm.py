@@ -1,0 +1,84 @@
+"""Warm host actors: the hosts of a fabric that closed cleanly, kept with their placement group for the next fabric
+of this driver that asks for as many hosts with the same bundle, strategy and concurrency.
+
+Starting a host actor costs a process and its imports (torch alone takes about 2 s of CPU), and that cost dominated
+every short run on a fabric: a sweep or a comparison builds one fabric per point, a recovered run one per fault.
+A fabric that closes cleanly (every host answered, none was lost, no call failed and nothing was aborted) parks its
+hosts: each closes its sockets and drops its nodes (`Host.park`), leaving a process that holds nothing of the old
+fabric but its imports. The next fabric of the same shape rebuilds them (`Host.rebuild`: the constructor run again,
+with new nodes, new sockets and new credentials) instead of starting new processes, and its hosts keep the bundles,
+and so the machines, the parked group had.
+
+Only groups whose bundles reserve no more than the minimal CPU share are kept: they hold nothing a later fabric could
+be refused. At most MAX_WARM actors wait (the oldest group is ended first), and a group never outlives its Ray
+instance. `fabric.reuse_hosts = false` starts every fabric's hosts afresh and ends them with it (the benchmarks' cold
+starts do so).
+"""
+from __future__ import annotations
+
+import ray
+
+from cluster.runtime.placement import MIN_CPUS, bundle
+
+MAX_WARM = 16
+
+
+def warm_key(n_hosts: int, settings, concurrency: int):
+    """The shape a parked group must have to serve a fabric, or None when this fabric's hosts are not to be kept."""
+    one = bundle(settings)
+    if not settings.reuse_hosts or one != {"CPU": MIN_CPUS}:
+        return None
+    return n_hosts, settings.placement, concurrency
+
+
+class WarmHosts:
+    """The parked groups of this driver, oldest first: [(key, placement group, actors in bundle order)]."""
+
+    def __init__(self):
+        self.parked, self.instance = [], None
+
+    def _same_instance(self) -> None:
+        """Forget groups of an earlier Ray instance (their actors ended with it)."""
+        ctx = ray.get_runtime_context()
+        instance = (ctx.get_node_id(), ctx.get_job_id())
+        if instance != self.instance:
+            self.parked, self.instance = [], instance
+
+    def take(self, key):
+        """(placement group, actors) of the newest parked group of shape `key`, or None."""
+        self._same_instance()
+        for k in range(len(self.parked) - 1, -1, -1):
+            if self.parked[k][0] == key:
+                _, pg, actors = self.parked.pop(k)
+                return pg, actors
+        return None
+
+    def put(self, key, pg, actors: list) -> None:
+        self._same_instance()
+        self.parked.append((key, pg, list(actors)))
+        while sum(len(a) for _, _, a in self.parked) > MAX_WARM:
+            _, old_pg, old = self.parked.pop(0)
+            end_group(old_pg, old)
+
+    def __len__(self) -> int:
+        return sum(len(a) for _, _, a in self.parked)
+
+    def release(self) -> None:
+        """End every parked group: its actors exit and its placement group is removed."""
+        if ray.is_initialized():
+            self._same_instance()
+            while self.parked:
+                _, pg, actors = self.parked.pop()
+                end_group(pg, actors)
+        self.parked = []
+
+
+def end_group(pg, actors) -> None:
+    """Let the actors exit, then remove their placement group (removing it first would kill them mid-exit)."""
+    exits = [a.__ray_terminate__.remote() for a in actors]
+    ray.wait(exits, num_returns=len(exits), timeout=5)
+    if pg is not None:
+        ray.util.remove_placement_group(pg)
+
+
+WARM = WarmHosts()
