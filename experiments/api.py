@@ -1,19 +1,26 @@
-"""The Python API: build a model, take a registered protocol or pass your own, run it on either engine, train or
-audit, read the results. The CLI (python -m experiments) is a thin layer over the same functions.
+"""The Python API: build a model, take a registered protocol or pass your own, run it on either engine, step by
+step with named probes or through the pipelines (train, audit, ...), read the results. The CLI (python -m
+experiments) is a thin layer over the same functions.
 
-    from experiments.api import Simulator
+    from experiments.api import Phase, Probe, Simulator
     from nodes.layered import layered
 
-    sim = Simulator(layered("prototypical", [64, 32, 10], "sigmoid4"), protocol="ep-symmetric",
-                    engine="fabric", granularity="neuron", hosts=2, beta=0.1, T1=30, T2=10)
-    report = sim.audit(dataset="random", batch=8)       # gradient + locality audit: a dict, as audit.json
-    metrics = sim.train(dataset="digits", epochs=2)     # a dict, as metrics.json
-    with sim.engine() as eng:                           # the raw engine interface (cluster/engine.py)
-        eng.set_params(sim.model.init_params(0)); ...
+    net = layered("prototypical", [64, 32, 10], "sigmoid4")
+    with Simulator(net, protocol="ep-symmetric", engine="fabric", hosts=2, dtype="float64",
+                   probes=[Probe("L1", every=5), Probe(edge=("L1", "L2"))]) as sim:
+        print(sim.summary())                       # nodes, hosts, ports, parameter owners; nothing started yet
+        free = sim.run(30, x=x, y=y)               # {"L1": (6, B, 32) at steps 5..30, "L1->L2": (30, B, 32)}
+        plus = sim.run(Phase("plus", 10, beta=0.1, coef=10.0), probes=[Probe(accumulators="L2")])
+        print(plus.steps["L1"], plus["L2.accumulators"]["acc.W1"].shape)   # [35, 40] (10, 32)
+    report = Simulator(net, protocol="ep-symmetric").audit(dataset="random", batch=8)   # a dict; writes nothing
 
-Keyword arguments are config keys (experiments/config.py; `fabric.hosts` may be written `hosts`); `protocol` may be
-a protocols.base.Protocol object defined anywhere (it travels to the fabric's actors by value). Every call writes
-its results folder (`out`, default results/<command>-<timestamp>/) exactly as the CLI does.
+`run` continues from where the last run ended (reset() starts again from zero) on a batch set by `set_batch(x, y)`
+or its x=, y=; it returns the probes' data by name (experiments/probes.py: shapes, step numbering). `summary()` is
+experiments/summary.py. Keyword arguments are config keys (experiments/config.py; `fabric.hosts` may be written
+`hosts`); `protocol` may be a protocols.base.Protocol object defined anywhere (it travels to the fabric's actors by
+value). `train`, `audit`, `sweep`, `compare`, `experiment` and `bench` write their results folder where `out` says
+(as the CLI does, which always names one); out=None writes nothing and returns the same dict.
+`with sim.engine() as eng:` gives a new raw engine (cluster/engine.py).
 """
 from __future__ import annotations
 
