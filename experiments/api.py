@@ -138,8 +138,8 @@ class Simulator:
             self._eng.begin()
 
     @property
-    def step(self) -> int:
-        """The step the current state is at (0 before any run)."""
+    def n_steps(self) -> int:
+        """The step the current state is at: steps run since it started from zero (0 before any run)."""
         return self._t or 0
 
     def run(self, phase, probes=(), x=None, y=None) -> ProbeData:
@@ -149,7 +149,9 @@ class Simulator:
         names a phase run since the batch was set, whose saved state it starts from. x, y: set the batch first
         (set_batch). Records the Simulator's probes and `probes`; returns their ProbeData: {name: (samples, B,
         units) states or edge messages, or a node's accumulators {path: tensor}}, with `.steps` {name: [step of
-        each sample]}. The engine stays open for the next run (close(), or use the Simulator in a `with`)."""
+        each sample]}. The engine stays open for the next run (close(), or use the Simulator in a `with`).
+        Continuing is the nodes' rule's `carry` start (the layered nets' rule; a Hamiltonian forward phase starts
+        from its declared state)."""
         probes = check_probes(self.probes + tuple(probes), self.net, self.specs)
         if isinstance(phase, bool) or not isinstance(phase, (int, Phase)):
             raise ValueError(f"phase: expected a number of steps or a protocols.base.Phase, got {phase!r}")

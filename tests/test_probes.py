@@ -73,7 +73,7 @@ def test_a_run_continued_equals_one_run_of_the_summed_length():
     with sim_of(probes=probes) as one, sim_of(probes=probes) as two:
         whole = one.run(30, x=x, y=y)
         parts = [two.run(10, x=x, y=y), two.run(Phase("free", 20))]
-        assert one.step == two.step == 30
+        assert one.n_steps == two.n_steps == 30
         for name in whole:
             assert whole.steps[name] == parts[0].steps[name] + parts[1].steps[name] == list(range(1, 31))
             assert torch.equal(whole[name], torch.cat([p[name] for p in parts]))  # the same arithmetic: exact
