@@ -150,8 +150,8 @@ class Simulator:
         (set_batch). Records the Simulator's probes and `probes`; returns their ProbeData: {name: (samples, B,
         units) states or edge messages, or a node's accumulators {path: tensor}}, with `.steps` {name: [step of
         each sample]}. The engine stays open for the next run (close(), or use the Simulator in a `with`).
-        Continuing is the nodes' rule's `carry` start (the layered nets' rule; a Hamiltonian forward phase starts
-        from its declared state)."""
+        Continuing is the nodes' rule's `carry` start (a rule whose phases start from a state of their own
+        declaring does not continue)."""
         probes = check_probes(self.probes + tuple(probes), self.net, self.specs)
         if isinstance(phase, bool) or not isinstance(phase, (int, Phase)):
             raise ValueError(f"phase: expected a number of steps or a protocols.base.Phase, got {phase!r}")

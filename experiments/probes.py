@@ -10,7 +10,7 @@ A probe names one thing to observe, checked against the model and the engine's p
 Group names are the model's dynamic groups (nodes/graph.Group; the layered nets' `L1` .. `LN`, L0 being the clamped
 input x); node ids are the engine's partition (the in-process engine runs the layer partition, where a node is named
 after its group; a fabric's `granularity` and `fabric.split` give `L1.0`, `L1.1`, ...: `Simulator.summary()` lists
-them). A group of a two-field layout (a Hamiltonian model's positions and momenta) records (samples, B, 2, units).
+them). A group of a two-field layout (positions and momenta) records (samples, B, 2, units).
 
 Steps count from the state's start (zero, or `Simulator.reset`): a run of n steps from step t0 yields the states
 after its steps, t0 + 1 .. t0 + n, those with t % every == 0; one run of 30 steps and two runs of 10 and 20 record
