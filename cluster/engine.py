@@ -6,13 +6,19 @@
                                                      (keys the noise, nodes/noise.py; None: no noise)
     begin()                                          empty accumulators in every node
     run_phase(phase, record_states=False, record_grads=False) -> {"residual", "residuals" (per sample),
-                                                                  ["states"], ["grad_steps"]}
+                                                                  ["states"], ["signals"], ["grad_steps"]}
+        states: per dynamic group in declaration order, (T+1, B, units) (s_0 .. s_T; a two-field layout
+        (T+1, B, 2, units)); signals: per node, (T+1, B, width): the signal a_t it sent on every out-port at step t
+        (kind `a`). A phase with start "carry" continues from every node's current state (where the last phase
+        ended; the batch size must not have changed).
     run_program(program, record_grads=False)         begin, then every phase (the GDU series, G and states, on the
                                                      first nudged)
     estimate() -> g_hat (owners' copies); estimate_drift() / replica_drift(): primary vs replica, per tensor
     update(); train_batch(x, y, beta, T1, T2, draw=None) -> prediction; infer(x, steps) -> output; output(name)
     run_batch(x, y, program, draw=None, apply=True) -> (prediction, {phase: residuals}): any program as one batch
     gated_batch(x, y, beta, T1, T2, draw, residual_tol) -> (prediction, dropped samples, fell back to N = 2)
+    accumulators() -> {node: {path: tensor}}: each node's accumulators (the protocol's `mem`; the default rule's
+                     `acc.<held tensor>`), read for observation as estimate() is for audits
     get_state() -> {node: bytes} / set_state(...); message_logs() -> {"nodes": {...}, "refused", "unknown"}; close()
     lineage() -> {node: [(batch serial, update hash)]}: every update a node applied in a batch given a draw
 
@@ -35,7 +41,7 @@ class Engine:
         self.model, self.protocol, self.specs = model, get_protocol(protocol), specs
 
     # subclasses: set_params, set_batch, begin, run_phase, update, output, get_state, set_state, message_logs,
-    # close, and _held() / _estimates() -> {node: {local: tensor}}
+    # accumulators, close, and _held() / _estimates() -> {node: {local: tensor}}
 
     def get_params(self) -> dict:
         return assemble(self.model, self.specs, self._held())

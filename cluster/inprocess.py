@@ -13,7 +13,7 @@ import torch
 
 from cluster.captured import StaticLoop
 from cluster.engine import Engine
-from cluster.nodeset import NodeSet
+from cluster.nodeset import NodeSet, recorded
 from nodes.dynamics import CHECK_EVERY
 from nodes.graph import carried, slice_params, target_of
 from nodes.rules import Guarded, rule_of, step_series
@@ -181,6 +181,9 @@ class ReferenceEngine(Engine):
     def kept_bytes(self) -> dict:
         return {i: self.nodes.kept_bytes(i) for i in self.nodes.ids}
 
+    def accumulators(self) -> dict:
+        return {i: self.nodes.accumulators_of(i) for i in self.nodes.ids}
+
     def close(self) -> None:
         self.loops.clear()
 
@@ -212,7 +215,9 @@ class ReferenceEngine(Engine):
         out = {"residual": float(residual.max()) if len(residual) else 0.0, "residuals": residual.tolist(),
                "node": node}
         if record_states:
-            out["states"] = [t.cpu() for t in self._groups({i: torch.stack(v) for i, v in rec_s.items()}, dim=-1)]
+            rec = {i: recorded(v) for i, v in rec_s.items()}
+            out["states"] = [t.cpu() for t in self._groups({i: v["s"] for i, v in rec.items()}, dim=-1)]
+            out["signals"] = {i: v["a"].cpu() for i, v in rec.items()}
         if record_grads:
             out["grad_steps"] = self._series({i: step_series(v, phase.beta) for i, v in rec_g.items()})
         return out

@@ -41,12 +41,25 @@ def make_engine(cfg, model=None, protocol=None, local: bool = False):
     from cluster.runtime.coordinator import FabricEngine
     if not local:
         init_ray(cfg.address)
+    return FabricEngine(model, protocol, fabric_settings(cfg), local=local)
+
+
+def fabric_settings(cfg) -> FabricSettings:
+    """The fabric's settings from a config (cfg.fabric and the run's keys the hosts read)."""
     f = cfg.fabric
-    settings = FabricSettings(lr=tuple(cfg.lrs), dtype=cfg.dtype, granularity=cfg.granularity, split=f.split,
-                              hosts=f.hosts, exchange=f.exchange, transport=cfg.transport, host=f.host, wire=f.wire,
-                              curve=f.curve, ports=None if f.ports is None else tuple(f.ports), log=f.log,
-                              timeout_s=f.timeout_s, actor_cpus=f.actor_cpus, placement=f.placement,
-                              resources=dict(f.resources), reuse_hosts=f.reuse_hosts, optimizer=cfg.optimizer, momentum=cfg.momentum,
-                              forget_free=cfg.forget_free, noise=cfg.noise, seed=cfg.seed,
-                              residual_tol=cfg.residual_tol)
-    return FabricEngine(model, protocol, settings, local=local)
+    return FabricSettings(lr=tuple(cfg.lrs), dtype=cfg.dtype, granularity=cfg.granularity, split=f.split,
+                          hosts=f.hosts, exchange=f.exchange, transport=cfg.transport, host=f.host, wire=f.wire,
+                          curve=f.curve, ports=None if f.ports is None else tuple(f.ports), log=f.log,
+                          timeout_s=f.timeout_s, actor_cpus=f.actor_cpus, placement=f.placement,
+                          resources=dict(f.resources), reuse_hosts=f.reuse_hosts, optimizer=cfg.optimizer,
+                          momentum=cfg.momentum,
+                          forget_free=cfg.forget_free, noise=cfg.noise, seed=cfg.seed,
+                          residual_tol=cfg.residual_tol)
+
+
+def node_specs(cfg, model, protocol) -> dict:
+    """{node id: NodeSpec}: the logical nodes of the engine cfg names, without starting it: the fabric's partition
+    (granularity, fabric.split), the in-process engine's layer partition; `protocol` an object (its ports)."""
+    if cfg.engine == "reference":
+        return model.node_specs(model.partition("layer"), protocol.ports)
+    return model.node_specs(model.partition(cfg.granularity, cfg.fabric.split), protocol.ports)

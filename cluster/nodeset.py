@@ -55,6 +55,28 @@ def _nan(v):
     return v
 
 
+def _flat(v, prefix: str = "") -> dict:
+    """{path: tensor} for every tensor in v (mappings, among them sums of G's, tuples, lists), paths joined by "."."""
+    if isinstance(v, torch.Tensor):
+        return {prefix: v}
+    if isinstance(v, Mapping):
+        items = [(str(k), x) for k, x in v.items()]
+    elif isinstance(v, (tuple, list)):
+        items = [(str(n), x) for n, x in enumerate(v)]
+    else:
+        return {}
+    out = {}
+    for k, x in items:
+        out.update(_flat(x, f"{prefix}.{k}" if prefix else k))
+    return out
+
+
+def recorded(rec: dict) -> dict:
+    """One node's recorded phase ({"s": [...], "a": [...]}, s_0 .. s_T and the signals a_0 .. a_T it sent) as
+    {"s": (T+1, B, ...), "a": (T+1, B, ...)}."""
+    return {k: torch.stack(v) for k, v in rec.items()}
+
+
 def per_sample_max(residuals) -> list:
     """The element-wise max of per-sample residual lists (one per node or host): the batch's residual per sample."""
     return [max(r) for r in zip(*residuals)]
@@ -219,6 +241,11 @@ class NodeSet:
     def saved(self, i: str, name: str):
         return self.state[i]["saved"][name]
 
+    def accumulators_of(self, i: str) -> dict:
+        """Node i's accumulators (the protocol's `mem`) as {path: tensor}, detached copies: nested entries joined
+        with "." (the default rule's sum of G's: `acc.<held tensor>`); what is not a tensor is left out."""
+        return {k: v.detach().cpu().clone() for k, v in _flat(self.state[i].get("mem", {})).items()}
+
     # ---- a phase's entry, one node's step and exit, as both runners drive them ---------------------------------
     def enter_all(self, phase, record_states=False, record_grads=False) -> tuple:
         """Every node enters `phase`: (its PhaseRules, boundaries, first outboxes, state and G records or None)."""
@@ -233,7 +260,7 @@ class NodeSet:
         for i in self.ids:
             self.state[i], outs[i] = rules[i].enter(self.state[i], self.params[i], bnd[i])
         self.blown = {}
-        rec_s = {i: [self.state[i]["s"]] for i in self.ids} if record_states else None
+        rec_s = {i: {"s": [self.state[i]["s"]], "a": [self.state[i]["a"]]} for i in self.ids} if record_states else None
         rec_g = {i: [] for i in self.ids} if record_grads else None
         return rules, bnd, outs, rec_s, rec_g
 
@@ -254,7 +281,8 @@ class NodeSet:
                 self.forget(i, phase)
         r = self.check(i, phase, t + 1, phase.steps, prev) if last or check_due(t + 1, phase.steps) else None
         if rec_s is not None:
-            rec_s[i].append(self.state[i]["s"])
+            rec_s[i]["s"].append(self.state[i]["s"])
+            rec_s[i]["a"].append(self.state[i]["a"])
         return out, r
 
     def exit_node(self, i: str, rule, inbox, bnd, phase, rec_g=None) -> None:

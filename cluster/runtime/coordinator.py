@@ -116,7 +116,9 @@ class FabricEngine(Engine):
         node = max(res, key=lambda i: max(res[i]["residual"], default=0.0))
         out = {"residual": max(per_sample, default=0.0), "residuals": per_sample, "node": node}
         if record_states:
-            out["states"] = self._groups({i: unpack_arrays(r["states"])["s"] for i, r in res.items()}, dim=-1)
+            rec = {i: unpack_arrays(r["states"]) for i, r in res.items()}
+            out["states"] = self._groups({i: v["s"] for i, v in rec.items()}, dim=-1)
+            out["signals"] = {i: rec[i]["a"] for i in self.specs}
         if record_grads:
             out["grad_steps"] = self._series({i: unpack_arrays(r["grad_steps"]) for i, r in res.items()})
         return out
@@ -142,6 +144,9 @@ class FabricEngine(Engine):
 
     def kept_bytes(self) -> dict:
         return self._merged("kept")
+
+    def accumulators(self) -> dict:
+        return {i: unpack_arrays(v) for i, v in self._merged("accumulators").items()}
 
     def lineage(self) -> dict:
         return self._merged("lineage")

@@ -31,7 +31,7 @@ from cluster.runtime.exchange import FRAME, Exchange
 from cluster.runtime.message_log import COORDINATOR, MessageLog
 from cluster.messages import (Dropped, array_bytes, decode_header, dtype_name, encode_control, header_prefix,
                               header_suffix, pack_arrays, unpack_arrays)
-from cluster.nodeset import Aborted, NodeSet, PhaseError, per_sample_max
+from cluster.nodeset import Aborted, NodeSet, PhaseError, per_sample_max, recorded
 from cluster.runtime.ports import _NAMES, MAX_AHEAD, NodeInbox, as_payload
 from cluster.runtime.settings import FabricSettings
 from cluster.runtime.transport import TransportError, make_transport, present, split_endpoint
@@ -197,6 +197,12 @@ class Host(NodeSet):
         self._control("saved_states")
         return {i: pack_arrays({"s": self.saved(i, name)}) for i in self.ids}
 
+    def accumulators(self) -> dict:
+        """{node: packed {path: tensor}}: each node's accumulators (NodeSet.accumulators_of; observation, as
+        `estimate` is for audits)."""
+        self._control("accumulators")
+        return {i: pack_arrays(self.accumulators_of(i)) for i in self.ids}
+
     def kept(self) -> dict:
         """{node: bytes of the tensors it keeps} (NodeSet.kept_bytes)."""
         return {i: self.kept_bytes(i) for i in self.ids}
@@ -312,7 +318,7 @@ class Host(NodeSet):
         for i in ids:
             res[i] = {"residual": residual[i]}
             if record_states:
-                res[i]["states"] = pack_arrays({"s": torch.stack(rec_s[i])})
+                res[i]["states"] = pack_arrays(recorded(rec_s[i]))
             if record_grads:
                 res[i]["grad_steps"] = pack_arrays(step_series(rec_g[i], phase.beta))
         return res
