@@ -56,7 +56,7 @@ def gdu_metrics(est_steps: dict, bptt_steps: dict, scale: dict | None = None) ->
     sign_agreement_cumulative: fraction of elements whose cumulative EP and BPTT at the last step agree in sign
     (both non-zero), with the fraction where both are zero.
     `scale` {tensor: c}: the BPTT series multiplied by c first (c scalar or shaped like one time slice: the
-    neurons' relation, docs/guide.md "Step-wise audit").
+    neurons' relation, docs/guide/auditing.md "Step-wise audit").
     """
     out = {}
     scale = scale or {}

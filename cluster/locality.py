@@ -1,4 +1,5 @@
-"""Locality report from the messages actually delivered, as each receiver logged them (DESIGN.md "Locality").
+"""Locality report from the messages actually delivered, as each receiver logged them (docs/guide/auditing.md,
+"What the locality report rests on").
 
 A data-plane message is legal only on a declared port (src, dst, kind) of the model's graph and partition. What
 the coordinator delivers is legal as `control` (calls: phase triggers, parameters, checkpoints) to any node, as

@@ -1,4 +1,4 @@
-"""Wire format: msgpack headers and raw array bytes; never pickle (DESIGN.md "Time and messages").
+"""Wire format: msgpack headers and raw array bytes; never pickle (DESIGN.md "The pieces"; docs/guide/reliability.md).
 
 A data-plane message is two frames: a msgpack header [src, dst, kind, phase, serial, step, dtype, shape] and the
 array's raw bytes (C order). `src` is a claim the receiver checks against the connection the message arrived on

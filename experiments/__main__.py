@@ -1,4 +1,4 @@
-"""python -m experiments COMMAND [CONFIG] [--set key=value ...] [--out DIR]   (DESIGN.md "Command line").
+"""python -m experiments COMMAND [CONFIG] [--set key=value ...] [--out DIR]   (docs/reference/cli.md).
 
 Exit status: 0 done; 1 the run failed (divergence, fault); 2 invalid config or input, named on stderr,
 before any actor starts and with nothing written; 130 interrupted (Ctrl-C), after writing what was done.

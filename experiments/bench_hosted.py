@@ -1,5 +1,6 @@
 """bench's neuron fabrics: `neuron` (n logical nodes, an actor each or on hosts, against the same pattern in bare
-pyzmq) and `hosted_neuron` (docs/neuron-scale.md): the P-MLP net at neuron granularity, many logical nodes per host actor.
+pyzmq) and `hosted_neuron` (docs/families/neuron-scale.md): the P-MLP net at neuron granularity, many logical nodes
+per host actor.
 
 `hosted_neuron` trains the net (784-512-10: 522 logical nodes, 10,240 directed neuron edges) on `fabric.hosts`
 ∈ {1, 2, 4} and at layer granularity in the same run: seconds per training batch (T1, T2 of the recipe), an

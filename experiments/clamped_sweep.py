@@ -1,4 +1,4 @@
-"""Coupled learning's eta sweep against its own eta -> 0 limit, EP and BPTT (docs/clamped.md).
+"""Coupled learning's eta sweep against its own eta -> 0 limit, EP and BPTT (docs/families/clamped.md).
 
     python -m experiments.clamped_sweep [CONFIG] [--set key=value ...] [--out FILE.json]
 

@@ -1,5 +1,5 @@
 """`compare CONFIG`: settings trained side by side, per seed, with each run's update-BPTT alignment at its initial
-weights (docs/algorithms.md §7; docs/guide.md lists the shipped comparison configs).
+weights (docs/algorithms.md §7; docs/guide/sweeps.md lists the shipped comparison configs).
 
 The config's `compare` section lists `settings` (each a `label` and the keys it `set`s) and a `grid` ({key: values},
 crossed with every setting, e.g. noise and dataset); every point is trained once per seed of `seeds` with the rest

@@ -6,7 +6,7 @@ BPTT through the same leapfrog steps (cluster/truth/echo.py, float64) as the tru
 total `cosine`, `rel_l2`, `norm_ratio`, `sign_agreement`; `echo_error` (max |state - initial state| after the
 unnudged echo, momenta flipped back, run on the same engine); `memory` (bytes each node keeps after the batch, and
 the bytes BPTT's autograd keeps); `phase_calls` (the coordinator's phase triggers per node, from the receivers'
-logs); `locality`. audit.npz: the pinned bundle with sequence shapes (README, "Hamiltonian echo: pinned keys").
+logs); `locality`. audit.npz: the pinned bundle with sequence shapes (docs/families/hamiltonian.md, "Pinned keys").
 
 Their training runs in the one training loop (experiments/train.py) with their family's hooks
 (experiments/echo_train.py).

@@ -142,7 +142,7 @@ class EchoTraining(Training):
                "final_loss": epochs[-1]["train"]["loss"] if epochs else None,
                "initial_loss": epochs[0]["train"]["loss"] if epochs else None,
                "final_params": None if final is None else {k: v.tolist() for k, v in final.items()}}
-        # the train contract's keys (DESIGN.md "Command line"): null where the model regresses a trajectory
+        # the train contract's keys (docs/reference/cli.md): null where the model regresses a trajectory
         out["test_accuracy"] = epochs[-1]["test"]["accuracy"] if self.readout and epochs else None
         out["train_accuracy"] = epochs[-1]["train"]["accuracy"] if self.readout and epochs else None
         if baseline is not None:

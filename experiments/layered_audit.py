@@ -88,8 +88,8 @@ def noise_of(cfg):
 
 
 def step_series(cfg, model, proto, program, phases, params, x, y) -> tuple:
-    """The GDU series (docs/algorithms.md §5.2; neurons as the README's "Step-wise audit" pins them): the fabric's
-    estimate_steps (parameters from the nodes' G's, neurons `s{n}` = (s^beta_{t+1} - s^beta_t)/beta from the
+    """The GDU series (docs/algorithms.md §5.2; neurons as docs/guide/auditing.md's "Step-wise audit" pins them): the
+    fabric's estimate_steps (parameters from the nodes' G's, neurons `s{n}` = (s^beta_{t+1} - s^beta_t)/beta from the
     recorded states), BPTT's bptt_steps (parameters per transition, neurons -dl/ds_{T1-t} per sample), and the
     factor c of the neurons' relation per group (dt for `energy`, rho'(h*) for `prototypical`)."""
     phase = proto.gdu_phase(program)

@@ -1,4 +1,4 @@
-"""Rollback and replay (DESIGN.md "Failure and bad input"): a run survives the death of host actors.
+"""Rollback and replay (docs/guide/reliability.md): a run survives the death of host actors.
 
 Every `checkpoint_every` batches and at every epoch's end the coordinator takes a consistent checkpoint (between
 batches, so every node is at the same batch; each node packs its own state) and writes it atomically, in the

@@ -1,4 +1,4 @@
-"""Soak (docs/guide.md "Reliability"): a neuron fabric of >= 100 logical nodes on a few host actors, run for many steps.
+"""Soak (docs/guide/reliability.md): a neuron fabric of >= 100 logical nodes on a few host actors, run for many steps.
 
     python -m experiments.soak [--nodes N] [--hosts K] [--steps S] [--chunk C] [--out DIR] [--quick]
 

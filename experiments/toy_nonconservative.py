@@ -1,6 +1,6 @@
 """`python -m experiments.toy_nonconservative [--out DIR] [--steps N] [--betas B1,B2,...]`: §13 T1 in-process.
 
-The toy (cluster/nonconservative.t1_toy: 12 units, pinned NumPy draws) and the centralised estimators VF, AEP
+The toy (cluster/truth/nonconservative.t1_toy: 12 units, pinned NumPy draws) and the centralised estimators VF, AEP
 (one-sided, +-beta) and Dyadic EP against implicit differentiation at the free state, every relaxation `--steps`
 Euler steps (§13: 20,000). Writes toy.json (per method and beta: cosine, rel_l2, the learning phase's residual max
 |field|; per method the sweep's fit (experiments/sweep.fit_slopes: the least-squares slope of log rel_l2 against

@@ -44,7 +44,7 @@ class Physics:
 
     def gdu_state_scale(self, s_free):
         """c in the neurons' GDU relation (s^beta_{t+1} - s^beta_t)/beta -> -c * dl/ds_{T1-t} near the free fixed
-        point s_free (README, "Step-wise audit"); a scalar or a tensor shaped like s_free."""
+        point s_free (docs/guide/auditing.md, "Step-wise audit"); a scalar or a tensor shaped like s_free."""
         raise NotImplementedError
 
 

@@ -1,4 +1,4 @@
-"""One declaration of a model as a graph: unit groups, parameters, interactions (DESIGN.md "How the pieces fit").
+"""One declaration of a model as a graph: unit groups, parameters, interactions (DESIGN.md "The pieces").
 
 A `Model` lists its unit groups (`Group`: a name, a size, a role: `input` (clamped, the boundary signal x),
 `hidden`, or `output` (the cost's target y is routed there)) and its interactions (`Dense`: a weight matrix from a

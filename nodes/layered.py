@@ -9,7 +9,7 @@ networks"); `feedback=False` or `feedback_init="none"` gives a feed-forward net;
 `<physics>-tied`), and `angle` psi flips each feedback entry's sign with probability
 (1 - cos psi) / 2 (Ernoult et al. 2020's --angle). `directed_graph(...)`: one recurrent group of units driven
 by a (masked) directed weight matrix W and an input group through U (§13's toy, T1); the dynamics that run on it
-are the non-conservative protocols' (docs/guide.md "Non-conservative fabrics").
+are the non-conservative protocols' (docs/families/nonconservative.md).
 """
 from __future__ import annotations
 

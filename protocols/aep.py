@@ -10,7 +10,7 @@ its own displacement with the pre-synaptic free signals, g_hat = -(d_theta f(x0)
     energy net:    g_hat_{W_ij} = -[p_i rho(x0_j) + rho(x0_i) p_j] / beta,  g_hat_{b_i} = -p_i / beta,
                    p = rho'(x0)(x^beta - x0), p_j from j's last r message          (batch means)
 
-Bias O(beta). On an energy net J is symmetric and the anchor vanishes (README, "On energy").
+Bias O(beta). On an energy net J is symmetric and the anchor vanishes (docs/families/nonconservative.md, "On energy").
 """
 from nodes.nonreciprocal import ANCHOR, NonreciprocalRule
 from protocols.base import Phase, Protocol, add

@@ -6,7 +6,7 @@ free signals, g_hat = -(d_theta f(x0))^T (x^+ - x^-)/(2 beta):
     energy net:    the same with p = rho'(x0)(x^+ - x^-) and a term from each end (protocols/aep.py)
 
 Bias O(beta^2). On an energy net the anchor vanishes, so the nudged states are `ep-symmetric`'s and the two
-estimates differ by O(beta^2) (README, "On energy").
+estimates differ by O(beta^2) (docs/families/nonconservative.md, "On energy").
 """
 from nodes.nonreciprocal import ANCHOR
 from protocols.aep import Nonreciprocal

@@ -1,4 +1,4 @@
-"""Protocols as phase programs plus the local learning rule every node runs (DESIGN.md "How the pieces fit").
+"""Protocols as phase programs plus the local learning rule every node runs (DESIGN.md "The pieces").
 
 A protocol says (1) what the coordinator walks: `program(beta, T1, T2)`, a tuple of `Phase`s for one batch, each
 with its length, its beta (real or complex), where it starts, its arithmetic; and (2) what every node does with what

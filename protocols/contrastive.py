@@ -8,7 +8,7 @@ other unit relaxes -> s_c (nodes/clamped.py); then every node contrasts G = dE/d
 eta = 1 with no division: the clamp fraction is 1 by definition, so the config's beta must be 1. Its estimate is
 the gradient of the contrastive objective F(y) - F(s0_out) (F: the energy minimised over the hidden units with the
 output held), not of the cost L: the audit's cosine against BPTT measures how well it aligns with dL/dtheta, and
-its norm is not comparable (docs/clamped.md).
+its norm is not comparable (docs/families/clamped.md).
 """
 from protocols.coupled import Coupled
 

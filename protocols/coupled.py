@@ -16,7 +16,7 @@ K = d2F/(dtheta dc). Then G(s_eta) = dF/dtheta(c) and, per sample,
     dL/dtheta            = K H^-1 (y - s0_out)      (L = 1/2 ||s0_out - y||^2: EP's beta -> 0 limit, BPTT's truth)
 
 so the eta -> 0 limit is not the gradient of L but that of 1/2 (s0_out - y)^T H (s0_out - y) with H held fixed: the
-two agree only where H is a multiple of the identity (docs/clamped.md). eta < 0 clamps away from the target
+two agree only where H is a multiple of the identity (docs/families/clamped.md). eta < 0 clamps away from the target
 (the mean of the +eta and -eta estimates is the centred difference, error O(eta^2)).
 """
 from nodes.clamped import ClampedRule

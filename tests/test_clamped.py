@@ -1,6 +1,6 @@
 """Contrastive (`cl`) and coupled (`cpl`) learning (nodes/clamped.py, protocols/contrastive.py, protocols/coupled.py,
-docs/clamped.md): the fabric computes what the in-process engine computes; the output is held at the clamp at every
-step while the other layers relax, and the estimate is the contrast of G at the two saved states; coupled
+docs/families/clamped.md): the fabric computes what the in-process engine computes; the output is held at the clamp
+at every step while the other layers relax, and the estimate is the contrast of G at the two saved states; coupled
 learning's one-sided estimate approaches its eta -> 0 limit at order 1 (centred: 2), and that limit is the gradient
 of the H-weighted cost the theory predicts, not EP's gradient; bad settings are refused by name."""
 import pytest
@@ -176,7 +176,8 @@ def test_the_python_api_refuses_a_directed_net_and_a_program_at_a_bad_eta():
 
 def test_the_audit_of_cpl_digits_runs_and_reads_as_an_alignment(tmp_path):
     """The shipped config through the API the CLI calls (in-process engine here; the fabric is the tests above): the
-    free phase settled (implicit differentiation agrees with BPTT) and the cosine is below 1 (docs/clamped.md)."""
+    free phase settled (implicit differentiation agrees with BPTT) and the cosine is below 1
+    (docs/families/clamped.md)."""
     from experiments.api import Simulator
     rep = Simulator(config="cpl-digits").audit(out=str(tmp_path), engine="reference", batch=8)
     assert (tmp_path / "audit.json").is_file()
