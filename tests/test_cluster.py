@@ -150,6 +150,7 @@ def test_a_cleanly_closed_fabric_parks_its_hosts_for_the_next_fabric_of_its_shap
     from ray.util import placement_group_table
 
     from cluster.runtime.warm import WARM
+    from tests.conftest import rel
     WARM.release()
     cold, pids, pg, warm = _warm_run(granularity="neuron", hosts=2)
     assert not warm and len(WARM) == 2 and placement_group_table(pg)["state"] == "CREATED"
@@ -160,8 +161,12 @@ def test_a_cleanly_closed_fabric_parks_its_hosts_for_the_next_fabric_of_its_shap
     assert placement_group_table(pg3)["state"] == "REMOVED"
     for k in cold:
         assert torch.equal(again[k], cold[k]) and torch.equal(fresh[k], cold[k]), k
-    _, _, _, warm4 = _warm_run(granularity="layer", split=2)  # another shape (4 hosts): its own group
+    _, pids4, _, warm4 = _warm_run(granularity="layer", split=2)  # 4 hosts: no parked group of 4 to 8
     assert not warm4 and len(WARM) == 6
+    three, pids5, _, warm5 = _warm_run(granularity="neuron", hosts=3)  # the first 3 of the 4, the fourth waits
+    assert warm5 and set(pids5) < set(pids4) and len(WARM) == 6
+    for k in cold:
+        assert rel(three[k], cold[k]) <= 1e-12, k  # another partition: the same values to rounding
     WARM.release()
     assert len(WARM) == 0 and placement_group_table(pg)["state"] == "REMOVED"
 

@@ -87,7 +87,7 @@ class Fabric:
                                   ports=settings.ports, curve=settings.curve)
         self.hosts, self.abort_tokens, self.addresses, self.lost, self.pg = {}, {}, {}, set(), None
         self.closed = self.failed = False
-        self.warm_key, self.warm = None, False
+        self.warm_key, self.warm, self.spare = None, False, []
         try:
             self._start(protocol)
         except BaseException:
@@ -103,7 +103,7 @@ class Fabric:
         else:
             self.bundle_order = host_order(list(self.by_host), links)  # host k holds bundle k
             concurrency = 1 if self.transport == "zmq" else 4
-            self.warm_key = warm_key(len(self.bundle_order), self.settings, concurrency)
+            self.warm_key = warm_key(self.settings, concurrency)
             if not self._rebuild_warm(protocol, hs):
                 self.pg, options = place_hosts(self.bundle_order, self.settings, wait_s=max(120.0, self.timeout_s))
                 Actor = ray.remote(Host)
@@ -130,11 +130,12 @@ class Fabric:
     def _rebuild_warm(self, protocol, hs) -> bool:
         """Host this fabric on a parked group of its shape (cluster/runtime/warm.py), if there is one that answers;
         a group that does not is ended, and the fabric starts new hosts."""
-        parked = WARM.take(self.warm_key) if self.warm_key else None
+        parked = WARM.take(self.warm_key, len(self.bundle_order)) if self.warm_key else None
         if parked is None:
             return False
         self.pg, actors = parked
         self.hosts = dict(zip(self.bundle_order, actors))
+        self.spare = actors[len(self.hosts):]  # the group's bundles this fabric does not use
         try:
             self.call("rebuild", per_host={h: (h, self.by_host[h], protocol, hs) for h in self.hosts},
                       stall_s=max(120.0, 10.0 * len(self.hosts)))
@@ -142,7 +143,7 @@ class Fabric:
             return True
         except FabricError:
             end_group(self.pg, actors)
-            self.hosts, self.pg, self.lost, self.failed = {}, None, set(), False
+            self.hosts, self.spare, self.pg, self.lost, self.failed = {}, [], None, set(), False
             return False
 
     def _links(self) -> set:
@@ -249,6 +250,7 @@ class Fabric:
                 exits = [refs[r].__ray_terminate__.remote() for r in closed]  # sockets closed: the actor exits on
                 for r in stuck:                                                # its own, after its queued calls
                     ray.kill(refs[r])
+                exits += [a.__ray_terminate__.remote() for a in self.spare]
                 if self.pg is not None:  # removing the group kills what is in it: let the actors exit first
                     ray.wait(exits, num_returns=len(exits), timeout=5)
                 for h in self.lost:
@@ -270,7 +272,7 @@ class Fabric:
             ray.get([a.park.remote() for a in self.hosts.values()], timeout=10)
         except ray.exceptions.RayError:  # a timeout included
             return False
-        WARM.put(self.warm_key, self.pg, [self.hosts[h] for h in self.bundle_order])
+        WARM.put(self.warm_key, self.pg, [self.hosts[h] for h in self.bundle_order] + self.spare)
         self.pg = None  # the group lives on with its actors
         return True
 

@@ -1,6 +1,10 @@
 """Warm host actors: the hosts of a fabric that closed cleanly, kept with their placement group for the next fabric
 of this driver that asks for as many hosts with the same bundle, strategy and concurrency.
 
+A group of n parked actors serves a fabric of n/2 to n hosts: the fabric takes the first bundles and the rest wait
+with it (on one machine that is what a group of its own size gives; on a cluster the first bundles of a packed or
+spread group are packed or spread alike).
+
 Starting a host actor costs a process and its imports (torch alone takes about 2 s of CPU), and that cost dominated
 every short run on a fabric: a sweep or a comparison builds one fabric per point, a recovered run one per fault.
 A fabric that closes cleanly (every host answered, none was lost, no call failed and nothing was aborted) parks its
@@ -23,12 +27,12 @@ from cluster.runtime.placement import MIN_CPUS, bundle
 MAX_WARM = 16
 
 
-def warm_key(n_hosts: int, settings, concurrency: int):
-    """The shape a parked group must have to serve a fabric, or None when this fabric's hosts are not to be kept."""
-    one = bundle(settings)
-    if not settings.reuse_hosts or one != {"CPU": MIN_CPUS}:
+def warm_key(settings, concurrency: int):
+    """What a parked group must share with a fabric to serve it (besides its size), or None when this fabric's
+    hosts are not to be kept."""
+    if not settings.reuse_hosts or bundle(settings) != {"CPU": MIN_CPUS}:
         return None
-    return n_hosts, settings.placement, concurrency
+    return settings.placement, concurrency
 
 
 class WarmHosts:
@@ -44,14 +48,16 @@ class WarmHosts:
         if instance != self.instance:
             self.parked, self.instance = [], instance
 
-    def take(self, key):
-        """(placement group, actors) of the newest parked group of shape `key`, or None."""
+    def take(self, key, n: int):
+        """(placement group, actors) of a parked group with `key` and n to 2n actors (the fabric's hosts take the
+        first n bundles, the rest wait with them): the smallest such group, the newest of equals; or None."""
         self._same_instance()
-        for k in range(len(self.parked) - 1, -1, -1):
-            if self.parked[k][0] == key:
-                _, pg, actors = self.parked.pop(k)
-                return pg, actors
-        return None
+        fits = [k for k, (kk, _, a) in enumerate(self.parked) if kk == key and n <= len(a) <= 2 * n]
+        if not fits:
+            return None
+        best = min(fits, key=lambda k: (len(self.parked[k][2]), -k))
+        _, pg, actors = self.parked.pop(best)
+        return pg, actors
 
     def put(self, key, pg, actors: list) -> None:
         self._same_instance()
