@@ -159,7 +159,8 @@ class EchoTraining(Training):
             return
         first, last = epochs[0], epochs[-1]
         text = (f"train loss {first['train']['loss']:.4g} -> {last['train']['loss']:.4g} "
-                f"({first['train']['loss'] / max(last['train']['loss'], 1e-300):.3g}x) in {last['epoch']} epochs")
+                f"({first['train']['loss'] / max(last['train']['loss'], 1e-300):.3g}x) in {last['epoch']} "
+                f"epoch{'s' if last['epoch'] != 1 else ''}")
         if self.readout:
             text += f", test accuracy {last['test']['accuracy']:.4f}"
         elif not self.same:
