@@ -151,6 +151,25 @@ class EchoTraining(Training):
                 out["bptt_test_accuracy"] = epochs[-1]["bptt_test"]["accuracy"]
         return out
 
+    def report(self, summary: dict, out_dir: str) -> None:
+        """The last line: the training loss from the initial to the final parameters (and the test set's, or its
+        accuracy for a readout; the BPTT baseline's beside it)."""
+        epochs = summary["epochs"]
+        if not epochs:
+            return
+        first, last = epochs[0], epochs[-1]
+        text = (f"train loss {first['train']['loss']:.4g} -> {last['train']['loss']:.4g} "
+                f"({first['train']['loss'] / max(last['train']['loss'], 1e-300):.3g}x) in {last['epoch']} "
+                f"epoch{'s' if last['epoch'] != 1 else ''}")
+        if self.readout:
+            text += f", test accuracy {last['test']['accuracy']:.4f}"
+        elif not self.same:
+            text += f", test loss {first['test']['loss']:.4g} -> {last['test']['loss']:.4g}"
+        if "bptt_test" in last:
+            text += (f" (BPTT baseline test accuracy {last['bptt_test']['accuracy']:.4f})" if self.readout else
+                     f" (BPTT baseline test loss {last['bptt_test']['loss']:.4g})")
+        print(f"{text} -> {out_dir}")
+
     def write(self, out_dir: str, metrics: dict) -> None:
         """metrics.csv (a row per epoch: train_loss, test_loss, ..., bptt_test_accuracy) and loss.png."""
         epochs = metrics["epochs"]

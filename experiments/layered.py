@@ -185,7 +185,8 @@ class LayeredTraining(Training):
             plot_curves(os.path.join(out_dir, "curves.png"), metrics)
 
     def report(self, summary: dict, out_dir: str) -> None:
-        print(f"test accuracy {summary['test_accuracy']:.4f}" + (
+        n = len(summary["epochs"])
+        print(f"test accuracy {summary['test_accuracy']:.4f} after {n} epoch{'s' if n != 1 else ''}" + (
             f" (BPTT baseline {summary['bptt_test_accuracy']:.4f})" if "bptt_test_accuracy" in summary else "")
               + f" -> {out_dir}")
 

@@ -176,9 +176,7 @@ def run_layered_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=Non
     write_json(os.path.join(out_dir, "audit.json"), report)
     plot_locality(os.path.join(out_dir, "locality.png"), engine.specs, report["locality"])
     if not quiet:
-        t = report["total"]
         print(f"audit {cfg.protocol} beta={beta:g} on {cfg.engine}/{cfg.granularity}/{cfg.transport}: "
-              f"cosine {t['cosine']:.6f}, rel_l2 {t['rel_l2']:.3e}, norm_ratio {t['norm_ratio']:.4f}, "
               f"locality violations {len(report['locality']['violations'])} "
               f"({report['locality']['messages']} messages)"
               + (f", runs over residual_tol {gate['runs_nonconverged']}" if gate else "") + f" -> {out_dir}")

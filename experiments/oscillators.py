@@ -24,6 +24,7 @@ import torch
 from cluster.truth.echo import System, simulate
 from cluster.inprocess import ReferenceEngine
 from cluster.launch import model_from, protocol_from
+from experiments.audit import run_audit
 from experiments.echo import run_echo_audit
 from experiments.results import prepare, pyplot, write_json
 from experiments.sequences import TEACHER_K12, load_sequences, teacher_of
@@ -125,7 +126,7 @@ def run_two_mass(cfg, out_dir: str) -> dict:
 
 def run_chain(cfg, out_dir: str) -> dict:
     prepare(out_dir, cfg)
-    audit = run_echo_audit(cfg, os.path.join(out_dir, "audit"), quiet=False)
+    audit = run_audit(cfg, os.path.join(out_dir, "audit"))
     res, final = _train(cfg, os.path.join(out_dir, "train"))
     model = model_from(cfg)
     data = load_sequences(cfg)

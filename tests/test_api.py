@@ -18,6 +18,19 @@ def readme_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+def test_the_readme_commands_per_family_name_valid_configs():
+    """Every command of the README's family table parses, and its config loads with its --set keys (nothing runs)."""
+    from experiments.__main__ import DEFAULT_CONFIG, parse_args
+    from experiments.config import load_config
+    text = open(os.path.join(ROOT, "README.md")).read()
+    section = text[text.index("## One command per family"):text.index("## Python API")]
+    commands = re.findall(r"^\| [^|]+ \| `python -m experiments ([^`]+)` \|", section, re.M)
+    assert len(commands) >= 12, commands
+    for line in commands:
+        args = parse_args(line.split())
+        load_config(args.config or DEFAULT_CONFIG[args.command], args.sets)
+
+
 @pytest.mark.slow
 def test_the_readme_python_example_runs_as_written(tmp_path):
     script = tmp_path / "example.py"

@@ -114,6 +114,20 @@ def test_audit_runs_on_any_net_with_random_data(tmp_path, sets, ray_session):
     assert x.shape == (16, 5) and y.shape == (16, 3) and torch.equal(y.sum(1), torch.ones(16, dtype=y.dtype))
 
 
+def test_an_audit_ends_with_its_cosine_and_relative_error_against_bptt(tmp_path):
+    """Whatever the protocol, the audit's last line is its figure: cosine, rel. L2 and norm ratio against BPTT over
+    all its tensors, as audit.json's `total` holds them (in-process, a small net on random data)."""
+    out = tmp_path / "a"
+    r = run_cli("audit", "--set", "sizes=[5,8,6,3]", "--set", "dataset=random", "--set", "batch=4", "--set",
+                "engine=reference", "--set", "T1=60", "--set", "T2=20", "--set", "protocol=ep-random-sign",
+                "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    t = json.loads((out / "audit.json").read_text())["total"]
+    assert r.stdout.strip().splitlines()[-1] == (f"audit: cosine {t['cosine']:.6f}, rel. L2 {t['rel_l2']:.2e}, "
+                                                 f"norm ratio {t['norm_ratio']:.4f} vs BPTT (6 tensors)")
+    assert t["cosine"] > 0.999
+
+
 @pytest.mark.slow
 def test_stepwise_audit_matches_bptt_per_step_to_order_beta(tmp_path, ray_session):
     rmse = {}

@@ -6,6 +6,8 @@ estimate affine in eps's odd part: exact for any eps, so only rounding remains, 
 ||g|| (G = sum of h dH/dtheta over the echo, O(1) here): below 1e-9 for eps >= 1e-4. Non-linear H: O(eps^2)
 (two-sided) and O(eps) (one-sided), fitted as slopes.
 """
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -63,6 +65,10 @@ def test_t3_two_mass_equals_central_differences_and_bptt_for_any_eps():
 def test_t3_config_audit_cli():
     r = run_cli("audit", "rhel-two-mass", "--set", "engine=reference", "--out", "/tmp/rhel-t3-cli", timeout=240)
     assert r.returncode == 0, r.stderr
+    last = r.stdout.strip().splitlines()[-1]  # the audit's headline: T3's figure, and the two checks beside it
+    found = re.fullmatch(r"dL/dk12 = (\S+) \(BPTT (\S+), central differences (\S+)\)", last)
+    assert found, r.stdout
+    assert all(abs(float(v) - T3_DLDK12) <= 1e-6 * abs(T3_DLDK12) for v in found.groups()), last
     import json
     rep = json.load(open("/tmp/rhel-t3-cli/audit.json"))
     bundle = np.load("/tmp/rhel-t3-cli/audit.npz")
@@ -75,6 +81,23 @@ def test_t3_config_audit_cli():
     again = np.load("/tmp/rhel-t3-replay/audit.npz")
     assert json.loads(str(again["meta"]))["eps"] == 1 and again["x"].shape == (1, 3000, 1)
     assert abs(float(again["estimate/k12"][0, 0]) - T3_DLDK12) <= 1e-6 * abs(T3_DLDK12)
+
+
+def test_a_scalar_parameter_audit_ends_with_its_derivative(tmp_path):
+    """The two-mass audit (T3's system, 100 steps, in-process) ends with dL/dk12 by the estimate, BPTT and central
+    differences: audit.json's `derivatives`, the frozen k1, k2, g left out."""
+    import json
+    out = tmp_path / "a"
+    r = run_cli("audit", "rhel-two-mass", "--set", "engine=reference", "--set", "T=100", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[-2].startswith("audit: cosine 1.000000, rel. L2 ") and lines[-2].endswith(" vs BPTT (4 tensors)")
+    d = json.loads((out / "audit.json").read_text())["derivatives"]
+    k12 = d["k12"]
+    assert set(d) == {"k12"} and abs(k12["central_differences"] - k12["bptt"]) <= 1e-6 * abs(k12["bptt"])
+    assert lines[-1] == (f"dL/dk12 = {k12['estimate']:.7g} (BPTT {k12['bptt']:.7g}, central differences "
+                         f"{k12['central_differences']:.7g})")
+    assert float(np.load(out / "audit.npz")["estimate/k12"][0, 0]) == k12["estimate"]
 
 
 @pytest.mark.slow

@@ -51,6 +51,7 @@ class Family:
     commands: dict = field(default_factory=dict)   # {command name: Command}
     defaults: dict = field(default_factory=dict)   # {pipeline command: its default config}, where a family ships it
     sweep_keys: tuple = ()              # audit report keys a sweep point keeps
+    headline: str | None = None         # "module:attr": audit report -> lines printed after the audit's own
     gate_keys: tuple = ()               # training metrics a comparison table reports beside the accuracy
 
     def hook(self, name: str):

@@ -48,6 +48,7 @@ FAMILY = Family(
     physics=("leapfrog",),
     training="experiments.echo_train:EchoTraining",
     audit="experiments.echo:run_echo_audit",
+    headline="experiments.echo:headline",
     validate=f"{__name__}:validate",
     describe=f"{__name__}:describe",
     settings={"net": HamiltonianNetSettings, "learn": EchoLearnSettings},
