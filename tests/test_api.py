@@ -1,21 +1,29 @@
-"""The README's Python example runs as written (a custom protocol defined outside protocols/, on a hosted neuron
-fabric, then a short training run), and the API's objects reach the same code as the CLI."""
+"""The README's Python example and the API reference's (a custom protocol defined outside protocols/, on a hosted
+neuron fabric, then a short training run) run as written, and the API's objects reach the same code as the CLI."""
 import pytest
 import json
 import os
 import re
-import subprocess
-import sys
 
 import yaml
 
 from tests.conftest import ROOT
 
 
-def readme_example() -> str:
-    text = open(os.path.join(ROOT, "README.md")).read()
-    section = text[text.index("## Python API"):]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+def first_python_block(path: str, after: str = "") -> str:
+    text = open(os.path.join(ROOT, path)).read()
+    return re.search(r"```python\n(.*?)```", text[text.index(after):], re.S).group(1)
+
+
+def run_example(code: str, where, monkeypatch, capsys) -> str:
+    """Run an example as a user's script would (its module is __main__, so what it defines travels by value) in
+    `where`, in this process and on the session's Ray instance; returns what it printed."""
+    from tests.conftest import _start_ray
+    _start_ray()  # the example's own start of Ray finds it running
+    monkeypatch.chdir(where)
+    capsys.readouterr()
+    exec(compile(code, str(where / "example.py"), "exec"), {"__name__": "__main__"})
+    return capsys.readouterr().out
 
 
 def test_the_readme_commands_per_family_name_valid_configs():
@@ -32,13 +40,21 @@ def test_the_readme_commands_per_family_name_valid_configs():
 
 
 @pytest.mark.slow
-def test_the_readme_python_example_runs_as_written(tmp_path):
-    script = tmp_path / "example.py"
-    script.write_text(readme_example())
-    r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    cosine = float(re.search(r"cosine with BPTT ([0-9.]+)", r.stdout).group(1))
-    assert cosine > 0.99 and "locality violations 0" in r.stdout
+def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    out = run_example(first_python_block("README.md", "## Python API"), tmp_path, monkeypatch, capsys)
+    cosine = float(re.search(r"cosine with BPTT ([0-9.]+)", out).group(1))
+    assert cosine > 0.99 and "| violations 0" in out
+    assert os.listdir(tmp_path) == ["results"] and os.listdir(tmp_path / "results") == ["api-train"]  # out=None
+    metrics = json.loads((tmp_path / "results/api-train/metrics.json").read_text())
+    assert metrics["test_accuracy"] > 0.5 and len(metrics["epochs"]) == 2
+
+
+@pytest.mark.slow
+def test_the_api_references_own_protocol_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    """A protocol defined in the user's script (outside protocols/), on a hosted neuron fabric, then a training."""
+    out = run_example(first_python_block("docs/reference/python-api.md"), tmp_path, monkeypatch, capsys)
+    cosine = float(re.search(r"cosine with BPTT ([0-9.]+)", out).group(1))
+    assert cosine > 0.99 and "locality violations 0" in out
     audit = json.loads((tmp_path / "results/api-audit/audit.json").read_text())
     assert audit["locality"]["violations"] == [] and len(set(audit["locality"]["placement"].values())) == 2
     cfg = yaml.safe_load((tmp_path / "results/api-audit/config.yaml").read_text())
