@@ -2,13 +2,9 @@
 import pytest
 import json
 import math
-import os
-import subprocess
-import sys
-
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import run_cli
 RATIOS = ("layer_fabric_over_bare_pattern", "neuron_over_bare_pattern", "layer_fabric_over_inprocess",
           "neuron_msg_rate_over_raw_zmq", "zmq_over_ray_transport",
           "explicit_over_autograd", "inprocess_over_matmuls", "max_neuron_actors",
@@ -16,10 +12,9 @@ RATIOS = ("layer_fabric_over_bare_pattern", "neuron_over_bare_pattern", "layer_f
 
 
 @pytest.mark.slow
-def test_bench_quick(tmp_path):
+def test_bench_quick(tmp_path, ray_session):
     out = tmp_path / "bench"
-    proc = subprocess.run([sys.executable, "-m", "experiments", "bench", "--set", "quick=true", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    proc = run_cli("bench", "--set", "quick=true", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out / "bench.json") as f:
         bench = json.load(f)

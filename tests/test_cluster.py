@@ -141,34 +141,41 @@ def _warm_run(**where):
         eng.close()
 
 
+@pytest.fixture()
+def own_pool(monkeypatch, ray_session):
+    """A pool of parked hosts of the test's own (the session's other fabrics keep theirs), released at the end."""
+    from cluster.runtime import fabric
+    from cluster.runtime.warm import WarmHosts
+    pool = WarmHosts()
+    monkeypatch.setattr(fabric, "WARM", pool)
+    yield pool
+    pool.release()
+
+
 @pytest.mark.slow
-def test_a_cleanly_closed_fabric_parks_its_hosts_for_the_next_fabric_of_its_shape(ray_session):
+def test_a_cleanly_closed_fabric_parks_its_hosts_for_the_next_fabric_of_its_shape(own_pool, ray_session):
     """cluster/runtime/warm.py: the next fabric of the same shape runs on the parked processes and placement group
-    and computes what a cold fabric computes, bit for bit; reuse_hosts=false starts and ends its own; `release`
-    ends the parked ones and removes their group."""
+    and computes what a cold fabric computes, bit for bit; reuse_hosts=false starts and ends its own; a group serves
+    a fabric of half its size; `release` ends the parked ones and removes their group."""
     import torch
     from ray.util import placement_group_table
 
-    from cluster.runtime.warm import WARM
     from tests.conftest import rel
-    WARM.release()
     cold, pids, pg, warm = _warm_run(granularity="neuron", hosts=2)
-    assert not warm and len(WARM) == 2 and placement_group_table(pg)["state"] == "CREATED"
+    assert not warm and len(own_pool) == 2 and placement_group_table(pg)["state"] == "CREATED"
     again, pids2, pg2, warm2 = _warm_run(granularity="neuron", hosts=2)
     assert warm2 and pids2 == pids and pg2.id == pg.id
     fresh, pids3, pg3, warm3 = _warm_run(granularity="neuron", hosts=2, reuse_hosts=False)
-    assert not warm3 and not set(pids3) & set(pids) and pg3.id != pg.id and len(WARM) == 2
+    assert not warm3 and not set(pids3) & set(pids) and pg3.id != pg.id and len(own_pool) == 2
     assert placement_group_table(pg3)["state"] == "REMOVED"
     for k in cold:
         assert torch.equal(again[k], cold[k]) and torch.equal(fresh[k], cold[k]), k
-    _, pids4, _, warm4 = _warm_run(granularity="layer", split=2)  # 4 hosts: no parked group of 4 to 8
-    assert not warm4 and len(WARM) == 6
-    three, pids5, _, warm5 = _warm_run(granularity="neuron", hosts=3)  # the first 3 of the 4, the fourth waits
-    assert warm5 and set(pids5) < set(pids4) and len(WARM) == 6
+    one, pids4, _, warm4 = _warm_run(granularity="neuron", hosts=1)  # the first of the two; the second waits
+    assert warm4 and set(pids4) < set(pids) and len(own_pool) == 2
     for k in cold:
-        assert rel(three[k], cold[k]) <= 1e-12, k  # another partition: the same values to rounding
-    WARM.release()
-    assert len(WARM) == 0 and placement_group_table(pg)["state"] == "REMOVED"
+        assert rel(one[k], cold[k]) <= 1e-12, k  # another partition: the same values to rounding
+    own_pool.release()
+    assert len(own_pool) == 0 and placement_group_table(pg)["state"] == "REMOVED"
 
 
 def _kill(actor) -> None:
@@ -190,17 +197,33 @@ def _kill(actor) -> None:
 
 
 @pytest.mark.slow
-def test_a_fabric_that_lost_a_host_parks_nothing_and_a_dead_parked_host_is_replaced(ray_session):
+def test_a_failed_fabric_parks_nothing_and_a_dead_parked_host_is_replaced(own_pool, ray_session):
     from cluster.runtime.coordinator import FabricEngine
     from cluster.runtime.fabric import HostLost
-    from cluster.runtime.warm import WARM
     from protocols import get_protocol
     from tests.conftest import batch, scaled_params
     from tests.test_fabric import MODEL, settings
-    WARM.release()
-    _, pids, _, _ = _warm_run(granularity="neuron", hosts=2)
+    from cluster.nodeset import PhaseError
+    from nodes.layered import layered
+    from protocols.base import Phase
+    _warm_run(granularity="neuron", hosts=2)
+    unstable = layered("energy", (4, 6, 3), "sigmoid", dt=2.5)  # its two layers on the parked two hosts
+    eng = FabricEngine(unstable, "ep", settings())
+    assert eng.fabric.warm
+    try:
+        eng.set_params(scaled_params(unstable))
+        eng.set_batch(*batch(unstable))
+        with pytest.raises(PhaseError, match="state diverged"):
+            eng.run_phase(Phase("free", 50))
+    finally:
+        eng.close()
+    assert len(own_pool) == 0  # a fabric whose phase failed parks nothing, though its hosts would answer
+    _warm_run(granularity="neuron", hosts=2)
+    _kill(own_pool.parked[-1][2][0])  # a parked host dies while it waits: the group is ended, new hosts start
+    _, _, _, warm = _warm_run(granularity="neuron", hosts=2)
+    assert not warm and len(own_pool) == 2
     eng = FabricEngine(MODEL, "ep-symmetric", settings(granularity="neuron", hosts=2))
-    assert eng.fabric.warm and len(WARM) == 0
+    assert eng.fabric.warm and len(own_pool) == 0
     try:
         eng.set_params(scaled_params(MODEL))
         eng.set_batch(*batch(MODEL, seed=2))
@@ -209,12 +232,7 @@ def test_a_fabric_that_lost_a_host_parks_nothing_and_a_dead_parked_host_is_repla
             eng.run_program(get_protocol("ep-symmetric").program(0.1, 30, 10))
     finally:
         eng.close()
-    assert len(WARM) == 0  # the survivor was aborted mid-phase: it ends with its fabric
-    _warm_run(granularity="neuron", hosts=2)
-    _kill(WARM.parked[-1][2][0])  # a parked host dies while it waits
-    _, pids2, _, warm = _warm_run(granularity="neuron", hosts=2)
-    assert not warm and len(WARM) == 2
-    WARM.release()
+    assert len(own_pool) == 0  # the survivor was aborted mid-phase: it ends with its fabric
 
 
 def test_a_fabric_the_cluster_cannot_hold_is_refused_naming_the_key(ray_session):
