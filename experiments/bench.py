@@ -274,7 +274,8 @@ def plan(cfg) -> tuple:
         shrunk["grid"] = {"from": grid, "to": qgrid}
         grid = qgrid
         shrunk["note"] = ("quick: only the main net/batch/dtype, fewer repeats and raw messages, a 4-node neuron "
-                          "fabric (so max_neuron_actors is 4 and neuron_msg_rate_over_raw_zmq is on 4 nodes)")
+                          "fabric (so max_neuron_actors is 4 and neuron_msg_rate_over_raw_zmq is on 4 nodes), and "
+                          "host actors reused between fabrics (start times and memory are not a cold start's)")
     for k, v in (("sizes", main["sizes"]), ("batches", main["batch"]), ("dtypes", main["dtype"])):
         if v not in grid[k]:
             grid[k].append(v)
@@ -294,8 +295,9 @@ def _ratio_met(key, value) -> bool:
 
 def run_bench(cfg, out_dir) -> dict:
     t_start = time.perf_counter()
-    # every fabric starts its own host actors: start times and memory are a cold start's (cluster/runtime/warm.py)
-    cfg = cfg.replace(fabric=dataclasses.replace(cfg.fabric, reuse_hosts=False))
+    # every fabric starts its own host actors: start times and memory are a cold start's (cluster/runtime/warm.py);
+    # a quick run (a smoke test of the whole bench) reuses them, and says so
+    cfg = cfg.replace(fabric=dataclasses.replace(cfg.fabric, reuse_hosts=bool(cfg.quick)))
     main, grid, st, shrunk = plan(cfg)
     log(f"plan: main {main}, grid {grid}, settings {st}")
     res = {"main": main, "settings": st, "shrunk": shrunk, "loadavg_start": os.getloadavg()}

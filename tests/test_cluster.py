@@ -197,7 +197,13 @@ def _kill(actor) -> None:
 
 
 @pytest.mark.slow
-def test_a_failed_fabric_parks_nothing_and_a_dead_parked_host_is_replaced(own_pool, ray_session):
+def test_a_failed_fabric_parks_nothing_and_lost_or_dead_parked_hosts_are_replaced(own_pool, ray_session):
+    """A phase error ends the hosts with their fabric; a parked host that dies ends its group; a lost host's
+    survivors are parked and the next fabric starts a new actor in the lost one's bundle, computing as a cold one."""
+    import os
+
+    import torch
+
     from cluster.runtime.coordinator import FabricEngine
     from cluster.runtime.fabric import HostLost
     from protocols import get_protocol
@@ -218,13 +224,14 @@ def test_a_failed_fabric_parks_nothing_and_a_dead_parked_host_is_replaced(own_po
     finally:
         eng.close()
     assert len(own_pool) == 0  # a fabric whose phase failed parks nothing, though its hosts would answer
-    _warm_run(granularity="neuron", hosts=2)
+    cold, _, _, _ = _warm_run(granularity="neuron", hosts=2)
     _kill(own_pool.parked[-1][2][0])  # a parked host dies while it waits: the group is ended, new hosts start
     _, _, _, warm = _warm_run(granularity="neuron", hosts=2)
     assert not warm and len(own_pool) == 2
     eng = FabricEngine(MODEL, "ep-symmetric", settings(granularity="neuron", hosts=2))
     assert eng.fabric.warm and len(own_pool) == 0
     try:
+        survivor = ray_session.get(eng.fabric.hosts["H0"].__ray_call__.remote(lambda self: os.getpid()))
         eng.set_params(scaled_params(MODEL))
         eng.set_batch(*batch(MODEL, seed=2))
         _kill(eng.fabric.hosts["H1"])
@@ -232,7 +239,11 @@ def test_a_failed_fabric_parks_nothing_and_a_dead_parked_host_is_replaced(own_po
             eng.run_program(get_protocol("ep-symmetric").program(0.1, 30, 10))
     finally:
         eng.close()
-    assert len(own_pool) == 0  # the survivor was aborted mid-phase: it ends with its fabric
+    assert len(own_pool) == 1  # the survivor, aborted mid-phase, waits beside the lost host's empty bundle
+    again, pids, _, warm = _warm_run(granularity="neuron", hosts=2)  # a new actor in that bundle only
+    assert warm and survivor in pids and len(pids) == 2 and len(own_pool) == 2
+    for k in cold:
+        assert torch.equal(again[k], cold[k]), k
 
 
 def test_a_fabric_the_cluster_cannot_hold_is_refused_naming_the_key(ray_session):

@@ -107,8 +107,10 @@ MODEL = Model("diagonal-demo", "energy", "sigmoid",
               (Dense("L0", "L1", "W0", "b0"), Diagonal("L1", "L2", "d1"), Dense("L2", "L3", "W2", "b2")), dt=0.5,
               lr_index={"W0": 0, "b0": 0, "d1": 1, "W2": 2, "b2": 2})
 LR = [0.05, 0.1, 0.1]
-FABRICS = [dict(granularity="layer"), dict(granularity="neuron"), dict(granularity="neuron", hosts=2),
-           dict(granularity="layer", split=2, hosts=1)]
+# Neuron nodes exchange one message per port per step across 3 host actors, or frames across 2 (an actor per
+# neuron moves the same messages between more processes: tests/test_fabric.py runs that partition)
+FABRICS = [dict(granularity="layer"), dict(granularity="neuron", hosts=3, exchange="messages"),
+           dict(granularity="neuron", hosts=2), dict(granularity="layer", split=2, hosts=1)]
 
 
 def _estimate(engine, x, y, beta=1e-2, T1=40, T2=12):

@@ -304,11 +304,12 @@ def test_two_phase_calls_whatever_the_size(ray_session, masses, hosts):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("fabric,eps_list", [(dict(granularity="neuron"), (1e-4, 1e-2, 1.0)),
+@pytest.mark.parametrize("fabric,eps_list", [(dict(granularity="neuron"), (1e-4, 1.0)),
                                              (dict(granularity="layer", hosts=1), (1e-2,))])
 def test_t3_on_the_fabric(ray_session, fabric, eps_list):
     """§13 T3 on a neuron fabric (a node per mass, an actor each) and a hosted layer fabric: the trajectories equal the
-    in-process engine's to 1e-12, the estimate equals BPTT to 1e-9 for every eps."""
+    in-process engine's to 1e-12, the estimate equals BPTT to 1e-9 at the smallest and the largest eps of
+    test_t3_two_mass_equals_central_differences_and_bptt_for_any_eps (and at the middle one on the layer fabric)."""
     from cluster.runtime.coordinator import FabricEngine
     cfg, model, x, y, params = setup()
     truth = bptt_grad(model, params, x, y, cfg.T)

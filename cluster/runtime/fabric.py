@@ -21,13 +21,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import ray
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.runtime.host import Host
 from cluster.runtime.message_log import COORDINATOR
 from cluster.messages import MessageError, decode_header, encode_control
 from cluster.nodeset import PhaseError
 from cluster.runtime.settings import FabricSettings
-from cluster.runtime.placement import host_order, place_hosts
+from cluster.runtime.placement import MIN_CPUS, host_order, place_hosts
 from cluster.runtime.transport import TransportError, ZmqTransport, new_token
 from cluster.runtime.warm import WARM, end_group, warm_key
 
@@ -128,21 +129,33 @@ class Fabric:
                 self.beats.connect(h, self.addresses[h], coord[h])
 
     def _rebuild_warm(self, protocol, hs) -> bool:
-        """Host this fabric on a parked group of its shape (cluster/runtime/warm.py), if there is one that answers;
-        a group that does not is ended, and the fabric starts new hosts."""
+        """Host this fabric on a parked group (cluster/runtime/warm.py), if there is one that answers: its parked
+        actors are rebuilt, and a bundle whose actor was lost gets a new one; a group that does not answer is
+        ended, and the fabric starts new hosts."""
         parked = WARM.take(self.warm_key, len(self.bundle_order)) if self.warm_key else None
         if parked is None:
             return False
         self.pg, actors = parked
-        self.hosts = dict(zip(self.bundle_order, actors))
-        self.spare = actors[len(self.hosts):]  # the group's bundles this fabric does not use
+        n = len(self.bundle_order)
+        self.spare = actors[n:]  # the group's bundles this fabric does not use (None: lost while it was used)
+        Actor = ray.remote(Host)
+        self.hosts, new = {}, set()
+        for k, h in enumerate(self.bundle_order):
+            if actors[k] is None:
+                self.hosts[h] = Actor.options(max_concurrency=self.warm_key[1], max_restarts=0, num_cpus=MIN_CPUS,
+                                              scheduling_strategy=PlacementGroupSchedulingStrategy(
+                                                  self.pg, placement_group_bundle_index=k)).remote(
+                    h, self.by_host[h], protocol, hs)
+                new.add(h)
+            else:
+                self.hosts[h] = actors[k]
         try:
-            self.call("rebuild", per_host={h: (h, self.by_host[h], protocol, hs) for h in self.hosts},
+            self.call("rebuild", per_host={h: (h, self.by_host[h], protocol, hs) for h in self.hosts if h not in new},
                       stall_s=max(120.0, 10.0 * len(self.hosts)))
             self.warm = True
             return True
         except FabricError:
-            end_group(self.pg, actors)
+            end_group(self.pg, [a for a in [*self.hosts.values(), *self.spare] if a is not None])
             self.hosts, self.spare, self.pg, self.lost, self.failed = {}, [], None, set(), False
             return False
 
@@ -243,16 +256,8 @@ class Fabric:
                 for host in self.hosts.values():
                     host.close()
             elif self.hosts:
-                if self._park():
-                    return
-                refs = {a.close.remote(): a for a in self.hosts.values()}
-                closed, stuck = ray.wait(list(refs), num_returns=len(refs), timeout=10)
-                exits = [refs[r].__ray_terminate__.remote() for r in closed]  # sockets closed: the actor exits on
-                for r in stuck:                                                # its own, after its queued calls
-                    ray.kill(refs[r])
-                exits += [a.__ray_terminate__.remote() for a in self.spare]
-                if self.pg is not None:  # removing the group kills what is in it: let the actors exit first
-                    ray.wait(exits, num_returns=len(exits), timeout=5)
+                if not self._park():
+                    self._end_hosts()
                 for h in self.lost:
                     _remove_ipc_dir(self.addresses.get(h))
         finally:
@@ -263,16 +268,32 @@ class Fabric:
                 self.pg = None
 
 
+    def _end_hosts(self) -> None:
+        """Close every host, let it exit (kill one that does not answer), then remove the placement group."""
+        refs = {a.close.remote(): a for h, a in self.hosts.items() if h not in self.lost}
+        closed, stuck = ray.wait(list(refs), num_returns=len(refs), timeout=10)
+        exits = [refs[r].__ray_terminate__.remote() for r in closed]  # sockets closed: the actor exits on its own,
+        for r in stuck:                                                # after its queued calls
+            ray.kill(refs[r])
+        exits += [a.__ray_terminate__.remote() for a in self.spare if a is not None]
+        if self.pg is not None:  # removing the group kills what is in it: let the actors exit first
+            ray.wait(exits, num_returns=len(exits), timeout=5)
+
     def _park(self) -> bool:
-        """Park the hosts of a fabric that ends cleanly for the next fabric of its shape (cluster/runtime/warm.py);
-        False (nothing parked) when it did not end cleanly or a host does not answer `park`."""
-        if self.warm_key is None or self.lost or self.failed:
+        """Park the hosts for the next fabric of this driver (cluster/runtime/warm.py): after a clean end, or after
+        the loss of hosts, whose bundles the next fabric fills with new ones (the others were aborted and are
+        rebuilt from nothing). False (nothing parked) after any other failure, or when a host does not answer."""
+        if self.warm_key is None or (self.failed and not self.lost):
+            return False
+        live = [a for h, a in self.hosts.items() if h not in self.lost]
+        if not live:
             return False
         try:
-            ray.get([a.park.remote() for a in self.hosts.values()], timeout=10)
+            ray.get([a.park.remote() for a in live], timeout=10)
         except ray.exceptions.RayError:  # a timeout included
             return False
-        WARM.put(self.warm_key, self.pg, [self.hosts[h] for h in self.bundle_order] + self.spare)
+        WARM.put(self.warm_key, self.pg,
+                 [None if h in self.lost else self.hosts[h] for h in self.bundle_order] + self.spare)
         self.pg = None  # the group lives on with its actors
         return True
 
