@@ -200,14 +200,13 @@ def test_hru_logcosh_readout_cosine_and_norm_ratio():
 
 @pytest.mark.slow
 def test_what_a_node_keeps_does_not_grow_with_T_while_bptt_does():
-    cfg, model, x, y, params = setup("rhel-two-mass", "dataset=teacher", "T=1000")
     kept = {}
-    for T in (1000, 10000):
+    for T in (100, 1000):  # ten times the steps: the same bytes kept
         _, model, x, y, params = setup("rhel-two-mass", "dataset=teacher", f"T={T}")
         eng = ReferenceEngine(model, get_protocol("rhel"))
         estimate(model, params, x, y, T, 1e-2, engine=eng)
         kept[T] = eng.kept_bytes()
-    assert kept[1000] == kept[10000] and all(v > 0 for v in kept[1000].values())
+    assert kept[100] == kept[1000] and all(v > 0 for v in kept[100].values())
     short = bptt_saved_bytes(model, params, x[:, :100], y[:, :100], 100)
     long = bptt_saved_bytes(model, params, x[:, :1000], y[:, :1000], 1000)
     assert long >= 9 * short
