@@ -138,11 +138,20 @@ def _load_random(seed: int, sizes) -> Dataset:
 
 # --- digits -----------------------------------------------------------------
 
-def _load_digits(seed: int, test_fraction: float) -> Dataset:
-    from sklearn.datasets import load_digits
+def digits_file() -> str:
+    """scikit-learn's copy of the UCI handwritten digits (1797 rows: 64 pixel counts 0..16, then the class), found
+    without importing scikit-learn (its import takes about 2 s, most of a short run's start)."""
+    import importlib.util
+    spec = importlib.util.find_spec("sklearn")
+    path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz") if spec else ""
+    if not os.path.isfile(path):
+        raise DatasetError("digits: scikit-learn's datasets/data/digits.csv.gz was not found (pip install scikit-learn)")
+    return path
 
-    bunch = load_digits()
-    x, y = bunch.data / 16.0, bunch.target
+
+def _load_digits(seed: int, test_fraction: float) -> Dataset:
+    table = np.loadtxt(digits_file(), delimiter=",")  # as sklearn.datasets.load_digits reads it
+    x, y = table[:, :-1] / 16.0, table[:, -1].astype(int)
     tr, te = stratified_split(y, test_fraction, seed)
     return _make("digits", x, y, tr, te, 10)
 

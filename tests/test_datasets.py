@@ -53,6 +53,21 @@ def test_digits_shapes_and_stratified_split():
     assert abs(half.x_test.shape[0] - 1797 / 2) <= 10
 
 
+@pytest.mark.slow
+def test_digits_read_from_the_file_are_scikit_learns_load_digits_bit_for_bit():
+    """The loader reads scikit-learn's data file without importing scikit-learn; the rows, pixel values and classes
+    are those of sklearn.datasets.load_digits, in its order."""
+    from sklearn.datasets import load_digits
+
+    from experiments.datasets import stratified_split
+    ds = load_dataset("digits", seed=3, test_fraction=0.2)
+    bunch = load_digits()
+    tr, te = stratified_split(bunch.target, 0.2, 3)
+    for got, want in ((ds.x_train, bunch.data[tr] / 16.0), (ds.x_test, bunch.data[te] / 16.0),
+                      (ds.y_train, bunch.target[tr]), (ds.y_test, bunch.target[te])):
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
 @pytest.mark.parametrize("gz", [False, True])
 @pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
 def test_idx_round_trip(tmp_path, name, gz):
