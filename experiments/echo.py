@@ -7,6 +7,7 @@ total `cosine`, `rel_l2`, `norm_ratio`, `sign_agreement`; `echo_error` (max |sta
 unnudged echo, momenta flipped back, run on the same engine); `memory` (bytes each node keeps after the batch, and
 the bytes BPTT's autograd keeps); `phase_calls` (the coordinator's phase triggers per node, from the receivers'
 logs); `locality`. audit.npz: the pinned bundle with sequence shapes (README, "Hamiltonian echo: pinned keys").
+estimate_vs_bptt.png: each parameter's estimate against BPTT entry by entry (experiments/plots.py).
 
 Their training runs in the one training loop (experiments/train.py) with their family's hooks
 (experiments/echo_train.py).
@@ -23,6 +24,7 @@ from cluster.truth.echo import System, bptt_grad, bptt_saved_bytes, simulate
 from cluster.locality import locality_report
 from cluster.launch import make_engine, model_from, protocol_from
 from experiments.config import ConfigError
+from experiments.plots import describe, plot_estimate_vs_bptt
 from experiments.replay import replayed
 from experiments.results import prepare, write_json
 from experiments.sequences import load_sequences
@@ -107,6 +109,8 @@ def run_echo_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=None, 
                 dtype="float64", terminal=proto.terminal, loss=model.echo.loss, copies=list(program[-1].copies))
     write_bundle(os.path.join(out_dir, "audit.npz"), meta, x, y, params, estimate, truth)
     write_json(os.path.join(out_dir, "audit.json"), report)
+    plot_estimate_vs_bptt(os.path.join(out_dir, "estimate_vs_bptt.png"), estimate, truth, report["per_tensor"],
+                          f"{describe(meta)} | eps {cfg.eps:g} ({cfg.sided}-sided)")
     if not quiet:
         t = report["total"]
         print(f"audit {proto.name} eps={cfg.eps:g} ({cfg.sided}-sided) on {cfg.engine}/{cfg.granularity}: cosine "
