@@ -9,6 +9,7 @@ the bytes BPTT's autograd keeps); `phase_calls` (the coordinator's phase trigger
 logs); `locality`; for a model whose trained parameters are a few scalars (two-mass: k12), `derivatives`: each
 dL/dtheta by the estimate, by BPTT and by central differences of the loss, printed as the audit's last lines.
 audit.npz: the pinned bundle with sequence shapes (docs/families/hamiltonian.md, "Pinned keys").
+estimate_vs_bptt.png: each parameter's estimate against BPTT entry by entry (experiments/plots.py).
 
 Their training runs in the one training loop (experiments/train.py) with their family's hooks
 (experiments/echo_train.py).
@@ -25,6 +26,7 @@ from cluster.truth.echo import System, bptt_grad, bptt_saved_bytes, central_diff
 from cluster.locality import locality_report
 from cluster.launch import make_engine, model_from, protocol_from
 from experiments.config import ConfigError
+from experiments.plots import describe, plot_estimate_vs_bptt
 from experiments.replay import replayed
 from experiments.results import prepare, write_json
 from experiments.sequences import load_sequences
@@ -139,6 +141,8 @@ def run_echo_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=None, 
                 dtype="float64", terminal=proto.terminal, loss=model.echo.loss, copies=list(program[-1].copies))
     write_bundle(os.path.join(out_dir, "audit.npz"), meta, x, y, params, estimate, truth)
     write_json(os.path.join(out_dir, "audit.json"), report)
+    plot_estimate_vs_bptt(os.path.join(out_dir, "estimate_vs_bptt.png"), estimate, truth, report["per_tensor"],
+                          f"{describe(meta)} | eps {cfg.eps:g} ({cfg.sided}-sided)")
     if not quiet:
         print(f"audit {proto.name} eps={cfg.eps:g} ({cfg.sided}-sided) on {cfg.engine}/{cfg.granularity}: "
               f"echo_error {err:.2e}, locality violations {len(report['locality']['violations'])} "

@@ -25,7 +25,7 @@ from cluster.launch import DTYPES
 from experiments.config import ConfigError
 from experiments.datasets import load_dataset, one_hot
 from experiments.hooks import Training
-from experiments.plots import plot_confusion, plot_curves
+from experiments.plots import describe, plot_confusion, plot_curves
 from experiments.results import write_csv
 from nodes.dynamics import cost
 from nodes.optim import Optimizer
@@ -113,7 +113,8 @@ class LayeredTraining(Training):
         return epoch_plan(self.cfg, self.protocol, self.n_train, epoch)
 
     def tally(self) -> dict:
-        return {"correct": 0, "correct_b": 0, "seen": 0, "loss": 0.0, "dropped": 0, "fallbacks": 0, "seconds": 0.0}
+        return {"correct": 0, "correct_b": 0, "seen": 0, "loss": 0.0, "loss_b": 0.0, "dropped": 0, "fallbacks": 0,
+                "seconds": 0.0}
 
     def train_batch(self, engine, baseline, idx, beta, draw: int, tally: dict) -> None:
         """One training batch (draw: its serial in the run, which keys the noise and names it in the lineage)."""
@@ -133,6 +134,9 @@ class LayeredTraining(Training):
         if baseline is not None:
             out_b = baseline.train_batch(x, y, draw)
             tally["correct_b"] += int((out_b.argmax(1).numpy() == ds.y_train[idx]).sum())
+            # the baseline's free-phase output before its step, as EP's train loss above (a checkpoint from before
+            # this figure was kept resumes without it)
+            tally["loss_b"] = tally.get("loss_b", 0.0) + float(cost(out_b.to(torch.float64), y)) * len(idx)
         tally["seconds"] += time.perf_counter() - t0
 
     def postfix(self, tally: dict) -> dict:
@@ -154,6 +158,7 @@ class LayeredTraining(Training):
         if baseline is not None:
             bacc, bloss, _ = evaluate(baseline, cfg, ds.x_test, ds.y_test, ds.n_classes)
             metrics["baseline"].append({"epoch": epoch + 1, "train_accuracy": tally["correct_b"] / seen,
+                                        "train_loss": tally.get("loss_b", float("nan")) / seen,
                                         "test_accuracy": bacc, "test_loss": bloss})
         _log(row, metrics["baseline"][-1] if baseline is not None else None)
 
@@ -182,7 +187,7 @@ class LayeredTraining(Training):
             {**r, **({f"bptt_{k}": v for k, v in b.items() if k != "epoch"} if b else {})}
             for r, b in zip(metrics["epochs"], metrics.get("baseline") or [None] * len(metrics["epochs"]))])
         if metrics["epochs"]:
-            plot_curves(os.path.join(out_dir, "curves.png"), metrics)
+            plot_curves(os.path.join(out_dir, "curves.png"), metrics, describe(self.cfg))
 
     def report(self, summary: dict, out_dir: str) -> None:
         n = len(summary["epochs"])

@@ -6,8 +6,9 @@ norm_ratio, sign_agreement; angles per layer, in total and for feedback weights;
 `residual_tol`, the convergence gate's counts (`gate`); `implicit` (noiseless runs): implicit differentiation at the free
 fixed point (cluster/truth/implicit.py), its gap to BPTT (above 1e-8: the free phase had not settled), the fixed point's
 residual and spectral radius, and the estimate against it (the bundle carries `implicit/*`); the locality report from the receivers' logs; the replica
-drift of the updates each end computed; with steps=true the GDU metrics) and the plots `locality.png` (the node
-graph weighted by delivered messages) and, with steps=true, `gdu.png`. `replay=BUNDLE.npz` re-runs on another
+drift of the updates each end computed; with steps=true the GDU metrics) and the plots `estimate_vs_bptt.png` (each
+tensor's estimate against BPTT entry by entry), `locality.png` (the node graph by layer, its edges by message kind and
+count) and, with steps=true, `gdu.png`. `replay=BUNDLE.npz` re-runs on another
 bundle's parameters, batch and settings. The same code runs on either engine (cluster/engine.py).
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ from nodes.dynamics import physics_of
 from experiments.config import ConfigError
 from experiments.datasets import load_dataset, one_hot
 from experiments.layered import check_data
-from experiments.plots import plot_gdu, plot_locality
+from experiments.plots import describe, plot_estimate_vs_bptt, plot_gdu, plot_locality
 from experiments.replay import replayed
 from experiments.results import prepare, write_json
 
@@ -170,11 +171,13 @@ def run_layered_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=Non
     if cfg.steps:
         est_steps, bptt_s, scale = step_series(cfg, model, proto, program, phases, params, x, y)
         report["steps"] = gdu_metrics(est_steps, bptt_s, scale)
-        plot_gdu(os.path.join(out_dir, "gdu.png"), est_steps, bptt_s, scale)
+        plot_gdu(os.path.join(out_dir, "gdu.png"), est_steps, bptt_s, scale, title=describe(meta))
     write_bundle(os.path.join(out_dir, "audit.npz"), meta, x, y, params, estimate, truth, est_steps, bptt_s,
                  implicit)
     write_json(os.path.join(out_dir, "audit.json"), report)
-    plot_locality(os.path.join(out_dir, "locality.png"), engine.specs, report["locality"])
+    plot_locality(os.path.join(out_dir, "locality.png"), engine.specs, report["locality"], title=describe(meta))
+    plot_estimate_vs_bptt(os.path.join(out_dir, "estimate_vs_bptt.png"), estimate, truth, report["per_tensor"],
+                          f"{describe(meta)} | beta {beta:g}")
     if not quiet:
         print(f"audit {cfg.protocol} beta={beta:g} on {cfg.engine}/{cfg.granularity}/{cfg.transport}: "
               f"locality violations {len(report['locality']['violations'])} "

@@ -5,7 +5,8 @@ phases over the gate, and such a point is `diverged`; with steps=true the audit'
 under `steps`) and `slopes`, the least-squares slope of log rel_l2 against log beta (or eps) for each value of the
 other grid keys, with the range fitted (only over >= 4 values spanning >= 4x with error >= 1e-12, diverged points
 excluded; otherwise slope None and a note) and `converged_max`, the largest |beta| (or |eps|) at which every run
-converged (none diverged; with residual_tol, none over it); sweep.png, the log-log plot; with steps=true
+converged (none diverged; with residual_tol, none over it); sweep.png, the log-log plot with each group's slope in
+its legend; with steps=true
 steps.png, each tensor's step-wise RMSE against the first grid key (e.g. the eta sweep of continual EP).
 """
 from __future__ import annotations
@@ -83,7 +84,8 @@ def run_sweep(cfg, out_dir: str, grid_items, sets=()) -> dict:
     result = {"grid": grid, "engines": engines, "points": points, "slopes": slopes}
     write_json(os.path.join(out_dir, "sweep.json"), result)
     if x_key:
-        plot_sweep(os.path.join(out_dir, "sweep.png"), points, x_key, [k for k in grid if k != x_key])
+        plot_sweep(os.path.join(out_dir, "sweep.png"), points, x_key, [k for k in grid if k != x_key], slopes,
+                   sweep_title(cfg, grid))
     if any("steps" in p for p in points):
         plot_steps(os.path.join(out_dir, "steps.png"), points, list(grid)[0])
     for s in slopes:
@@ -96,6 +98,13 @@ def run_sweep(cfg, out_dir: str, grid_items, sets=()) -> dict:
         else:
             print(f"slope {s['slope']:.3f} for {s['group']} over {x_key} in [{s['range'][0]:g}, {s['range'][1]:g}]")
     return result
+
+
+def sweep_title(cfg, grid: dict) -> str:
+    """The sweep's figure title: the model, the settings the grid does not vary, and the grid's keys."""
+    fixed = {k: getattr(cfg, k) for k in ("protocol", "engine", "granularity") if k not in grid}
+    return (f"{cfg.model} {list(cfg.sizes)} | " + " | ".join(f"{k} {v}" for k, v in fixed.items())
+            + f" | grid: {' x '.join(grid)}")
 
 
 def _groups(points, x_key, others):
@@ -130,15 +139,60 @@ def fit_slopes(points, x_key, others) -> list:
     return out
 
 
-def plot_sweep(path, points, x_key, others) -> None:
+def fitted_line(points, x_key, slope: float) -> tuple:
+    """(xs, ys) of the least-squares line of log rel_l2 on log |x| with the given slope over the points fit_slopes
+    fits (no divergence, error >= 1e-12): it passes through their mean in log-log, as a least-squares line does."""
+    ok = [p for p in points if not p["diverged"] and p["rel_l2"] and p["rel_l2"] >= FIT_MIN_ERROR]
+    lx = np.log10([abs(p[x_key]) for p in ok])
+    ly = np.log10([p["rel_l2"] for p in ok])
+    xs = np.array([lx.min(), lx.max()])
+    return 10 ** xs, 10 ** (ly.mean() + slope * (xs - lx.mean()))
+
+
+def thin_ticks(values, most: int = 7) -> list:
+    """The distinct values to label on an axis, at most `most` of them: all when few enough, else evenly spaced
+    picks that keep the smallest and the largest."""
+    vals = sorted(set(values))
+    if len(vals) <= most:
+        return vals
+    return [vals[i] for i in sorted(set(np.linspace(0, len(vals) - 1, most).round().astype(int)))]
+
+
+def plot_sweep(path, points, x_key, others, slopes=None, title: str = "") -> None:
+    """rel_l2 against |x_key| on log-log axes, a line per group of the other grid keys, with its fitted log-log slope
+    (fit_slopes; `slopes` its result, else fitted here) in the legend and the fitted line dashed over the range fitted;
+    the grid's values label the x axis. Diverged points are left out and counted in the legend."""
+    from matplotlib.ticker import LogLocator, LogFormatterSciNotation, NullFormatter
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for key, pts in _groups(points, x_key, others).items():
-        ok = sorted((p for p in pts if not p["diverged"]), key=lambda p: abs(p[x_key]))
-        ax.loglog([abs(p[x_key]) for p in ok], [p["rel_l2"] for p in ok], "o-",
-                  label=", ".join(f"{k}={v}" for k, v in key) or "rel_l2")
+    slopes = fit_slopes(points, x_key, others) if slopes is None else slopes
+    by_group = {tuple(sorted(s["group"].items())): s for s in slopes}
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    shown = []
+    for j, (key, pts) in enumerate(_groups(points, x_key, others).items()):
+        ok = sorted((p for p in pts if not p["diverged"] and p["rel_l2"]), key=lambda p: abs(p[x_key]))
+        fit = by_group.get(tuple(sorted(key)), {})
+        name = ", ".join(f"{k}={v}" for k, v in key) or "rel_l2"
+        label = f"{name}: slope {fit['slope']:.2f}" if fit.get("slope") is not None else f"{name}: no slope fitted"
+        bad = len(pts) - len(ok)
+        if bad:
+            label += f" ({bad} diverged, not shown)"
+        colour = f"C{j % 10}"
+        ax.plot([abs(p[x_key]) for p in ok], [p["rel_l2"] for p in ok], "o-", color=colour, label=label)
+        shown += [abs(p[x_key]) for p in ok]
+        if fit.get("slope") is not None:
+            ax.plot(*fitted_line(pts, x_key, fit["slope"]), "--", color=colour, lw=1, alpha=0.7)
+    ax.set_xscale("log"), ax.set_yscale("log")
+    if shown:
+        ticks = thin_ticks(shown)
+        ax.set_xticks(ticks, [f"{v:g}" for v in ticks], rotation=30 if len(ticks) > 4 else 0)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    lo, hi = ax.get_ylim()
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0,) if hi / lo > 10 else (1.0, 2.0, 5.0), numticks=8))
+    ax.yaxis.set_major_formatter(LogFormatterSciNotation())
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(f"|{x_key}|"), ax.set_ylabel("relative L2 error vs BPTT"), ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, title="dashed: least-squares fit in log-log", title_fontsize=7)
+    ax.set_title(f"error against |{x_key}|" + (f"\n{title}" if title else ""), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
