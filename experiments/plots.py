@@ -118,16 +118,19 @@ def plot_estimate_vs_bptt(path: str, estimate: dict, bptt: dict, per_tensor: dic
         b = np.asarray(bptt[k], dtype=np.float64).ravel()
         e = np.asarray(estimate[k], dtype=np.float64).ravel()
         idx = subsample(e, b, max_points)
-        ax.scatter(b[idx], e[idx], s=6, alpha=0.5, color="C0", lw=0, label="entries", rasterized=len(idx) > 500)
+        few = len(idx) <= 50
+        ax.scatter(b[idx], e[idx], s=25 if few else 6, alpha=0.9 if few else 0.5, color="C0", lw=0, label="entries",
+                   rasterized=len(idx) > 500, zorder=3)
         lo, hi = float(min(b.min(), e.min())), float(max(b.max(), e.max()))
-        pad = 0.05 * (hi - lo) or 1e-12
+        pad = max(0.05 * (hi - lo), 0.05 * max(abs(lo), abs(hi)), 1e-12)  # one entry, or all alike: a sane box
         ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "-", color="0.3", lw=0.8, label="y = x")
         ax.set_xlim(lo - pad, hi + pad), ax.set_ylim(lo - pad, hi + pad)
         ax.set_aspect("equal", adjustable="box")
         m = per_tensor.get(k, {})
-        shown = f"{len(idx)} of {len(b)} entries" if len(idx) < len(b) else f"{len(b)} entries"
+        shown = (f"{len(idx)} of {len(b)} entries" if len(idx) < len(b) else
+                 f"{len(b)} entr{'y' if len(b) == 1 else 'ies'}")
         ax.set_title(f"{k} {tuple(np.shape(bptt[k]))}: cos {fmt_cosine(m.get('cosine'))}, "
-                     f"rel L2 {m.get('rel_l2', float('nan')):.2e}\n({shown})", fontsize=8)
+                     f"rel L2 {m.get('rel_l2') if m.get('rel_l2') is not None else float('nan'):.2e}\n({shown})", fontsize=8)
         ax.set_xlabel("BPTT gradient", fontsize=8)
         ax.set_ylabel("estimate", fontsize=8)
         for axis in (ax.xaxis, ax.yaxis):
@@ -176,7 +179,7 @@ def plot_gdu(path: str, est_steps: dict, bptt_s: dict, scale: dict | None = None
     style = [Line2D([], [], color="k", lw=1.5, label="BPTT (solid)"),
              Line2D([], [], color="k", ls="--", lw=1.5, label="EP estimate (dashed)")]
     if scale:
-        style.append(Line2D([], [], ls="", label="BPTT x c: neurons' BPTT times the factor c of their relation"))
+        style.append(Line2D([], [], ls="", label="BPTT x c: neurons, times their factor c"))
     fig.legend(handles=style, loc="upper right", ncol=1, fontsize=8, frameon=False)
     fig.suptitle("step-wise updates (GDU): EP against BPTT" + (f"\n{title}" if title else ""), fontsize=10,
                  x=0.02, ha="left")
@@ -256,9 +259,10 @@ def plot_locality(path: str, specs: dict, report: dict, max_labels: int = 40, ti
     rad = edge_arcs(edges)
     top = max(counts.values(), default=1)
     tall = max(sum(1 for g2 in (s.block.group for s in specs.values()) if g2 == g) for g in groups) if groups else 1
-    height = min(12.0, max(4.5, 3.5 + 0.12 * tall)) if tall > 1 else 3.6
-    fig, (ax, side) = plt.subplots(1, 2, figsize=(max(10.0, 2.8 * len(groups) + 4.5), height),
-                                   gridspec_kw={"width_ratios": [max(3.0, 1.4 * len(groups)), 1.6]})
+    height = min(11.0, max(4.0, 3.0 + 0.12 * tall)) if tall > 1 else 2.8
+    fig = plt.figure(figsize=(max(10.0, 2.8 * len(groups) + 4.5), height + 1.0))
+    grid = fig.add_gridspec(2, 2, width_ratios=[max(3.0, 1.4 * len(groups)), 1.6], height_ratios=[height, 1.0])
+    ax, side, foot = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, :])
     many = len(edges) > 1500
     others = sorted({k for _, _, k in edges} - set(KIND_COLOURS))
     per_kind = {}
@@ -314,10 +318,10 @@ def plot_locality(path: str, specs: dict, report: dict, max_labels: int = 40, ti
         handles.append(Line2D([], [], color="C3", lw=2.5, label="violation"))
     handles += [Line2D([], [], marker="o", ls="", mfc=face[h], mec="k", label=f"host {h}") for h in hosts if face]
     if handles:
-        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.2 if tall > 1 else -0.4),
-                  ncol=min(3, len(handles)), fontsize=8, frameon=False,
+        foot.legend(handles=handles, loc="upper center", ncol=min(4, len(handles)), fontsize=8, frameon=False,
                   title="edge colour: message kind (width grows with the count)", title_fontsize=8)
     side.axis("off")
+    foot.axis("off")
     lines = ["messages per kind:"] + [f"  {k}: {n}" for k, n in sorted(per_kind.items())]
     if report.get("note"):
         lines += [report["note"][:60]]

@@ -109,3 +109,11 @@ def cli_subprocess(*args, timeout=300, env=None):
     import subprocess
     return subprocess.run([sys.executable, "-m", "experiments", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env=env)
+
+
+def assert_png(path, min_width: int = 300, min_height: int = 200) -> None:
+    """path is a drawn PNG: an image of at least min_width x min_height pixels that is not one flat colour."""
+    import matplotlib.image
+    img = matplotlib.image.imread(str(path))
+    assert img.ndim == 3 and img.shape[0] >= min_height and img.shape[1] >= min_width, (path, img.shape)
+    assert float(img[..., :3].std()) > 0.01, (path, "a blank canvas")

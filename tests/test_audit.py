@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import run_cli
+from tests.conftest import assert_png, run_cli
 
 
 def load_bundle(path):
@@ -67,6 +67,8 @@ def test_audit_meets_cosine_and_bundle_reverifies(tmp_path, ray_session):
     assert rep["locality"]["globals"]["beta"] == 2 and rep["engine"] == "fabric"
     assert set(rep["per_tensor"]) == {"W0", "b0", "W1", "b1"} and set(rep["residuals"]) == {"free", "plus", "minus"}
     assert rep["replica_drift"] == {"W1": 0.0}  # each end's own update of the shared weight
+    for f in ("estimate_vs_bptt.png", "locality.png"):
+        assert_png(out / f, 500, 300)
     meta, x, y, params, est, bptt, z = load_bundle(out / "audit.npz")
     assert meta["beta"] == 1e-3 and meta["granularity"] == "layer" and meta["transport"] == "zmq"
     want_bptt, want_est, G = independent_check(meta, x, y, params)
@@ -143,6 +145,8 @@ def test_stepwise_audit_matches_bptt_per_step_to_order_beta(tmp_path, ray_sessio
         _, _, _, _, _, _, z = load_bundle(out / "audit.npz")
         assert z["estimate_steps/W0"].shape == (20, 8, 64) and z["bptt_steps/W0"].shape == (20, 8, 64)
         assert os.path.getsize(out / "gdu.png") > 1000
+        assert_png(out / "gdu.png", 600, 400)
+        assert_png(out / "estimate_vs_bptt.png", 500, 300)
     for k in rmse["1e-2"]:  # O(beta): ten times smaller beta, about ten times smaller error
         assert 7 < rmse["1e-2"][k] / rmse["1e-3"][k] < 13, (k, rmse)
 
@@ -159,7 +163,7 @@ def test_beta_sweep_slopes(tmp_path):
     assert len(res["points"]) == 8 and not any(p["diverged"] for p in res["points"])
     assert res["engines"] == ["reference"] and all(p["engine"] == "reference" for p in res["points"])
     assert "engine reference" in r.stderr
-    assert (out / "sweep.png").exists()
+    assert_png(out / "sweep.png", 400, 300)
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from nodes.layered import layered
 from nodes.rules import LocalityError, NodeRule, PhaseRule
 from protocols import get_protocol
 from protocols.base import Phase
-from tests.conftest import batch, lrs, run_cli, scaled_params
+from tests.conftest import assert_png, batch, lrs, run_cli, scaled_params
 
 DEEP = layered("energy", (4, 5, 3, 2), "sigmoid", dt=0.5)  # nodes L1 - L2 - L3: L1 and L3 are not neighbours
 EP = get_protocol("ep-symmetric")
@@ -241,6 +241,8 @@ def test_audit_draws_the_locality_graph(tmp_path, ray_session):
     assert rep["violations"] == [] and rep["globals"]["beta"] == 17 and len(set(rep["placement"].values())) == 3
     assert rep["edges"] == rep["legal_edges"] == 2 * (8 * 6 + 6 * 3)
     assert (out / "locality.png").stat().st_size > 10_000
+    assert_png(out / "locality.png", 700, 400)
+    assert_png(out / "estimate_vs_bptt.png", 500, 300)
 
 
 def test_the_report_flags_coordinator_signals_outside_their_routes():

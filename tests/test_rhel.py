@@ -71,6 +71,8 @@ def test_t3_config_audit_cli():
     assert all(abs(float(v) - T3_DLDK12) <= 1e-6 * abs(T3_DLDK12) for v in found.groups()), last
     import json
     rep = json.load(open("/tmp/rhel-t3-cli/audit.json"))
+    from tests.conftest import assert_png
+    assert_png("/tmp/rhel-t3-cli/estimate_vs_bptt.png", 300, 300)
     bundle = np.load("/tmp/rhel-t3-cli/audit.npz")
     assert abs(float(bundle["estimate/k12"][0, 0]) - T3_DLDK12) <= 1e-6 * abs(T3_DLDK12)
     assert bundle["x"].shape == (1, 3000, 1) and bundle["y"].shape == (1, 3000, 1)

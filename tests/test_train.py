@@ -7,7 +7,7 @@ import torch
 
 from experiments.config import load_config
 from experiments.train import run_train
-from tests.conftest import run_cli
+from tests.conftest import assert_png, run_cli
 from tests.test_datasets import write_idx
 
 SMALL = ["sizes=[64,16,10]", "epochs=2", "T1=15", "T2=5", "batch=32", "dtype=float64"]
@@ -26,6 +26,8 @@ def test_train_cli_writes_the_results_folder(tmp_path, ray_session):
     assert len(rows) == 3 and "test_accuracy" in rows[0] and "bptt_test_accuracy" in rows[0]
     for f in ("config.yaml", "curves.png", "confusion.png", "checkpoint.npz"):
         assert (out / f).stat().st_size > 0
+    assert_png(out / "curves.png", 600, 300)
+    assert "bptt_train_loss" in rows[0] and all(b["train_loss"] > 0 for b in m["baseline"])
     before = (out / "checkpoint.npz").read_bytes()
     again = run_cli("train", "--out", str(out), timeout=120)
     assert again.returncode == 2 and "--resume" in again.stderr
