@@ -15,12 +15,14 @@ from experiments.replay import bundle_model
 __all__ = ["run_audit", "headline", "REPLAY_KEYS", "NotConverged", "audit_batch", "replay_config"]
 
 
-def run_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=None, protocol=None) -> dict:
+def run_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=None, protocol=None,
+              figures: bool = True) -> dict:
     """The audit of cfg's protocol (or `protocol`, an object) on cfg's engine; writes out_dir; returns the report.
-    `sets`: the command line's --set items that may change a replayed bundle's settings."""
+    `sets`: the command line's --set items that may change a replayed bundle's settings; `figures`: draw the
+    audit's pictures (a sweep, which keeps only each point's numbers, does not)."""
     name = (cfg.replay and bundle_model(cfg.replay)) or cfg.model
     fam = family_of(model) if model is not None else family_of(name=name)
-    report = fam.hook("audit")(cfg, out_dir, sets, quiet, model, protocol)
+    report = fam.hook("audit")(cfg, out_dir, sets, quiet, model, protocol, figures=figures)
     if not quiet:
         extra = fam.hook("headline")
         print("\n".join([headline(report), *(extra(report) if extra is not None else [])]))

@@ -90,7 +90,8 @@ def phase_calls(report: dict, program) -> dict:
     return {ph.name: report["controls"].get(ph.name, 0) / n for ph in program}
 
 
-def run_echo_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=None, protocol=None) -> dict:
+def run_echo_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=None, protocol=None,
+                   figures: bool = True) -> dict:
     bundle = None
     if cfg.replay:
         cfg, bundle = replayed(cfg, [a for a in sets if "=" in a], META_KEYS, REPLAY_KEYS)
@@ -141,8 +142,9 @@ def run_echo_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=None, 
                 dtype="float64", terminal=proto.terminal, loss=model.echo.loss, copies=list(program[-1].copies))
     write_bundle(os.path.join(out_dir, "audit.npz"), meta, x, y, params, estimate, truth)
     write_json(os.path.join(out_dir, "audit.json"), report)
-    plot_estimate_vs_bptt(os.path.join(out_dir, "estimate_vs_bptt.png"), estimate, truth, report["per_tensor"],
-                          f"{describe(meta)} | eps {cfg.eps:g} ({cfg.sided}-sided)")
+    if figures:
+        plot_estimate_vs_bptt(os.path.join(out_dir, "estimate_vs_bptt.png"), estimate, truth, report["per_tensor"],
+                              f"{describe(meta)} | eps {cfg.eps:g} ({cfg.sided}-sided)")
     if not quiet:
         print(f"audit {proto.name} eps={cfg.eps:g} ({cfg.sided}-sided) on {cfg.engine}/{cfg.granularity}: "
               f"echo_error {err:.2e}, locality violations {len(report['locality']['violations'])} "

@@ -106,7 +106,8 @@ def step_series(cfg, model, proto, program, phases, params, x, y) -> tuple:
     return est, ref, {k: phys.gdu_state_scale(s[0]) for k, s in zip(names, gdu["states"])}
 
 
-def run_layered_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=None, protocol=None) -> dict:
+def run_layered_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=None, protocol=None,
+                      figures: bool = True) -> dict:
     """The audit of cfg's protocol (or `protocol`, an object) on cfg's engine; writes out_dir; returns the report."""
     bundle = None
     if cfg.replay:
@@ -171,13 +172,15 @@ def run_layered_audit(cfg, out_dir: str, sets=(), quiet: bool = False, model=Non
     if cfg.steps:
         est_steps, bptt_s, scale = step_series(cfg, model, proto, program, phases, params, x, y)
         report["steps"] = gdu_metrics(est_steps, bptt_s, scale)
-        plot_gdu(os.path.join(out_dir, "gdu.png"), est_steps, bptt_s, scale, title=describe(meta))
+        if figures:
+            plot_gdu(os.path.join(out_dir, "gdu.png"), est_steps, bptt_s, scale, title=describe(meta))
     write_bundle(os.path.join(out_dir, "audit.npz"), meta, x, y, params, estimate, truth, est_steps, bptt_s,
                  implicit)
     write_json(os.path.join(out_dir, "audit.json"), report)
-    plot_locality(os.path.join(out_dir, "locality.png"), engine.specs, report["locality"], title=describe(meta))
-    plot_estimate_vs_bptt(os.path.join(out_dir, "estimate_vs_bptt.png"), estimate, truth, report["per_tensor"],
-                          f"{describe(meta)} | beta {beta:g}")
+    if figures:
+        plot_locality(os.path.join(out_dir, "locality.png"), engine.specs, report["locality"], title=describe(meta))
+        plot_estimate_vs_bptt(os.path.join(out_dir, "estimate_vs_bptt.png"), estimate, truth, report["per_tensor"],
+                              f"{describe(meta)} | beta {beta:g}")
     if not quiet:
         print(f"audit {cfg.protocol} beta={beta:g} on {cfg.engine}/{cfg.granularity}/{cfg.transport}: "
               f"locality violations {len(report['locality']['violations'])} "

@@ -65,7 +65,7 @@ def run_sweep(cfg, out_dir: str, grid_items, sets=()) -> dict:
             print(f"sweep point {i + 1}/{len(configs)}: {values}", file=sys.stderr)
             head = {**values, "engine": c.engine, "granularity": c.granularity}
             try:
-                rep = run_audit(c.replace(replay=replay), os.path.join(tmp, str(i)), quiet=True,
+                rep = run_audit(c.replace(replay=replay), os.path.join(tmp, str(i)), quiet=True, figures=False,
                                 sets=[*sets, *(f"{k}={v}" for k, v in values.items())])
                 t, gate = rep["total"], rep.get("gate")
                 points.append({**head, "rel_l2": t["rel_l2"], "cosine": t["cosine"],
