@@ -82,27 +82,33 @@ class Simulator:
         return self._net
 
     @property
+    def proto(self):
+        """The protocol object, with the config keys it carries set (cluster/launch.protocol_from)."""
+        if self._proto is None:
+            from cluster.launch import protocol_from
+            self._proto = protocol_from(self.config, self.protocol)
+        return self._proto
+
+    @property
     def specs(self) -> dict:
         """{node id: NodeSpec}: the logical nodes of the configured engine's partition."""
         if self._specs is None:
-            from cluster.launch import node_specs, protocol_from
-            self._proto = protocol_from(self.config, self.protocol)
-            self._specs = node_specs(self.config, self.net, self._proto)
+            from cluster.launch import node_specs
+            self._specs = node_specs(self.config, self.net, self.proto)
         return self._specs
 
     def summary(self):
         """The partition before any run (experiments/summary.Summary; print it): nodes, their hosts, ports and
         edges, each parameter's owner and replicas. Starts nothing."""
         from experiments.summary import summarize
-        self.specs
-        return summarize(self.config, self.net, self._proto)
+        return summarize(self.config, self.net, self.proto, self.specs)
 
     # ---- running step by step -------------------------------------------------------------------------------
     def _engine(self):
         if self._eng is None:
             from cluster.launch import DTYPES, make_engine
             cfg = self.config
-            eng = make_engine(cfg, self.model, self.protocol)
+            eng = make_engine(cfg, self.net, self.protocol)  # the model built once, for specs and engine alike
             try:
                 eng.set_params(self.net.init_params(cfg.seed, DTYPES[cfg.dtype], cfg.init_scale))
             except BaseException:

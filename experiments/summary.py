@@ -54,10 +54,11 @@ class Summary:
         return "\n".join(lines)
 
 
-def summarize(cfg, model, protocol) -> Summary:
-    """The Summary of cfg's engine on `model` under `protocol` (an object; its ports add message kinds)."""
+def summarize(cfg, model, protocol, specs=None) -> Summary:
+    """The Summary of cfg's engine on `model` under `protocol` (an object; its ports add message kinds); `specs`:
+    its logical nodes where already built (cluster/launch.node_specs)."""
     from cluster.launch import fabric_settings, node_specs
-    specs = node_specs(cfg, model, protocol)
+    specs = specs if specs is not None else node_specs(cfg, model, protocol)
     if cfg.engine == "reference":
         placement = {i: "in-process" for i in specs}
         how = "in-process engine (layer partition)"

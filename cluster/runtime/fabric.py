@@ -21,14 +21,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import ray
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.runtime.host import Host
 from cluster.runtime.message_log import COORDINATOR
 from cluster.messages import MessageError, decode_header, encode_control
 from cluster.nodeset import PhaseError
 from cluster.runtime.settings import FabricSettings
-from cluster.runtime.placement import MIN_CPUS, host_order, place_hosts
+from cluster.runtime.placement import bundle, bundle_options, host_order, place_hosts
 from cluster.runtime.transport import TransportError, ZmqTransport, new_token
 from cluster.runtime.warm import WARM, end_group, warm_key
 
@@ -105,11 +104,10 @@ class Fabric:
             self.bundle_order = host_order(list(self.by_host), links)  # host k holds bundle k
             concurrency = 1 if self.transport == "zmq" else 4
             self.warm_key = warm_key(self.settings, concurrency)
-            if not self._rebuild_warm(protocol, hs):
+            if not self._rebuild_warm(protocol, hs, concurrency):
                 self.pg, options = place_hosts(self.bundle_order, self.settings, wait_s=max(120.0, self.timeout_s))
-                Actor = ray.remote(Host)
-                self.hosts = {h: Actor.options(max_concurrency=concurrency, max_restarts=0, **options[h]).remote(
-                    h, s, protocol, hs) for h, s in self.by_host.items()}
+                self.hosts = {h: _new_host(h, self.by_host[h], protocol, hs, concurrency, options[h])
+                              for h in self.by_host}
         addresses = self.call("endpoint", stall_s=max(120.0, 10.0 * len(self.hosts)))
         self.start_s = time.perf_counter() - t0
         self.addresses = {h: (self.hosts[h] if a is None else a) for h, a in addresses.items()}
@@ -128,7 +126,7 @@ class Fabric:
             for h in self.hosts:
                 self.beats.connect(h, self.addresses[h], coord[h])
 
-    def _rebuild_warm(self, protocol, hs) -> bool:
+    def _rebuild_warm(self, protocol, hs, concurrency: int) -> bool:
         """Host this fabric on a parked group (cluster/runtime/warm.py), if there is one that answers: its parked
         actors are rebuilt, and a bundle whose actor was lost gets a new one; a group that does not answer is
         ended, and the fabric starts new hosts."""
@@ -138,14 +136,11 @@ class Fabric:
         self.pg, actors = parked
         n = len(self.bundle_order)
         self.spare = actors[n:]  # the group's bundles this fabric does not use (None: lost while it was used)
-        Actor = ray.remote(Host)
         self.hosts, new = {}, set()
         for k, h in enumerate(self.bundle_order):
-            if actors[k] is None:
-                self.hosts[h] = Actor.options(max_concurrency=self.warm_key[1], max_restarts=0, num_cpus=MIN_CPUS,
-                                              scheduling_strategy=PlacementGroupSchedulingStrategy(
-                                                  self.pg, placement_group_bundle_index=k)).remote(
-                    h, self.by_host[h], protocol, hs)
+            if actors[k] is None:  # its actor was lost: a new one in its bundle
+                self.hosts[h] = _new_host(h, self.by_host[h], protocol, hs, concurrency,
+                                          bundle_options(self.pg, k, bundle(self.settings)))
                 new.add(h)
             else:
                 self.hosts[h] = actors[k]
@@ -267,7 +262,6 @@ class Fabric:
                 ray.util.remove_placement_group(self.pg)
                 self.pg = None
 
-
     def _end_hosts(self) -> None:
         """Close every host, let it exit (kill one that does not answer), then remove the placement group."""
         refs = {a.close.remote(): a for h, a in self.hosts.items() if h not in self.lost}
@@ -296,6 +290,11 @@ class Fabric:
                  [None if h in self.lost else self.hosts[h] for h in self.bundle_order] + self.spare)
         self.pg = None  # the group lives on with its actors
         return True
+
+
+def _new_host(h: str, specs: dict, protocol, hs, concurrency: int, options: dict):
+    """A new host actor for host h's nodes, with its placement `options`."""
+    return ray.remote(Host).options(max_concurrency=concurrency, max_restarts=0, **options).remote(h, specs, protocol, hs)
 
 
 def _remove_ipc_dir(address) -> None:

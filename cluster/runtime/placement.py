@@ -77,11 +77,13 @@ def place_hosts(order: list, settings, wait_s: float = 120.0):
         ray.util.remove_placement_group(pg)
         raise PlacementError(f"fabric.placement: {len(order)} bundles of {one} ({strategy}) not placed within "
                              f"{wait_s:g} s (resources held by other jobs?)") from None
-    options = {}
-    for k, h in enumerate(order):
-        opts = dict(num_cpus=one["CPU"], scheduling_strategy=PlacementGroupSchedulingStrategy(
-            pg, placement_group_bundle_index=k))
-        if len(one) > 1:
-            opts["resources"] = {n: v for n, v in one.items() if n != "CPU"}
-        options[h] = opts
-    return pg, options
+    return pg, {h: bundle_options(pg, k, one) for k, h in enumerate(order)}
+
+
+def bundle_options(pg, k: int, one: dict) -> dict:
+    """The actor options that put a host in bundle k of `pg`, asking for exactly its bundle `one`."""
+    opts = dict(num_cpus=one["CPU"], scheduling_strategy=PlacementGroupSchedulingStrategy(
+        pg, placement_group_bundle_index=k))
+    if len(one) > 1:
+        opts["resources"] = {n: v for n, v in one.items() if n != "CPU"}
+    return opts
